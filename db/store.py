@@ -1,0 +1,90 @@
+"""Open the store: resolve its URL, switch SQLite to WAL with foreign keys, create the schema.
+
+The URL comes from the caller (``--db``), else ``STEERLAB_DB``, else a SQLite file
+``steerlab.db`` in the working directory. A plain path is taken as a SQLite file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.schema import SCHEMA_VERSION, Base, Meta
+
+DEFAULT_DB = "steerlab.db"
+
+
+class StoreError(Exception):
+    """The store cannot be opened or is not a SteerLab store; the message says why."""
+
+
+def resolve_url(url: str | None = None) -> str:
+    chosen = url or os.environ.get("STEERLAB_DB") or DEFAULT_DB
+    if "://" in chosen:
+        return chosen
+    return f"sqlite:///{Path(chosen).expanduser()}"
+
+
+class Store:
+    """An open store: a SQLAlchemy engine and a session factory."""
+
+    def __init__(self, url: str | None = None) -> None:
+        self.url = resolve_url(url)
+        try:
+            self.engine: Engine = create_engine(self.url)
+        except (ArgumentError, ImportError) as exc:
+            raise StoreError(f"Database URL '{self.url}' is not usable ({exc}); give a SQLAlchemy URL or a file path.") from exc
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._create_schema()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session whose work is committed together at the end, or not at all."""
+        session = self._sessions()
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def _create_schema(self) -> None:
+        try:
+            Base.metadata.create_all(self.engine)
+            with self.session() as session:
+                version = session.scalar(select(Meta.value).where(Meta.key == "schema_version"))
+                if version is None:
+                    session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+                elif version != str(SCHEMA_VERSION):
+                    raise StoreError(
+                        f"Database '{self.url}' has schema version {version} but this SteerLab uses {SCHEMA_VERSION}; "
+                        "use a SteerLab of that version or a new database file."
+                    )
+        except (OperationalError, DatabaseError) as exc:
+            raise StoreError(
+                f"Database '{self.url}' cannot be opened as a SteerLab store ({exc.orig}); check the path or URL."
+            ) from exc
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets the dashboard read while a run writes; foreign keys make deletes cascade;
+    # the busy timeout makes concurrent writers wait instead of failing at once.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()

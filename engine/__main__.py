@@ -1,0 +1,19 @@
+"""``python -m engine``: the command line.
+
+The engine package itself never touches the store; the command line needs both, so it
+lives in the service layer and this entry point only hands over to it.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def _main() -> int:
+    from service.cli import main  # the service layer joins engine and store
+
+    return main()
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

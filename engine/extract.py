@@ -1,0 +1,112 @@
+"""Extract steering vectors from contrastive pairs (positive text, negative text).
+
+Activations are read at each decoder block's output (the residual stream, exactly
+where steering adds), at the last real token or averaged over real tokens; prompts are
+left-padded, so padding never leaks into either reading.
+
+Methods:
+- ``mean_diff`` (CAA): mean over pairs of positive minus negative.
+- ``pca`` (repeng-style): first principal component of the pair differences, its sign
+  turned toward the positive side and its length set to the mean difference's
+  projection on it, so coefficients are comparable with ``mean_diff``.
+- ``single_pair`` (ActAdd): the difference of one pair.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+from engine.generation import forward, left_pad, positions_from_mask
+from engine.layers import hidden_output
+from engine.models import LoadedModel
+from engine.vectors import SteeringVector, hash_pairs
+
+EXTRACTION_METHODS = ("mean_diff", "pca", "single_pair")
+READ_POSITIONS = ("last", "mean")
+
+
+def read_activations(
+    model: LoadedModel,
+    token_lists: Sequence[Sequence[int]],
+    read: str = "last",
+    batch_size: int = 16,
+) -> torch.Tensor:
+    """Hidden states ``[texts, layers, hidden]`` (float32, CPU) at every block's output."""
+    chunks = []
+    for start in range(0, len(token_lists), batch_size):
+        chunks.append(_read_batch(model, token_lists[start : start + batch_size], read))
+    return torch.cat(chunks)
+
+
+def _read_batch(model: LoadedModel, token_lists: Sequence[Sequence[int]], read: str) -> torch.Tensor:
+    ids, mask = left_pad(model, token_lists)
+    captured: list[torch.Tensor] = []
+
+    def capture(_module: torch.nn.Module, _args: object, output: object) -> None:
+        hidden = hidden_output(output)
+        assert isinstance(hidden, torch.Tensor)
+        if read == "last":
+            captured.append(hidden[:, -1, :].float())
+        else:
+            weights = mask.unsqueeze(-1).to(torch.float32)
+            captured.append((hidden.float() * weights).sum(1) / weights.sum(1))
+
+    handles = [layer.register_forward_hook(capture) for layer in model.layers]
+    try:
+        with torch.no_grad():
+            forward(model, ids, mask, positions_from_mask(mask))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.stack(captured, dim=1).cpu()
+
+
+def extract_vector(
+    model: LoadedModel,
+    name: str,
+    pairs: Sequence[tuple[str, str]],
+    tokenize: Callable[[str], list[int]],
+    method: str = "mean_diff",
+    read: str = "last",
+    pair_index: int = 0,
+) -> SteeringVector:
+    """Extract a vector at every layer from contrastive pairs, timing the extraction."""
+    if method not in EXTRACTION_METHODS or read not in READ_POSITIONS:
+        raise ValueError(f"unknown method {method!r} or read position {read!r}")
+    started = time.perf_counter()
+    used = [pairs[pair_index]] if method == "single_pair" else list(pairs)
+    texts = [text for pair in used for text in pair]
+    acts = read_activations(model, [tokenize(t) for t in texts], read)
+    positives, negatives = acts[0::2], acts[1::2]
+    differences = positives - negatives  # [pairs, layers, hidden]
+    if method == "pca":
+        directions = torch.stack([_principal_direction(differences[:, layer]) for layer in range(model.n_layers)])
+    else:
+        directions = differences.mean(dim=0)
+    return SteeringVector(
+        name=name,
+        directions=directions.contiguous(),
+        layers=tuple(range(model.n_layers)),
+        model_id=model.model_id,
+        method=method,
+        read=read,
+        pairs_hash=hash_pairs(used),
+        extraction_seconds=time.perf_counter() - started,
+    )
+
+
+def _principal_direction(differences: torch.Tensor) -> torch.Tensor:
+    mean = differences.mean(dim=0)
+    centred = differences - mean
+    # With one pair (or identical differences) the centred data has no variance left:
+    # the difference itself is then the only direction there is.
+    basis = centred if differences.shape[0] > 1 and float(centred.abs().max()) > 0 else differences
+    _, _, vh = torch.linalg.svd(basis.double(), full_matrices=False)
+    unit = vh[0].float()
+    projection = float(mean @ unit)
+    if projection < 0:
+        unit, projection = -unit, -projection
+    return unit * projection

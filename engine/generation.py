@@ -1,0 +1,158 @@
+"""Batched, left-padded generation with a KV cache and per-row random streams.
+
+SteerLab runs its own decode loop instead of ``model.generate`` for three reasons:
+the steering hooks must know which positions are prompt and which are generated at
+every step; each row samples from its own seeded generator, so a row's output does not
+depend on which other rows share its batch (and a resumed run reproduces an
+uninterrupted one); and cancellation is checked between steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from engine.errors import RunCancelled
+from engine.methods.base import PositionMasks
+from engine.models import LoadedModel
+from engine.steering import BatchSteering
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How new tokens are chosen."""
+
+    max_new_tokens: int = 48
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = no top-k cut
+    top_p: float = 1.0  # 1.0 = no nucleus cut
+
+
+def left_pad(model: LoadedModel, prompts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask, padded on the left to the longest prompt."""
+    width = max(len(p) for p in prompts)
+    pad = model.pad_token_id
+    ids = [[pad] * (width - len(p)) + list(p) for p in prompts]
+    mask = [[0] * (width - len(p)) + [1] * len(p) for p in prompts]
+    return (
+        torch.tensor(ids, dtype=torch.long, device=model.device),
+        torch.tensor(mask, dtype=torch.long, device=model.device),
+    )
+
+
+def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    # Padded rows must see the same positions they would alone: count real tokens only.
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def forward(
+    model: LoadedModel,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    positions: torch.Tensor,
+    past: Any = None,
+    last_only: bool = True,
+) -> Any:
+    kwargs: dict[str, Any] = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "position_ids": positions,
+        "past_key_values": past,
+        "use_cache": True,
+    }
+    if last_only:
+        kwargs["logits_to_keep"] = 1  # the vocabulary projection of earlier positions is wasted work
+    return model.model(**kwargs)
+
+
+def generate(
+    model: LoadedModel,
+    prompts: Sequence[Sequence[int]],
+    decoding: Decoding,
+    seeds: Sequence[int] | None = None,
+    steering: BatchSteering | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_step: Callable[[], None] | None = None,
+) -> list[list[int]]:
+    """Generate new tokens for each prompt (token ids, without the prompt, without EOS)."""
+    if not prompts:
+        return []
+    batch = len(prompts)
+    generators = _generators(model, seeds, batch) if decoding.do_sample else None
+    ids, mask = left_pad(model, prompts)
+    positions = positions_from_mask(mask)
+    eos = torch.tensor(sorted(model.eos_token_ids) or [-1], device=model.device)
+    outputs: list[list[int]] = [[] for _ in range(batch)]
+    finished = torch.zeros(batch, dtype=torch.bool, device=model.device)
+    context = steering.attached() if steering is not None else nullcontext()
+    with torch.no_grad(), context:
+        if steering is not None:
+            steering.masks = PositionMasks.prompt_only(mask)
+        result = forward(model, ids, mask, positions)
+        for step_index in range(decoding.max_new_tokens):
+            if should_stop is not None and should_stop():
+                raise RunCancelled()
+            if on_step is not None:
+                on_step()
+            chosen = choose_tokens(result.logits[:, -1, :], decoding, generators)
+            newly_done = torch.isin(chosen, eos) & ~finished
+            for row in (~finished & ~newly_done).nonzero().flatten().tolist():
+                outputs[row].append(int(chosen[row]))
+            finished |= newly_done
+            if bool(finished.all()) or step_index == decoding.max_new_tokens - 1:
+                break
+            step = torch.where(finished, torch.full_like(chosen, model.pad_token_id), chosen)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            positions = positions[:, -1:] + 1
+            if steering is not None:
+                generated = torch.ones((batch, 1), dtype=torch.bool, device=model.device)
+                steering.masks = PositionMasks(torch.zeros_like(generated), generated)
+            result = forward(model, step[:, None], mask, positions, past=result.past_key_values)
+    return outputs
+
+
+def choose_tokens(
+    logits: torch.Tensor, decoding: Decoding, generators: Sequence[torch.Generator] | None
+) -> torch.Tensor:
+    """Greedy argmax, or a draw per row from its own generator after temperature/top-k/top-p."""
+    if not decoding.do_sample or generators is None:
+        return logits.argmax(dim=-1)
+    probs = sampling_distribution(logits.float(), decoding)
+    draws = [torch.multinomial(probs[row], 1, generator=gen) for row, gen in enumerate(generators)]
+    return torch.cat(draws)
+
+
+def sampling_distribution(logits: torch.Tensor, decoding: Decoding) -> torch.Tensor:
+    scores = logits / decoding.temperature
+    if 0 < decoding.top_k < scores.shape[-1]:
+        kth = torch.topk(scores, decoding.top_k, dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if decoding.top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
+        cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+        # Drop a token when the tokens before it already reach top_p; the first always stays.
+        drop_sorted = (cumulative - sorted_scores.softmax(dim=-1)) >= decoding.top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        scores = scores.masked_fill(drop, float("-inf"))
+    return scores.softmax(dim=-1)
+
+
+def _generators(model: LoadedModel, seeds: Sequence[int] | None, batch: int) -> list[torch.Generator]:
+    if seeds is None or len(seeds) != batch:
+        raise ValueError("sampling needs one seed per row")
+    return [torch.Generator(device=model.device).manual_seed(int(seed)) for seed in seeds]
+
+
+def row_seed(seed: int, prompt_index: int, sample_index: int) -> int:
+    """The seed of one (prompt, sample) row; every variant of that row shares it.
+
+    Sharing the random stream across variants (common random numbers) makes variant
+    differences come from the steering, not from the dice.
+    """
+    mixed = (seed * 1_000_003 + prompt_index) * 1_000_033 + sample_index
+    return mixed % (2**63 - 1)

@@ -1,0 +1,31 @@
+"""Steering methods: one module per method, found by :func:`registry`.
+
+To add a method, add a module here with one :class:`SteeringMethod` subclass that sets
+``name``; experiment files, the CLI and the dashboard pick it up from the registry.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Mapping
+from typing import Any
+
+from engine.fields import Where
+from engine.methods.base import SteeringMethod, parse_intervention, registered_methods
+
+
+def registry() -> dict[str, type[SteeringMethod]]:
+    """Every steering method, by name (imports each module of this package once)."""
+    for info in pkgutil.iter_modules(__path__):
+        if info.name != "base":
+            importlib.import_module(f"{__name__}.{info.name}")
+    return registered_methods()
+
+
+def parse(raw: Mapping[str, Any], where: Where) -> SteeringMethod:
+    registry()
+    return parse_intervention(raw, where)
+
+
+__all__ = ["SteeringMethod", "parse", "registry"]

@@ -1,0 +1,171 @@
+"""The shared interface of steering methods, and their registry.
+
+A *method* is one way of editing hidden states (vector addition, ablation, ...). Its
+class holds validated settings (parsed from an experiment file or a form) and turns them
+into a :class:`PreparedEdit`: tensors on the model's device plus ``apply``, the per-row
+edit at one layer. The batch machinery in :mod:`engine.steering` decides which rows an
+edit touches; a method only sees its own rows.
+
+Subclasses register themselves by name when their module is imported; every module in
+:mod:`engine.methods` is imported by :func:`engine.methods.registry`, so adding a method
+is adding a module.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+
+from engine.errors import SteerLabError
+from engine.fields import Where
+from engine.models import LoadedModel
+from engine.vectors import SteeringVector
+
+SCOPES = ("prompt", "generated", "all")
+Scope = Literal["prompt", "generated", "all"]
+
+
+@dataclass(frozen=True)
+class PositionMasks:
+    """Which positions of the current forward pass are prompt and which are generated.
+
+    Both are ``[rows, tokens]`` booleans; padding is in neither. The generation loop sets
+    them before every forward pass, so a ``generated`` scope keeps steering at every
+    cached decode step (where the pass sees one token per row).
+    """
+
+    prompt: torch.Tensor
+    generated: torch.Tensor
+
+    def rows(self, index: torch.Tensor) -> PositionMasks:
+        return PositionMasks(self.prompt.index_select(0, index), self.generated.index_select(0, index))
+
+    def scope(self, scope: str) -> torch.Tensor:
+        if scope == "prompt":
+            return self.prompt
+        if scope == "generated":
+            return self.generated
+        return self.prompt | self.generated
+
+    @staticmethod
+    def prompt_only(attention_mask: torch.Tensor) -> PositionMasks:
+        prompt = attention_mask.bool()
+        return PositionMasks(prompt, torch.zeros_like(prompt))
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    """One setting of a method, described for forms (the dashboard builds widgets from it)."""
+
+    name: str
+    kind: Literal["vector", "layers", "float", "int", "choice", "text", "texts", "bool"]
+    default: Any = None
+    help: str = ""
+    choices: tuple[str, ...] = ()
+
+
+class PreparedEdit(ABC):
+    """A method's settings made concrete for one model: what ``apply`` needs, on device."""
+
+    layers: tuple[int, ...]
+
+    @abstractmethod
+    def apply(self, layer: int, hidden: torch.Tensor, masks: PositionMasks) -> torch.Tensor:
+        """Return the edited hidden states ``[rows, tokens, hidden]`` of this edit's rows.
+
+        Must not modify ``hidden`` in place: the caller decides where the result goes.
+        """
+
+    @property
+    def parameter_count(self) -> int:
+        """Floats the edit carries (vector entries): the 'steering parameters' figure."""
+        return 0
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What validation needs to know of a model without holding its weights."""
+
+    model_id: str
+    n_layers: int
+    hidden_size: int
+
+    @staticmethod
+    def of(model: LoadedModel) -> ModelFacts:
+        return ModelFacts(model.model_id, model.n_layers, model.hidden_size)
+
+
+_REGISTRY: dict[str, type[SteeringMethod]] = {}
+
+
+class SteeringMethod(ABC):
+    """Validated settings of one steering edit, and how to prepare it."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    summary: ClassVar[str]
+    fields: ClassVar[tuple[FieldInfo, ...]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+                raise RuntimeError(f"two steering methods are named {cls.name!r}")
+            _REGISTRY[cls.name] = cls
+
+    @classmethod
+    @abstractmethod
+    def parse(cls, raw: Mapping[str, Any], where: Where) -> SteeringMethod:
+        """Validate settings from a file or form; raise SteerLabError naming the field."""
+
+    @abstractmethod
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain data, such that ``parse(to_dict())`` gives them back."""
+
+    @property
+    @abstractmethod
+    def layers(self) -> tuple[int, ...]:
+        """The decoder layers the edit touches."""
+
+    def vector_names(self) -> tuple[str, ...]:
+        """Names of experiment vectors the edit reads."""
+        return ()
+
+    def check(self, facts: ModelFacts, where: Where) -> None:
+        """Validate against a concrete model (layer range and the like)."""
+        for i, layer in enumerate(self.layers):
+            if not 0 <= layer < facts.n_layers:
+                where.child("layers").child(i).fail(
+                    f"layer {layer} is out of range for model '{facts.model_id}'",
+                    f"use a layer from 0 to {facts.n_layers - 1}",
+                )
+
+    @abstractmethod
+    def prepare(self, model: LoadedModel, vectors: Mapping[str, SteeringVector]) -> PreparedEdit:
+        """Build the edit's tensors on the model's device and dtype."""
+
+
+def registered_methods() -> dict[str, type[SteeringMethod]]:
+    return dict(_REGISTRY)
+
+
+def parse_intervention(raw: Any, where: Where) -> SteeringMethod:
+    """Parse one entry of a variant's ``interventions`` list (``method:`` picks the class)."""
+    if not isinstance(raw, Mapping):
+        where.fail("expected a mapping with a 'method' field", "write it as 'method: add' and its settings")
+    method = raw.get("method", "add")
+    methods = registered_methods()
+    if method not in methods:
+        where.child("method").fail(f"is {method!r}, not a known steering method", f"use one of {', '.join(sorted(methods))}")
+    settings = {k: v for k, v in raw.items() if k != "method"}
+    return methods[method].parse(settings, where)
+
+
+def vector_for(vectors: Mapping[str, SteeringVector], name: str) -> SteeringVector:
+    if name not in vectors:
+        raise SteerLabError(f"Vector '{name}' is not defined; define it under 'vectors' first.")
+    return vectors[name]

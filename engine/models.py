@@ -1,0 +1,157 @@
+"""Load causal language models once per process and describe them.
+
+A :class:`LoadedModel` bundles the model, its tokenizer and the structural facts the
+steering code needs (decoder blocks, hidden size, device, dtype). Loading failures
+become one-sentence :class:`SteerLabError` messages naming the id and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine.errors import SteerLabError
+from engine.layers import find_decoder_layers
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready for steering: weights, tokenizer and where its blocks are."""
+
+    model_id: str
+    model: Any  # a transformers PreTrainedModel; typed loosely because its stubs are partial
+    tokenizer: Any
+    layers: nn.ModuleList
+    layers_path: str
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.get_input_embeddings().weight.shape[1])
+
+    @property
+    def pad_token_id(self) -> int:
+        tok = self.tokenizer
+        for candidate in (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id):
+            if candidate is not None:
+                return int(candidate)
+        return 0
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        ids: set[int] = set()
+        config_eos = getattr(self.model.generation_config, "eos_token_id", None)
+        for value in (self.tokenizer.eos_token_id, config_eos):
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, list):
+                ids.update(int(v) for v in value)
+        return frozenset(ids)
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+
+def resolve_device(device: str) -> torch.device:
+    if device not in DEVICES:
+        raise SteerLabError(f"Device '{device}' is not one of {', '.join(DEVICES)}; pick one of those.")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SteerLabError("Device 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu.")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise SteerLabError(f"Dtype '{dtype}' is not one of auto, {', '.join(DTYPES)}; pick one of those.")
+    if device.type == "cpu" and dtype != "float32":
+        raise SteerLabError(f"Dtype '{dtype}' is for GPUs only; on the CPU use float32 (the default).")
+    return DTYPES[dtype]
+
+
+_CACHE: dict[tuple[str, str, str], LoadedModel] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_model(model_id: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    """Load (or reuse) a causal LM by hub id or local folder."""
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    key = (model_id, str(torch_device), str(torch_dtype))
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = _load_uncached(model_id, torch_device, torch_dtype)
+        return _CACHE[key]
+
+
+def wrap_model(model_id: str, model: Any, tokenizer: Any) -> LoadedModel:
+    """Describe a model built in code (tests, benchmarks) the same way as a loaded one."""
+    model.eval()
+    expected = getattr(model.config, "num_hidden_layers", None)
+    path, layers = find_decoder_layers(model, expected)
+    param = next(model.parameters())
+    return LoadedModel(model_id, model, tokenizer, layers, path, param.device, param.dtype)
+
+
+def _load_uncached(model_id: str, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    # Imported here so that `python -m engine --help` stays fast.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _check_model_reference(model_id)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_id)
+        model = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype)
+    except (OSError, ValueError, KeyError) as exc:
+        raise SteerLabError(_explain_load_failure(model_id, exc)) from exc
+    model.to(device)
+    return wrap_model(model_id, model, tokenizer)
+
+
+def _check_model_reference(model_id: str) -> None:
+    # A hub id is "org/name"; anything else with slashes, or starting like a path, is a folder.
+    path_like = model_id.startswith((".", "/", "~")) or model_id.count("/") > 1
+    if path_like and not Path(model_id).expanduser().exists():
+        raise SteerLabError(
+            f"Model folder '{model_id}' does not exist; pass an existing folder or a Hugging Face hub id like 'org/name'."
+        )
+
+
+def _explain_load_failure(model_id: str, exc: Exception) -> str:
+    text = str(exc)
+    if "Unrecognized configuration class" in text:
+        return (
+            f"Model '{model_id}' is not a causal language model that transformers' AutoModelForCausalLM can load; "
+            "pick a text-generation model."
+        )
+    if os.environ.get("HF_HUB_OFFLINE") == "1" and not Path(model_id).exists():
+        cache = os.environ.get("HF_HUB_CACHE", "~/.cache/huggingface/hub")
+        return (
+            f"Model '{model_id}' is not in the Hugging Face cache at {cache} and downloads are off (HF_HUB_OFFLINE=1); "
+            f"download it once with `hf download {model_id}` on a machine with network, or pass a local folder."
+        )
+    if Path(model_id).exists():
+        return f"Folder '{model_id}' does not hold a loadable model ({text.splitlines()[0]}); point to a folder with config.json and weights."
+    return (
+        f"Model '{model_id}' could not be loaded ({text.splitlines()[0] if text else type(exc).__name__}); "
+        "check the hub id, or set HF_HUB_OFFLINE=1 with the model in your Hugging Face cache."
+    )

@@ -1,0 +1,137 @@
+"""The steering-vector value type and its safetensors file format.
+
+A :class:`SteeringVector` holds one direction per decoder layer it was extracted at,
+plus where it came from. Files are plain safetensors: one tensor ``directions`` of shape
+``[n, hidden]`` and string metadata (model id, hidden size, layers, method, read
+position, pairs' hash, extraction time), so other tools can read them too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load, save
+
+from engine.errors import SteerLabError
+
+FORMAT = "steerlab-vector/1"
+
+
+@dataclass(frozen=True)
+class SteeringVector:
+    """Directions in a model's residual stream, one row per layer in ``layers``."""
+
+    name: str
+    directions: torch.Tensor  # float32, [len(layers), hidden], on the CPU
+    layers: tuple[int, ...]
+    model_id: str = ""
+    method: str = ""
+    read: str = ""
+    pairs_hash: str = ""
+    extraction_seconds: float = 0.0
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.directions.ndim != 2 or self.directions.shape[0] != len(self.layers):
+            raise ValueError("directions must be [len(layers), hidden]")
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.directions.shape[1])
+
+    def for_layer(self, layer: int) -> torch.Tensor:
+        if layer not in self.layers:
+            covered = ", ".join(str(x) for x in self.layers)
+            raise SteerLabError(
+                f"Vector '{self.name}' has no direction for layer {layer} (it covers layers {covered}); "
+                "pick one of those layers or extract the vector again."
+            )
+        return self.directions[self.layers.index(layer)]
+
+    @property
+    def parameter_count(self) -> int:
+        return int(self.directions.numel())
+
+    def to_bytes(self) -> bytes:
+        metadata = {
+            "format": FORMAT,
+            "name": self.name,
+            "model_id": self.model_id,
+            "hidden_size": str(self.hidden_size),
+            "layers": json.dumps(list(self.layers)),
+            "method": self.method,
+            "read": self.read,
+            "pairs_hash": self.pairs_hash,
+            "extraction_seconds": repr(self.extraction_seconds),
+            **{f"extra.{k}": v for k, v in self.extra.items()},
+        }
+        return save({"directions": self.directions.contiguous()}, metadata=metadata)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str, name: str | None = None) -> SteeringVector:
+        try:
+            tensors = load(data)
+            metadata = _read_metadata(data)
+        except (SafetensorError, ValueError, json.JSONDecodeError) as exc:
+            raise SteerLabError(f"{source} is not a readable safetensors vector file ({exc}); save it again with SteerLab.") from exc
+        directions = tensors.get("directions")
+        if directions is None:
+            if len(tensors) != 1:
+                raise SteerLabError(f"{source} holds no tensor named 'directions'; save it with SteerLab or hold exactly one tensor.")
+            directions = next(iter(tensors.values()))
+        directions = directions.to(torch.float32)
+        if directions.ndim == 1:
+            directions = directions[None, :]
+        layers_text = metadata.get("layers")
+        layers = tuple(json.loads(layers_text)) if layers_text else tuple(range(directions.shape[0]))
+        if len(layers) != directions.shape[0]:
+            raise SteerLabError(f"{source} lists {len(layers)} layers for {directions.shape[0]} directions; save it again.")
+        return cls(
+            name=name or metadata.get("name", "") or Path(source).stem,
+            directions=directions,
+            layers=layers,
+            model_id=metadata.get("model_id", ""),
+            method=metadata.get("method", ""),
+            read=metadata.get("read", ""),
+            pairs_hash=metadata.get("pairs_hash", ""),
+            extraction_seconds=float(metadata.get("extraction_seconds", "0") or 0),
+            extra={k[len("extra."):]: v for k, v in metadata.items() if k.startswith("extra.")},
+        )
+
+    def check_fits(self, hidden_size: int, model_id: str, source: str) -> None:
+        if self.hidden_size != hidden_size:
+            raise SteerLabError(
+                f"{source} holds a vector of hidden size {self.hidden_size} (from model '{self.model_id or 'unknown'}'), "
+                f"but model '{model_id}' has hidden size {hidden_size}; extract the vector on this model."
+            )
+
+
+def _read_metadata(data: bytes) -> dict[str, str]:
+    # safetensors keeps metadata in the JSON header: 8 bytes of length, then the header.
+    header_len = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + header_len])
+    meta = header.get("__metadata__") or {}
+    return {str(k): str(v) for k, v in meta.items()}
+
+
+def save_vector(vector: SteeringVector, path: str | Path) -> None:
+    Path(path).write_bytes(vector.to_bytes())
+
+
+def load_vector(path: str | Path, name: str | None = None) -> SteeringVector:
+    file = Path(path)
+    if not file.is_file():
+        raise SteerLabError(f"Vector file '{file}' does not exist; check the path.")
+    return SteeringVector.from_bytes(file.read_bytes(), source=f"Vector file '{file}'", name=name)
+
+
+def hash_pairs(pairs: Sequence[tuple[str, str]]) -> str:
+    """A stable fingerprint of contrastive pairs, stored with every extracted vector."""
+    digest = hashlib.sha256(json.dumps([list(p) for p in pairs], ensure_ascii=False).encode())
+    return digest.hexdigest()[:16]

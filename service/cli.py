@@ -1,0 +1,165 @@
+"""The command line: ``python -m engine run|list|export|bench``.
+
+Exit codes: 0 success, 2 bad input (one sentence on stderr), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from db.store import Store, StoreError
+from engine.errors import SteerLabError
+from engine.runner import Progress
+from service.catalog import list_experiments
+from service.export import export_csv, export_json
+from service.running import RunOptions, run_experiment_file
+from service.summary import VariantSummary, variant_summaries
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m engine", description="SteerLab: A/B test steering variants of a language model.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run (or resume) an experiment file and print a per-variant summary")
+    run.add_argument("file", help="experiment YAML file")
+    run.add_argument("--db", help="SQLAlchemy URL or SQLite file (default: $STEERLAB_DB or steerlab.db)")
+    run.add_argument("--model", help="hub id or local folder, instead of the file's model")
+    run.add_argument("--name", help="store under this experiment name instead of the file's")
+    run.add_argument("--batch-size", type=int, default=8, help="rows per mixed batch (default 8)")
+    run.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    run.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default auto: float32 on CPU)")
+    run.add_argument("--replace", action="store_true", help="discard a stored experiment of that name whose definition differs")
+
+    ls = sub.add_parser("list", help="list stored experiments with their counts")
+    ls.add_argument("--db")
+
+    export = sub.add_parser("export", help="export an experiment's outputs, figures and ratings")
+    export.add_argument("name")
+    export.add_argument("--format", choices=("json", "csv"), default="json")
+    export.add_argument("-o", "--output", required=True, help="file to write")
+    export.add_argument("--db")
+
+    bench = sub.add_parser("bench", help="measure steering overhead, mixed-batch speedup, toggle time, reversibility")
+    bench.add_argument("--json", help="also write the figures to this JSON file")
+    bench.add_argument("--quick", action="store_true", help="fewer repeats (for smoke tests)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "list":
+            return _list(args)
+        if args.command == "export":
+            return _export(args)
+        return _bench(args)
+    except (SteerLabError, StoreError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nInterrupted: finished batches are stored; run the same command again to continue.", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    store = Store(args.db)
+    options = RunOptions(args.batch_size, args.device, args.dtype, args.model, args.name, args.replace)
+    bar: tqdm | None = None
+
+    def progress(p: Progress) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=p.total, initial=p.done, unit="gen", desc="generating", dynamic_ncols=True)
+        bar.update(p.done - bar.n)
+
+    try:
+        result = run_experiment_file(store, args.file, options, progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"Experiment '{result.experiment}': run {result.run_id} {result.status}, "
+          f"{result.generated} new generations, {result.total} in all ({store.url}).")
+    print(format_summary(variant_summaries(store, result.experiment)))
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    rows = list_experiments(Store(args.db))
+    if not rows:
+        print("No experiments stored yet; run one with `python -m engine run experiments/tinystories_mood.yaml`.")
+        return 0
+    table = [["experiment", "model", "prompts", "variants", "generations", "ratings", "last run"]]
+    for r in rows:
+        table.append([r.name, r.model_id, str(r.prompts), str(r.variants), str(r.generations), str(r.ratings), r.last_run_status or "-"])
+    print(_table(table))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    store = Store(args.db)
+    text = export_json(store, args.name) if args.format == "json" else export_csv(store, args.name)
+    target = Path(args.output)
+    if target.parent and not target.parent.exists():
+        raise SteerLabError(f"Folder '{target.parent}' for the export does not exist; create it or pick another -o path.")
+    target.write_text(text, encoding="utf-8")
+    print(f"Wrote {args.format.upper()} export of '{args.name}' to {target}.")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from engine.bench import run_benchmarks
+
+    def report(line: str) -> None:
+        print(line, flush=True)
+
+    figures = run_benchmarks(quick=args.quick, log=report)
+    print(json.dumps(figures, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2), encoding="utf-8")
+    return 0
+
+
+def format_summary(summaries: Sequence[VariantSummary]) -> str:
+    score_names = sorted({k for s in summaries for k in s.scores})
+    header = ["variant", "kind", "n", "tok/gen", "tok/s", "peak MB", "params", "extract s", "rev. diff", "toggle ms"]
+    table = [header + [f"{n} (mean [95% CI])" for n in score_names]]
+    for s in summaries:
+        rev = s.reversibility()
+        comp = s.compute()
+        row = [
+            s.name,
+            s.kind,
+            str(s.generations),
+            _fmt(s.mean_tokens, 1),
+            _fmt(s.tokens_per_second, 1),
+            _fmt(s.peak_memory_bytes / 2**20, 0),
+            _fmt(comp["steering_parameters"], 0),
+            _fmt(comp["extraction_seconds"], 3),
+            _fmt(rev["max_abs_logit_diff_after_removal"], 1),
+            _fmt(rev["toggle_ms"], 3),
+        ]
+        for n in score_names:
+            e = s.scores[n]
+            row.append(f"{e.value:.3f} [{e.low:.3f}, {e.high:.3f}]" if e.n else "-")
+        table.append(row)
+    return _table(table)
+
+
+def _fmt(value: float, digits: int) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

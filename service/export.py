@@ -1,0 +1,132 @@
+"""Export an experiment as JSON (everything) or CSV (one row per generation)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from typing import Any
+
+from db import repository as repo
+from db.store import Store
+from service.catalog import get_experiment, stored_spec
+from service.summary import variant_summaries
+
+
+def export_data(store: Store, name: str) -> dict[str, Any]:
+    summaries = {s.name: s for s in variant_summaries(store, name)}
+    with store.session() as session:
+        experiment = get_experiment(session, name)
+        spec = stored_spec(experiment)
+        scores = repo.generation_metrics(session, experiment.id)
+        generations = repo.generations_of(session, experiment.id)
+        ratings = repo.ratings_of(session, experiment.id)
+        run = repo.latest_run(session, experiment.id)
+        return {
+            "experiment": {
+                "name": experiment.name,
+                "description": experiment.description,
+                "model": experiment.model_id,
+                "generation": spec.generation.to_dict(),
+                "definition_hash": experiment.definition_hash,
+                "created_at": experiment.created_at.isoformat(),
+                "last_run": None if run is None else {"id": run.id, "status": run.status, "done": run.done_units, "total": run.total_units},
+                "spec": spec.to_dict(),
+            },
+            "prompts": [{"index": p.position, "text": p.text} for p in experiment.prompts],
+            "variants": [
+                {
+                    "name": v.name,
+                    "kind": v.kind,
+                    "spec": json.loads(v.spec_json),
+                    "compute": _clean(summaries[v.name].compute()),
+                    "reversibility": _clean(summaries[v.name].reversibility()),
+                    "scores": {
+                        k: {"mean": _num(e.value), "ci95": [_num(e.low), _num(e.high)], "n": e.n}
+                        for k, e in summaries[v.name].scores.items()
+                    },
+                }
+                for v in experiment.variants
+            ],
+            "generations": [
+                {
+                    "id": g.id,
+                    "variant": g.variant.name,
+                    "prompt": g.prompt.text,
+                    "prompt_index": g.prompt.position,
+                    "sample": g.sample_index,
+                    "text": g.text,
+                    "token_count": g.token_count,
+                    "seconds": g.seconds,
+                    "scores": scores.get(g.id, {}),
+                }
+                for g in generations
+            ],
+            "ratings": [
+                {
+                    "rater": r.rater,
+                    "left_generation": r.left_generation_id,
+                    "right_generation": r.right_generation_id,
+                    "left_variant": r.left.variant.name,
+                    "right_variant": r.right.variant.name,
+                    "choice": r.choice,
+                    "created_at": r.created_at.isoformat(),
+                }
+                for r in ratings
+            ],
+        }
+
+
+def export_json(store: Store, name: str) -> str:
+    return json.dumps(export_data(store, name), indent=2, ensure_ascii=False)
+
+
+def export_csv(store: Store, name: str) -> str:
+    data = export_data(store, name)
+    score_names = sorted({k for g in data["generations"] for k in g["scores"]})
+    tallies: dict[int, dict[str, int]] = {}
+    for r in data["ratings"]:
+        for gid, side in ((r["left_generation"], "left"), (r["right_generation"], "right")):
+            t = tallies.setdefault(gid, {"shown": 0, "wins": 0, "losses": 0, "ties": 0, "both_bad": 0})
+            t["shown"] += 1
+            if r["choice"] == side:
+                t["wins"] += 1
+            elif r["choice"] in ("left", "right"):
+                t["losses"] += 1
+            elif r["choice"] == "tie":
+                t["ties"] += 1
+            else:
+                t["both_bad"] += 1
+    out = io.StringIO()
+    writer = csv.writer(out)
+    rating_cols = ["shown", "wins", "losses", "ties", "both_bad"]
+    writer.writerow(
+        ["experiment", "variant", "prompt_index", "prompt", "sample", "text", "token_count", "seconds", *score_names, *rating_cols]
+    )
+    for g in data["generations"]:
+        t = tallies.get(g["id"], {})
+        writer.writerow(
+            [
+                data["experiment"]["name"],
+                g["variant"],
+                g["prompt_index"],
+                g["prompt"],
+                g["sample"],
+                g["text"],
+                g["token_count"],
+                f"{g['seconds']:.6f}",
+                *[g["scores"].get(s, "") for s in score_names],
+                *[t.get(c, 0) for c in rating_cols],
+            ]
+        )
+    return out.getvalue()
+
+
+def _num(value: float) -> float | None:
+    # JSON has no NaN; a missing figure is null.
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _clean(values: dict[str, float]) -> dict[str, float | None]:
+    return {k: _num(float(v)) for k, v in values.items()}

@@ -1,0 +1,337 @@
+"""Run an experiment: validate, store the definition, extract vectors, generate, measure.
+
+Everything that can be wrong with the input is checked before anything is written.
+Generations are stored one batch per transaction, so a run stopped at any moment
+(Ctrl-C, kill -9, a crash) keeps every finished batch, and running again continues with
+the units still missing; the unique (variant, prompt, sample) key rules out duplicates.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from db import repository as repo
+from db.schema import Experiment, Run
+from db.store import Store
+from engine.errors import RunCancelled, SteerLabError
+from engine.experiment_file import load_experiment_file
+from engine.extract import extract_vector
+from engine.measure import measure_reversibility
+from engine.methods.base import ModelFacts
+from engine.models import LoadedModel, load_model
+from engine.prompting import plain_tokens, render_prompt
+from engine.runner import CancelFlag, PreparedVariant, Progress, RowOutput, Unit, run_units
+from engine.spec import ExperimentSpec, VectorSpec, check_against_model
+from engine.vectors import SteeringVector, hash_pairs, load_vector
+from service.catalog import get_experiment, import_experiment, stored_spec
+from service.scoring import score_experiment
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    batch_size: int = 8
+    device: str = "auto"
+    dtype: str = "auto"
+    model: str | None = None  # overrides the file's model
+    name: str | None = None  # overrides the file's experiment name
+    replace: bool = False  # discard a stored experiment whose definition differs
+
+
+@dataclass(frozen=True)
+class RunResult:
+    experiment: str
+    run_id: int
+    status: str
+    generated: int  # in this run
+    total: int  # units of the whole experiment
+
+
+class _StoreCancel:
+    """Cancelled by a local event, or by a cancel request stored for the run (another tab)."""
+
+    def __init__(self, store: Store, run_id: int, local: CancelFlag | None) -> None:
+        self._store, self._run_id, self._local = store, run_id, local
+        self._checked_at = 0.0
+        self._stored = False
+
+    def is_set(self) -> bool:
+        if self._local is not None and self._local.is_set():
+            return True
+        now = time.monotonic()
+        if now - self._checked_at > 1.0:
+            self._checked_at = now
+            with self._store.session() as session:
+                self._stored = repo.cancel_requested(session, self._run_id)
+        return self._stored
+
+
+def run_experiment_file(
+    store: Store,
+    path: str | Path,
+    options: RunOptions = RunOptions(),
+    progress: Callable[[Progress], None] | None = None,
+    cancel: CancelFlag | None = None,
+) -> RunResult:
+    spec = load_experiment_file(path)
+    if options.model:
+        spec = replace(spec, model=options.model)
+    if options.name:
+        spec = replace(spec, name=options.name)
+    return run_spec(store, spec, str(path), options, progress, cancel)
+
+
+def run_spec(
+    store: Store,
+    spec: ExperimentSpec,
+    source: str,
+    options: RunOptions = RunOptions(),
+    progress: Callable[[Progress], None] | None = None,
+    cancel: CancelFlag | None = None,
+) -> RunResult:
+    """Validate ``spec`` against its model, store (or extend) it, then run what is missing."""
+    _check_batch_size(options.batch_size)
+    model = load_model(spec.model, options.device, options.dtype)
+    check_against_model(spec, ModelFacts.of(model), source)
+    vector_files = _read_vector_files(spec, model, source)
+    with store.session() as session:
+        import_experiment(session, spec, source, vector_files, options.replace)
+    return run_stored(store, spec.name, options, progress, cancel, model)
+
+
+def run_stored(
+    store: Store,
+    name: str,
+    options: RunOptions = RunOptions(),
+    progress: Callable[[Progress], None] | None = None,
+    cancel: CancelFlag | None = None,
+    model: LoadedModel | None = None,
+) -> RunResult:
+    """Run (or resume) a stored experiment's missing generations."""
+    _check_batch_size(options.batch_size)
+    with store.session() as session:
+        experiment = get_experiment(session, name)
+        spec = stored_spec(experiment)
+    model = model or load_model(spec.model, options.device, options.dtype)
+    check_against_model(spec, ModelFacts.of(model), f"stored experiment '{name}'")
+    vectors = _ensure_vectors(store, name, spec, model)
+    variants = [
+        PreparedVariant(
+            v.name,
+            tuple(tuple(render_prompt(model, p, v, spec.chat_template)) for p in spec.prompts),
+            tuple(i.prepare(model, vectors) for i in v.interventions),
+        )
+        for v in spec.variants
+    ]
+    with store.session() as session:
+        experiment = get_experiment(session, name)
+        _claim(session, experiment)
+        variant_ids = [v.id for v in experiment.variants]
+        prompt_ids = [p.id for p in experiment.prompts]
+        done = repo.done_keys(session, experiment.id)
+        all_units = [
+            Unit(p, s, v)
+            for p in range(len(prompt_ids))
+            for s in range(spec.generation.samples_per_prompt)
+            for v in range(len(variant_ids))
+        ]
+        pending = [u for u in all_units if (variant_ids[u.variant], prompt_ids[u.prompt], u.sample) not in done]
+        run = repo.start_run(
+            session,
+            experiment,
+            total=len(all_units),
+            done=len(all_units) - len(pending),
+            batch_size=options.batch_size,
+            device=str(model.device),
+            dtype=str(model.dtype).removeprefix("torch."),
+            owner=_owner(),
+        )
+        experiment_id, run_id = experiment.id, run.id
+
+    def store_batch(rows: list[RowOutput]) -> None:
+        with store.session() as session:
+            repo.record_batch(
+                session,
+                experiment_id,
+                run_id,
+                [
+                    repo.NewGeneration(
+                        variant_ids[r.unit.variant],
+                        prompt_ids[r.unit.prompt],
+                        r.unit.sample,
+                        r.text,
+                        len(r.token_ids),
+                        r.seconds,
+                        r.peak_memory_bytes,
+                    )
+                    for r in rows
+                ],
+            )
+
+    status = "failed"
+    try:
+        run_units(
+            model,
+            variants,
+            pending,
+            spec.generation,
+            options.batch_size,
+            store_batch,
+            progress,
+            _StoreCancel(store, run_id, cancel),
+            already_done=len(all_units) - len(pending),
+        )
+        _store_variant_figures(store, experiment_id, run_id, spec, model, variants, vectors)
+        score_experiment(store, name)
+        status = "done"
+    except RunCancelled:
+        status = "cancelled"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        with store.session() as session:
+            repo.finish_run(session, run_id, status)
+    return RunResult(name, run_id, status, len(pending), len(all_units))
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise SteerLabError(f"Batch size {batch_size} is too small; give 1 or more.")
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+
+def _claim(session: repo.Session, experiment: Experiment) -> None:
+    """One run per experiment: refuse if a live run holds it; free it if its process died."""
+    active: Run | None = repo.active_run(session, experiment.id)
+    if active is None:
+        return
+    host, _, rest = active.owner.partition(":")
+    pid = int(rest.split(":")[0]) if rest.split(":")[0].isdigit() else -1
+    alive = host == socket.gethostname() and _pid_alive(pid)
+    if alive and pid != os.getpid():
+        raise SteerLabError(
+            f"Experiment '{experiment.name}' is already being run (run {active.id}, process {pid}); "
+            "wait for it to finish or cancel it first."
+        )
+    if alive:  # same process: another thread (a dashboard worker) holds it
+        raise SteerLabError(f"Experiment '{experiment.name}' is already being run (run {active.id}); wait or cancel it.")
+    repo.finish_run(session, active.id, "interrupted", "its process ended before the run finished")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read_vector_files(spec: ExperimentSpec, model: LoadedModel, source: str) -> dict[str, bytes]:
+    out = {}
+    for vector in spec.vectors:
+        if vector.file is not None:
+            loaded = load_vector(vector.file, vector.name)
+            loaded.check_fits(model.hidden_size, model.model_id, f"{source}: vector file '{vector.file}'")
+            out[vector.name] = Path(vector.file).read_bytes()
+    return out
+
+
+def _ensure_vectors(store: Store, name: str, spec: ExperimentSpec, model: LoadedModel) -> dict[str, SteeringVector]:
+    """Every vector the variants use, extracted now if not stored for this model and pairs."""
+    needed = {n for v in spec.variants for n in v.vector_names()}
+    out: dict[str, SteeringVector] = {}
+    for vector_spec in spec.vectors:
+        if vector_spec.name not in needed:
+            continue
+        with store.session() as session:
+            row = next(v for v in get_experiment(session, name).vectors if v.name == vector_spec.name)
+            stored = row.data
+        vector = _usable(stored, vector_spec, model, name)
+        if vector is None:
+            vector = _extract(model, vector_spec)
+            with store.session() as session:
+                row = next(v for v in get_experiment(session, name).vectors if v.name == vector_spec.name)
+                repo.store_vector_data(
+                    session,
+                    row,
+                    vector.to_bytes(),
+                    model.model_id,
+                    vector.hidden_size,
+                    vector.method,
+                    vector.pairs_hash,
+                    vector.extraction_seconds,
+                )
+        out[vector_spec.name] = vector
+    return out
+
+
+def _usable(data: bytes | None, spec: VectorSpec, model: LoadedModel, experiment: str) -> SteeringVector | None:
+    if data is None:
+        if spec.file is not None:
+            raise SteerLabError(f"Vector '{spec.name}' of experiment '{experiment}' has no stored data; import its file again.")
+        return None
+    vector = SteeringVector.from_bytes(data, source=f"stored vector '{spec.name}'", name=spec.name)
+    if spec.file is not None:
+        vector.check_fits(model.hidden_size, model.model_id, f"stored vector '{spec.name}'")
+        return vector
+    used = [spec.pairs[spec.pair_index]] if spec.method == "single_pair" else list(spec.pairs)
+    fresh = vector.model_id == model.model_id and vector.pairs_hash == hash_pairs(used) and vector.method == spec.method
+    return vector if fresh and vector.read == spec.read else None
+
+
+def _extract(model: LoadedModel, spec: VectorSpec) -> SteeringVector:
+    return extract_vector(
+        model,
+        spec.name,
+        spec.pairs,
+        lambda text: plain_tokens(model, text),
+        method=spec.method,
+        read=spec.read,
+        pair_index=spec.pair_index,
+    )
+
+
+def _store_variant_figures(
+    store: Store,
+    experiment_id: int,
+    run_id: int,
+    spec: ExperimentSpec,
+    model: LoadedModel,
+    variants: list[PreparedVariant],
+    vectors: dict[str, SteeringVector],
+) -> None:
+    """Reversibility and static compute figures of every variant (cheap: one probe each)."""
+    probe = plain_tokens(model, spec.probe_prompt)
+    with store.session() as session:
+        experiment = session.get(Experiment, experiment_id)
+        assert experiment is not None
+        for row, variant_spec, prepared in zip(experiment.variants, spec.variants, variants, strict=True):
+            figures = measure_reversibility(model, prepared.edits, probe)
+            used = variant_spec.vector_names()
+            repo.set_variant_metrics(
+                session,
+                row.id,
+                run_id,
+                {
+                    "reversibility_max_abs_logit_diff": figures.max_abs_logit_diff,
+                    "probe_max_abs_logit_shift": figures.steered_max_abs_logit_diff,
+                    "toggle_ms": figures.toggle_ms,
+                    "steering_parameters": float(sum(e.parameter_count for e in prepared.edits)),
+                    "layers_touched": float(len({layer for e in prepared.edits for layer in e.layers})),
+                    "extraction_seconds": float(sum(vectors[n].extraction_seconds for n in used)),
+                    "prompt_tokens_mean": sum(len(t) for t in prepared.prompt_tokens) / len(prepared.prompt_tokens),
+                },
+            )
