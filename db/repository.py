@@ -109,7 +109,9 @@ def add_variants(session: Session, experiment: Experiment, variants: Iterable[Ne
         )
 
 
-def update_experiment_spec(session: Session, experiment: Experiment, spec: dict[str, Any], definition_hash: str) -> None:
+def update_experiment_spec(
+    session: Session, experiment: Experiment, spec: dict[str, Any], definition_hash: str
+) -> None:
     experiment.spec_json = json.dumps(spec, ensure_ascii=False)
     experiment.definition_hash = definition_hash
     experiment.description = str(spec.get("description", ""))
@@ -172,7 +174,14 @@ def latest_run(session: Session, experiment_id: int) -> Run | None:
 
 
 def start_run(
-    session: Session, experiment: Experiment, total: int, done: int, batch_size: int, device: str, dtype: str, owner: str
+    session: Session,
+    experiment: Experiment,
+    total: int,
+    done: int,
+    batch_size: int,
+    device: str,
+    dtype: str,
+    owner: str,
 ) -> Run:
     run = Run(
         owner=owner,
@@ -191,7 +200,9 @@ def start_run(
 
 def finish_run(session: Session, run_id: int, status: str, error: str = "") -> None:
     session.execute(
-        update(Run).where(Run.id == run_id).values(status=status, error=error, finished_at=utcnow(), updated_at=utcnow())
+        update(Run)
+        .where(Run.id == run_id)
+        .values(status=status, error=error, finished_at=utcnow(), updated_at=utcnow())
     )
 
 
@@ -273,9 +284,7 @@ def generations_of(session: Session, experiment_id: int) -> list[Generation]:
 
 
 def set_variant_metrics(session: Session, variant_id: int, run_id: int | None, values: dict[str, float]) -> None:
-    existing = {
-        m.name: m for m in session.scalars(select(VariantMetric).where(VariantMetric.variant_id == variant_id))
-    }
+    existing = {m.name: m for m in session.scalars(select(VariantMetric).where(VariantMetric.variant_id == variant_id))}
     for name, value in values.items():
         if name in existing:
             existing[name].value = value
@@ -328,7 +337,11 @@ def unscored_generations(session: Session, experiment_id: int, metric: str) -> l
 
 def add_rating(session: Session, experiment_id: int, rater: str, left_id: int, right_id: int, choice: str) -> Rating:
     rating = Rating(
-        experiment_id=experiment_id, rater=rater, left_generation_id=left_id, right_generation_id=right_id, choice=choice
+        experiment_id=experiment_id,
+        rater=rater,
+        left_generation_id=left_id,
+        right_generation_id=right_id,
+        choice=choice,
     )
     session.add(rating)
     session.flush()

@@ -40,7 +40,9 @@ class Store:
         try:
             self.engine: Engine = create_engine(self.url)
         except (ArgumentError, ImportError) as exc:
-            raise StoreError(f"Database URL '{self.url}' is not usable ({exc}); give a SQLAlchemy URL or a file path.") from exc
+            raise StoreError(
+                f"Database URL '{self.url}' is not usable ({exc}); give a SQLAlchemy URL or a file path."
+            ) from exc
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)

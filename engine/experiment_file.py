@@ -53,7 +53,5 @@ def parse_yaml(text: str, source: str) -> Any:
 def _resolve_vector_files(spec: ExperimentSpec, base_dir: Path) -> ExperimentSpec:
     if not any(v.file for v in spec.vectors):
         return spec
-    vectors = tuple(
-        VectorSpec(v.name, file=str((base_dir / v.file).resolve())) if v.file else v for v in spec.vectors
-    )
+    vectors = tuple(VectorSpec(v.name, file=str((base_dir / v.file).resolve())) if v.file else v for v in spec.vectors)
     return ExperimentSpec(**{**spec.__dict__, "vectors": vectors})

@@ -31,6 +31,7 @@ class Decoding:
     temperature: float = 1.0
     top_k: int = 0  # 0 = no top-k cut
     top_p: float = 1.0  # 1.0 = no nucleus cut
+    stop_at_eos: bool = True  # benchmarks switch this off so every row runs the same length
 
 
 def left_pad(model: LoadedModel, prompts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,7 +87,8 @@ def generate(
     generators = _generators(model, seeds, batch) if decoding.do_sample else None
     ids, mask = left_pad(model, prompts)
     positions = positions_from_mask(mask)
-    eos = torch.tensor(sorted(model.eos_token_ids) or [-1], device=model.device)
+    stops = sorted(model.eos_token_ids) if decoding.stop_at_eos else []
+    eos = torch.tensor(stops or [-1], device=model.device)
     outputs: list[list[int]] = [[] for _ in range(batch)]
     finished = torch.zeros(batch, dtype=torch.bool, device=model.device)
     context = steering.attached() if steering is not None else nullcontext()

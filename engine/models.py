@@ -120,10 +120,10 @@ def _load_uncached(model_id: str, device: torch.device, dtype: torch.dtype) -> L
     _check_model_reference(model_id)
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_id)
-        model = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype)
+        model: Any = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype)
     except (OSError, ValueError, KeyError) as exc:
         raise SteerLabError(_explain_load_failure(model_id, exc)) from exc
-    model.to(device)
+    model = model.to(device)
     return wrap_model(model_id, model, tokenizer)
 
 

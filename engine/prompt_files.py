@@ -15,9 +15,13 @@ PROMPT_FILE_TYPES = (".csv", ".jsonl", ".txt")
 def read_prompts(path: Path, named_in: str) -> list[str]:
     """Prompts from ``path``; ``named_in`` says where the path came from, for messages."""
     if not path.is_file():
-        raise SteerLabError(f"Prompts file '{path}' ({named_in}) does not exist; check the path, relative to the experiment file.")
+        raise SteerLabError(
+            f"Prompts file '{path}' ({named_in}) does not exist; check the path, relative to the experiment file."
+        )
     if path.suffix not in PROMPT_FILE_TYPES:
-        raise SteerLabError(f"Prompts file '{path}' has type '{path.suffix}'; use one of {', '.join(PROMPT_FILE_TYPES)}.")
+        raise SteerLabError(
+            f"Prompts file '{path}' has type '{path.suffix}'; use one of {', '.join(PROMPT_FILE_TYPES)}."
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -46,7 +50,9 @@ def _jsonl(text: str, source: str) -> list[str]:
         try:
             item = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise SteerLabError(f"{source}, line {number}: not valid JSON ({exc.msg}); write one JSON object per line.") from exc
+            raise SteerLabError(
+                f"{source}, line {number}: not valid JSON ({exc.msg}); write one JSON object per line."
+            ) from exc
         prompt = item.get("prompt") if isinstance(item, dict) else item
         if not isinstance(prompt, str) or not prompt.strip():
             raise SteerLabError(f'{source}, line {number}: has no non-empty "prompt" text; write {{"prompt": "..."}}.')

@@ -29,7 +29,7 @@ def _chat_text(tokenizer: Any, text: str, variant: VariantSpec) -> str:
     try:
         messages = [{"role": "system", "content": variant.system}, user]
         return str(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
-    except Exception:  # noqa: BLE001 - templates without a system role raise their own error types
+    except Exception:
         # Some templates (Gemma's) reject a system role: fold it into the user turn.
         folded = {"role": "user", "content": f"{variant.system}\n\n{variant.prefix}{text}"}
         return str(tokenizer.apply_chat_template([folded], add_generation_prompt=True, tokenize=False))

@@ -270,11 +270,13 @@ def _parse_variants(raw: Any, where: Where, vector_names: set[str]) -> tuple[Var
     items = as_list(raw, where)
     if not items:
         where.fail("is an empty list", "define at least one variant, for example 'name: baseline'")
-    variants = []
+    variants: list[VariantSpec] = []
     for i, item in enumerate(items):
         variant = parse_variant(item, where.child(i), vector_names)
         if any(v.name == variant.name for v in variants):
-            where.child(i).child("name").fail(f"repeats the variant name {variant.name!r}", "give each variant its own name")
+            where.child(i).child("name").fail(
+                f"repeats the variant name {variant.name!r}", "give each variant its own name"
+            )
         variants.append(variant)
     return tuple(variants)
 
@@ -284,7 +286,9 @@ def parse_variant(raw: Any, where: Where, vector_names: set[str]) -> VariantSpec
     data = as_mapping(raw, where)
     check_keys(data, ("name", "kind", "description", "prefix", "system", "interventions"), where)
     interventions_raw = as_list(data.get("interventions") or [], where.child("interventions"))
-    interventions = tuple(methods.parse(x, where.child("interventions").child(i)) for i, x in enumerate(interventions_raw))
+    interventions = tuple(
+        methods.parse(x, where.child("interventions").child(i)) for i, x in enumerate(interventions_raw)
+    )
     for i, intervention in enumerate(interventions):
         for vector in intervention.vector_names():
             if vector not in vector_names:

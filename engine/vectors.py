@@ -79,11 +79,15 @@ class SteeringVector:
             tensors = load(data)
             metadata = _read_metadata(data)
         except (SafetensorError, ValueError, json.JSONDecodeError) as exc:
-            raise SteerLabError(f"{source} is not a readable safetensors vector file ({exc}); save it again with SteerLab.") from exc
+            raise SteerLabError(
+                f"{source} is not a readable safetensors vector file ({exc}); save it again with SteerLab."
+            ) from exc
         directions = tensors.get("directions")
         if directions is None:
             if len(tensors) != 1:
-                raise SteerLabError(f"{source} holds no tensor named 'directions'; save it with SteerLab or hold exactly one tensor.")
+                raise SteerLabError(
+                    f"{source} holds no tensor named 'directions'; save it with SteerLab or hold exactly one tensor."
+                )
             directions = next(iter(tensors.values()))
         directions = directions.to(torch.float32)
         if directions.ndim == 1:
@@ -91,7 +95,9 @@ class SteeringVector:
         layers_text = metadata.get("layers")
         layers = tuple(json.loads(layers_text)) if layers_text else tuple(range(directions.shape[0]))
         if len(layers) != directions.shape[0]:
-            raise SteerLabError(f"{source} lists {len(layers)} layers for {directions.shape[0]} directions; save it again.")
+            raise SteerLabError(
+                f"{source} lists {len(layers)} layers for {directions.shape[0]} directions; save it again."
+            )
         return cls(
             name=name or metadata.get("name", "") or Path(source).stem,
             directions=directions,
@@ -101,7 +107,7 @@ class SteeringVector:
             read=metadata.get("read", ""),
             pairs_hash=metadata.get("pairs_hash", ""),
             extraction_seconds=float(metadata.get("extraction_seconds", "0") or 0),
-            extra={k[len("extra."):]: v for k, v in metadata.items() if k.startswith("extra.")},
+            extra={k[len("extra.") :]: v for k, v in metadata.items() if k.startswith("extra.")},
         )
 
     def check_fits(self, hidden_size: int, model_id: str, source: str) -> None:

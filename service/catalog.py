@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from db import repository as repo
-from db.schema import Experiment
+from db.schema import Experiment, Vector
 from db.store import Store
 from engine.errors import SteerLabError
 from engine.fields import Where
@@ -77,7 +77,7 @@ def _extend(session: Session, experiment: Experiment, spec: ExperimentSpec, vect
     known_vectors = {v.name for v in experiment.vectors}
     for vector in spec.vectors:
         if vector.name not in known_vectors:
-            experiment.vectors.append(repo.Vector(name=vector.name, spec_json=json.dumps(vector.to_dict())))
+            experiment.vectors.append(Vector(name=vector.name, spec_json=json.dumps(vector.to_dict())))
     _attach_vector_files(experiment, {k: v for k, v in vector_files.items() if k not in known_vectors})
     known_variants = {v.name for v in experiment.variants}
     repo.add_variants(
@@ -107,7 +107,9 @@ def get_experiment(session: Session, name: str) -> Experiment:
     experiment = repo.find_experiment(session, name)
     if experiment is None:
         known = ", ".join(s.name for s in repo.experiment_summaries(session)) or "none yet"
-        raise SteerLabError(f"No experiment named '{name}' is stored (stored: {known}); check the name with `python -m engine list`.")
+        raise SteerLabError(
+            f"No experiment named '{name}' is stored (stored: {known}); check the name with `python -m engine list`."
+        )
     return experiment
 
 

@@ -11,6 +11,7 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from db.store import Store, StoreError
 from engine.errors import SteerLabError
@@ -22,7 +23,9 @@ from service.summary import VariantSummary, variant_summaries
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m engine", description="SteerLab: A/B test steering variants of a language model.")
+    parser = argparse.ArgumentParser(
+        prog="python -m engine", description="SteerLab: A/B test steering variants of a language model."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run (or resume) an experiment file and print a per-variant summary")
@@ -32,8 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--name", help="store under this experiment name instead of the file's")
     run.add_argument("--batch-size", type=int, default=8, help="rows per mixed batch (default 8)")
     run.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    run.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default auto: float32 on CPU)")
-    run.add_argument("--replace", action="store_true", help="discard a stored experiment of that name whose definition differs")
+    run.add_argument(
+        "--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default auto: float32 on CPU)"
+    )
+    run.add_argument(
+        "--replace", action="store_true", help="discard a stored experiment of that name whose definition differs"
+    )
 
     ls = sub.add_parser("list", help="list stored experiments with their counts")
     ls.add_argument("--db")
@@ -73,21 +80,22 @@ def _run(args: argparse.Namespace) -> int:
 
     store = Store(args.db)
     options = RunOptions(args.batch_size, args.device, args.dtype, args.model, args.name, args.replace)
-    bar: tqdm | None = None
+    bars: list[tqdm[Any]] = []
 
     def progress(p: Progress) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=p.total, initial=p.done, unit="gen", desc="generating", dynamic_ncols=True)
-        bar.update(p.done - bar.n)
+        if not bars:
+            bars.append(tqdm(total=p.total, initial=p.done, unit="gen", desc="generating", dynamic_ncols=True))
+        bars[0].update(p.done - bars[0].n)
 
     try:
         result = run_experiment_file(store, args.file, options, progress)
     finally:
-        if bar is not None:
+        for bar in bars:
             bar.close()
-    print(f"Experiment '{result.experiment}': run {result.run_id} {result.status}, "
-          f"{result.generated} new generations, {result.total} in all ({store.url}).")
+    print(
+        f"Experiment '{result.experiment}': run {result.run_id} {result.status}, "
+        f"{result.generated} new generations, {result.total} in all ({store.url})."
+    )
     print(format_summary(variant_summaries(store, result.experiment)))
     return 0
 
@@ -99,7 +107,17 @@ def _list(args: argparse.Namespace) -> int:
         return 0
     table = [["experiment", "model", "prompts", "variants", "generations", "ratings", "last run"]]
     for r in rows:
-        table.append([r.name, r.model_id, str(r.prompts), str(r.variants), str(r.generations), str(r.ratings), r.last_run_status or "-"])
+        table.append(
+            [
+                r.name,
+                r.model_id,
+                str(r.prompts),
+                str(r.variants),
+                str(r.generations),
+                str(r.ratings),
+                r.last_run_status or "-",
+            ]
+        )
     print(_table(table))
     return 0
 
@@ -109,7 +127,9 @@ def _export(args: argparse.Namespace) -> int:
     text = export_json(store, args.name) if args.format == "json" else export_csv(store, args.name)
     target = Path(args.output)
     if target.parent and not target.parent.exists():
-        raise SteerLabError(f"Folder '{target.parent}' for the export does not exist; create it or pick another -o path.")
+        raise SteerLabError(
+            f"Folder '{target.parent}' for the export does not exist; create it or pick another -o path."
+        )
     target.write_text(text, encoding="utf-8")
     print(f"Wrote {args.format.upper()} export of '{args.name}' to {target}.")
     return 0

@@ -31,7 +31,9 @@ def export_data(store: Store, name: str) -> dict[str, Any]:
                 "generation": spec.generation.to_dict(),
                 "definition_hash": experiment.definition_hash,
                 "created_at": experiment.created_at.isoformat(),
-                "last_run": None if run is None else {"id": run.id, "status": run.status, "done": run.done_units, "total": run.total_units},
+                "last_run": None
+                if run is None
+                else {"id": run.id, "status": run.status, "done": run.done_units, "total": run.total_units},
                 "spec": spec.to_dict(),
             },
             "prompts": [{"index": p.position, "text": p.text} for p in experiment.prompts],
@@ -102,7 +104,18 @@ def export_csv(store: Store, name: str) -> str:
     writer = csv.writer(out)
     rating_cols = ["shown", "wins", "losses", "ties", "both_bad"]
     writer.writerow(
-        ["experiment", "variant", "prompt_index", "prompt", "sample", "text", "token_count", "seconds", *score_names, *rating_cols]
+        [
+            "experiment",
+            "variant",
+            "prompt_index",
+            "prompt",
+            "sample",
+            "text",
+            "token_count",
+            "seconds",
+            *score_names,
+            *rating_cols,
+        ]
     )
     for g in data["generations"]:
         t = tallies.get(g["id"], {})

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from sqlalchemy.orm import Session
+
 from db import repository as repo
 from db.schema import Experiment, Run
 from db.store import Store
@@ -209,7 +211,7 @@ def _owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
 
-def _claim(session: repo.Session, experiment: Experiment) -> None:
+def _claim(session: Session, experiment: Experiment) -> None:
     """One run per experiment: refuse if a live run holds it; free it if its process died."""
     active: Run | None = repo.active_run(session, experiment.id)
     if active is None:
@@ -223,7 +225,9 @@ def _claim(session: repo.Session, experiment: Experiment) -> None:
             "wait for it to finish or cancel it first."
         )
     if alive:  # same process: another thread (a dashboard worker) holds it
-        raise SteerLabError(f"Experiment '{experiment.name}' is already being run (run {active.id}); wait or cancel it.")
+        raise SteerLabError(
+            f"Experiment '{experiment.name}' is already being run (run {active.id}); wait or cancel it."
+        )
     repo.finish_run(session, active.id, "interrupted", "its process ended before the run finished")
 
 
@@ -281,7 +285,9 @@ def _ensure_vectors(store: Store, name: str, spec: ExperimentSpec, model: Loaded
 def _usable(data: bytes | None, spec: VectorSpec, model: LoadedModel, experiment: str) -> SteeringVector | None:
     if data is None:
         if spec.file is not None:
-            raise SteerLabError(f"Vector '{spec.name}' of experiment '{experiment}' has no stored data; import its file again.")
+            raise SteerLabError(
+                f"Vector '{spec.name}' of experiment '{experiment}' has no stored data; import its file again."
+            )
         return None
     vector = SteeringVector.from_bytes(data, source=f"stored vector '{spec.name}'", name=spec.name)
     if spec.file is not None:

@@ -16,6 +16,8 @@ def score_experiment(store: Store, name: str) -> int:
         for scorer in spec.scorers:
             generations = repo.unscored_generations(session, experiment.id, scorer.name)
             values = scorer.score([g.text for g in generations])
-            repo.set_generation_metrics(session, ((g.id, scorer.name, v) for g, v in zip(generations, values, strict=True)))
+            repo.set_generation_metrics(
+                session, ((g.id, scorer.name, v) for g, v in zip(generations, values, strict=True))
+            )
             added += len(generations)
     return added

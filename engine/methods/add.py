@@ -65,7 +65,8 @@ class AddVector(SteeringMethod):
     def prepare(self, model: LoadedModel, vectors: Mapping[str, SteeringVector]) -> PreparedEdit:
         vector = vector_for(vectors, self.vector)
         deltas = {
-            layer: (self.coefficient * vector.for_layer(layer)).to(model.device, model.dtype) for layer in self.layer_list
+            layer: (self.coefficient * vector.for_layer(layer)).to(model.device, model.dtype)
+            for layer in self.layer_list
         }
         return _Addition(self.layer_list, deltas, self.scope)
 

@@ -160,7 +160,9 @@ def parse_intervention(raw: Any, where: Where) -> SteeringMethod:
     method = raw.get("method", "add")
     methods = registered_methods()
     if method not in methods:
-        where.child("method").fail(f"is {method!r}, not a known steering method", f"use one of {', '.join(sorted(methods))}")
+        where.child("method").fail(
+            f"is {method!r}, not a known steering method", f"use one of {', '.join(sorted(methods))}"
+        )
     settings = {k: v for k, v in raw.items() if k != "method"}
     return methods[method].parse(settings, where)
 

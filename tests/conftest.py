@@ -1,0 +1,55 @@
+"""Shared fixtures: the two real offline models, tiny random models, a fresh store."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+HF_CACHE = SHARED / "hf-cache" / "hub"
+STORIES260K = SHARED / "models" / "stories260k"
+TINYSTORIES = "raincandy-u/TinyStories-656K"
+MOOD_FILE = ROOT / "experiments" / "tinystories_mood.yaml"
+
+if HF_CACHE.is_dir():
+    os.environ.setdefault("HF_HUB_CACHE", str(HF_CACHE))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+needs_models = pytest.mark.skipif(
+    not (HF_CACHE.is_dir() and STORIES260K.is_dir()),
+    reason="the offline models in ../shared are missing (clone with ../shared beside the project)",
+)
+
+
+@pytest.fixture(scope="session")
+def tiny():  # type: ignore[no-untyped-def]
+    """raincandy-u/TinyStories-656K: Llama, 2 layers, hidden 128."""
+    if not HF_CACHE.is_dir():
+        pytest.skip("../shared/hf-cache is missing")
+    from engine.models import load_model
+
+    return load_model(TINYSTORIES, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def stories260k():  # type: ignore[no-untyped-def]
+    """../shared/models/stories260k: Llama, 5 layers, hidden 64."""
+    if not STORIES260K.is_dir():
+        pytest.skip("../shared/models/stories260k is missing")
+    from engine.models import load_model
+
+    return load_model(str(STORIES260K), device="cpu")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[object]:
+    from db.store import Store
+
+    s = Store(str(tmp_path / "test.db"))
+    yield s
+    s.close()

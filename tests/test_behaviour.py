@@ -1,0 +1,30 @@
+"""The shipped mood experiment really steers TinyStories-656K, measured on held-out prompts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from db.store import Store
+from engine.experiment_file import load_experiment_file
+from service.running import RunOptions, run_experiment_file
+from service.summary import variant_summaries
+from tests.conftest import MOOD_FILE, needs_models
+
+
+@needs_models
+def test_sad_vector_moves_sad_word_rate_both_ways(tmp_path: Path) -> None:
+    spec = load_experiment_file(MOOD_FILE)
+    pair_texts = {t for v in spec.vectors for pair in v.pairs for t in pair}
+    assert not pair_texts & set(spec.prompts), "the prompts must not be among the extraction pairs"
+
+    store = Store(str(tmp_path / "mood.db"))
+    result = run_experiment_file(store, MOOD_FILE, RunOptions(batch_size=32, device="cpu"))
+    assert result.status == "done"
+    rates = {s.name: s.scores["sad_words"] for s in variant_summaries(store, spec.name)}
+    base, sad, happy = rates["baseline"], rates["sad_x2"], rates["happy_x2"]
+    print(f"sad-word rate: baseline {base.describe()}, sad_x2 {sad.describe()}, happy_x2 {happy.describe()}")
+    assert sad.n == base.n == 30
+    # A clear margin: the steered rate is at least double, and its interval sits above the baseline's mean.
+    assert sad.value >= 2 * base.value and sad.low > base.value
+    assert happy.value < base.value and happy.high < sad.low
+    assert rates["sad_layer1_x2"].value > base.value
