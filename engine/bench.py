@@ -87,7 +87,8 @@ def measure_model(model: LoadedModel, repeats: int, new_tokens: int, log: Callab
     log(f"  steered batch {steered_time * 1000:.1f} ms vs plain {plain_time * 1000:.1f} ms")
 
     variants: list[list[PreparedEdit]] = [[]] + [
-        [edit([layer % model.n_layers], coefficient)] for layer, coefficient in zip(range(7), (0.25, 0.5, 1, -0.5, 2, -1, 0.75), strict=True)
+        [edit([layer % model.n_layers], coefficient)]
+        for layer, coefficient in zip(range(7), (0.25, 0.5, 1, -0.5, 2, -1, 0.75), strict=True)
     ]
     mixed_rows = [(prompt, v) for v in variants for prompt in prompts]
 

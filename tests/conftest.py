@@ -27,7 +27,7 @@ needs_models = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="session")
-def tiny():  # type: ignore[no-untyped-def]
+def tiny():
     """raincandy-u/TinyStories-656K: Llama, 2 layers, hidden 128."""
     if not HF_CACHE.is_dir():
         pytest.skip("../shared/hf-cache is missing")
@@ -37,7 +37,7 @@ def tiny():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
-def stories260k():  # type: ignore[no-untyped-def]
+def stories260k():
     """../shared/models/stories260k: Llama, 5 layers, hidden 64."""
     if not STORIES260K.is_dir():
         pytest.skip("../shared/models/stories260k is missing")

@@ -18,7 +18,11 @@ LLAMA_LIKE = {**SMALL, "hidden_size": 64, "intermediate_size": 128, "num_attenti
 
 def _configs() -> dict[str, tuple[str, dict[str, Any], str]]:
     return {
-        "gpt2": ("GPT2Config", {"vocab_size": 2048, "n_layer": 3, "n_embd": 64, "n_head": 4, "n_positions": 256}, "transformer.h"),
+        "gpt2": (
+            "GPT2Config",
+            {"vocab_size": 2048, "n_layer": 3, "n_embd": 64, "n_head": 4, "n_positions": 256},
+            "transformer.h",
+        ),
         "llama": ("LlamaConfig", LLAMA_LIKE, "model.layers"),
         "qwen2": ("Qwen2Config", LLAMA_LIKE, "model.layers"),
         "gemma": ("GemmaConfig", {**LLAMA_LIKE, "head_dim": 16}, "model.layers"),
@@ -28,7 +32,11 @@ def _configs() -> dict[str, tuple[str, dict[str, Any], str]]:
             {**SMALL, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4},
             "gpt_neox.layers",
         ),
-        "phi": ("PhiConfig", {**SMALL, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4}, "model.layers"),
+        "phi": (
+            "PhiConfig",
+            {**SMALL, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4},
+            "model.layers",
+        ),
         "mixtral": ("MixtralConfig", {**LLAMA_LIKE, "num_local_experts": 8, "num_experts_per_tok": 2}, "model.layers"),
     }
 
@@ -61,7 +69,9 @@ def test_blocks_found_and_steering_is_per_row_and_reversible(family: str, tiny: 
         # depends on which other tokens go to the same expert: equal, not bitwise equal.
         torch.testing.assert_close(steered[1], before[1])
     else:
-        assert torch.equal(steered[1], before[1]), "an unsteered row in a steered batch must be bitwise the plain model's"
+        assert torch.equal(steered[1], before[1]), (
+            "an unsteered row in a steered batch must be bitwise the plain model's"
+        )
     assert torch.equal(after, before), "removing the edit must restore the model exactly"
     assert all(not layer._forward_hooks for layer in model.layers)
 
@@ -72,6 +82,9 @@ def test_left_padded_batch_generates_like_single_rows(family: str, tiny: LoadedM
     prompts = [[1, 80, 147, 201, 282, 57], [1, 80, 1158]]
     edit = add_edit(model, random_vector(model), layers=[0, 2], coefficient=2.0)
     decoding = Decoding(max_new_tokens=8)
-    alone = [generate(model, [p], decoding, steering=BatchSteering(model, [e])) for p, e in zip(prompts, [[edit], []])]
+    alone = [
+        generate(model, [p], decoding, steering=BatchSteering(model, [e]))
+        for p, e in zip(prompts, [[edit], []], strict=False)
+    ]
     mixed = generate(model, prompts, decoding, steering=BatchSteering(model, [[edit], []]))
     assert mixed == [a[0] for a in alone]

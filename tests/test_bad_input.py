@@ -65,18 +65,30 @@ def with_intervention(**fields: Any) -> dict[str, Any]:
     data = mood(name="other")
     data["variants"] = [
         {"name": "baseline"},
-        {"name": "bad", "interventions": [{"method": "add", "vector": "sad", "layers": [0], "coefficient": 1.0, **fields}]},
+        {
+            "name": "bad",
+            "interventions": [{"method": "add", "vector": "sad", "layers": [0], "coefficient": 1.0, **fields}],
+        },
     ]
     return data
 
 
 def test_layer_out_of_range(tmp_path: Path, stored_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write(tmp_path, with_intervention(layers=[5]))
-    fails_with(capsys, stored_db, ["run", str(path)], "variants[1].interventions[0].layers[0]", "layer 5 is out of range", "0 to 1")
+    fails_with(
+        capsys,
+        stored_db,
+        ["run", str(path)],
+        "variants[1].interventions[0].layers[0]",
+        "layer 5 is out of range",
+        "0 to 1",
+    )
 
 
 @pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
-def test_non_finite_coefficient(tmp_path: Path, stored_db: Path, capsys: pytest.CaptureFixture[str], value: str) -> None:
+def test_non_finite_coefficient(
+    tmp_path: Path, stored_db: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
     text = yaml.safe_dump(with_intervention(coefficient=12345.0)).replace("12345.0", value)
     path = write(tmp_path, text)
     fails_with(capsys, stored_db, ["run", str(path)], "coefficient", "give a finite number")
@@ -133,25 +145,41 @@ def test_missing_model_folder(tmp_path: Path, stored_db: Path, capsys: pytest.Ca
     fails_with(capsys, stored_db, ["run", str(path)], "does not exist")
 
 
-def test_vector_file_for_another_hidden_size(tmp_path: Path, stored_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_vector_file_for_another_hidden_size(
+    tmp_path: Path, stored_db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     save_vector(SteeringVector("v", torch.ones(5, 64), tuple(range(5)), "stories260k"), tmp_path / "v.safetensors")
     data = with_intervention()
     data["vectors"] = {"sad": {"file": "v.safetensors"}}
     fails_with(capsys, stored_db, ["run", str(write(tmp_path, data))], "hidden size 64", "hidden size 128")
 
 
-def test_changed_definition_needs_a_new_name(stored_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_changed_definition_needs_a_new_name(
+    stored_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = mood()
     data["generation"]["seed"] = 99
     fails_with(capsys, stored_db, ["run", str(write(tmp_path, data))], "different generation", "--replace")
 
 
 def test_unknown_experiment_on_export(stored_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    fails_with(capsys, stored_db, ["export", "nope", "-o", str(tmp_path / "x.json")], "No experiment named 'nope'", "tinystories_mood")
+    fails_with(
+        capsys,
+        stored_db,
+        ["export", "nope", "-o", str(tmp_path / "x.json")],
+        "No experiment named 'nope'",
+        "tinystories_mood",
+    )
 
 
 def test_unknown_method_and_scope(tmp_path: Path, stored_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    fails_with(capsys, stored_db, ["run", str(write(tmp_path, with_intervention(scope="everywhere")))], "scope", "prompt, generated, all")
+    fails_with(
+        capsys,
+        stored_db,
+        ["run", str(write(tmp_path, with_intervention(scope="everywhere")))],
+        "scope",
+        "prompt, generated, all",
+    )
     data = with_intervention()
     data["variants"][1]["interventions"][0]["method"] = "teleport"
     fails_with(capsys, stored_db, ["run", str(write(tmp_path, data))], "not a known steering method", "add")

@@ -53,5 +53,7 @@ def test_run_list_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 
 
 def test_module_entry_point_help() -> None:
-    done = subprocess.run([sys.executable, "-m", "engine", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "engine", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0 and "run" in done.stdout and "bench" in done.stdout

@@ -84,7 +84,7 @@ def test_vector_file_round_trip_and_hidden_size_check(tmp_path: Path, stories260
         vector.pairs_hash,
         vector.layers,
     )
-    with pytest.raises(SteerLabError, match="hidden size 64.*hidden size 128"):
+    with pytest.raises(SteerLabError, match=r"hidden size 64.*hidden size 128"):
         loaded.check_fits(128, "raincandy-u/TinyStories-656K", "file")
     with pytest.raises(SteerLabError, match="no direction for layer 7"):
         loaded.for_layer(7)

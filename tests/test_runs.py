@@ -61,8 +61,14 @@ def test_cancelled_run_resumes_to_the_same_outputs_as_an_uninterrupted_one(tmp_p
 
     straight = Store(str(tmp_path / "b.db"))
     run_experiment_file(straight, path, RunOptions(batch_size=5, device="cpu"))
-    texts_a = {(g["variant"], g["prompt_index"], g["sample"]): g["text"] for g in export_data(interrupted, "tinystories_mood")["generations"]}
-    texts_b = {(g["variant"], g["prompt_index"], g["sample"]): g["text"] for g in export_data(straight, "tinystories_mood")["generations"]}
+    texts_a = {
+        (g["variant"], g["prompt_index"], g["sample"]): g["text"]
+        for g in export_data(interrupted, "tinystories_mood")["generations"]
+    }
+    texts_b = {
+        (g["variant"], g["prompt_index"], g["sample"]): g["text"]
+        for g in export_data(straight, "tinystories_mood")["generations"]
+    }
     assert texts_a == texts_b, "per-row seeds make outputs independent of batching and interruption"
 
     again = run_experiment_file(interrupted, path, RunOptions(device="cpu"))
@@ -74,7 +80,19 @@ def test_run_killed_with_sigkill_continues_without_duplicates(tmp_path: Path) ->
     path = small_mood_file(tmp_path, samples=3, tokens=48)
     db = tmp_path / "kill.db"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "engine", "run", str(path), "--db", str(db), "--batch-size", "4", "--device", "cpu"]
+    command = [
+        sys.executable,
+        "-m",
+        "engine",
+        "run",
+        str(path),
+        "--db",
+        str(db),
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+    ]
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120

@@ -16,7 +16,15 @@ from db.store import Store, StoreError, resolve_url
 def make_experiment(store: Store) -> int:
     with store.session() as s:
         e = repo.create_experiment(
-            s, "e", "", "m", {"name": "e"}, "h", ["p0", "p1"], {"v": {"pairs": []}}, [repo.NewVariant("base", "baseline", {})]
+            s,
+            "e",
+            "",
+            "m",
+            {"name": "e"},
+            "h",
+            ["p0", "p1"],
+            {"v": {"pairs": []}},
+            [repo.NewVariant("base", "baseline", {})],
         )
         run = repo.start_run(s, e, total=2, done=0, batch_size=2, device="cpu", dtype="float32", owner="x")
         ids = repo.record_batch(
