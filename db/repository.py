@@ -95,18 +95,13 @@ def create_experiment(
     )
     experiment.prompts = [Prompt(position=i, text=t) for i, t in enumerate(prompts)]
     experiment.vectors = [Vector(name=n, spec_json=json.dumps(v, ensure_ascii=False)) for n, v in vectors.items()]
+    experiment.variants = [
+        Variant(position=i, name=v.name, kind=v.kind, spec_json=json.dumps(v.spec, ensure_ascii=False))
+        for i, v in enumerate(variants)
+    ]
     session.add(experiment)
-    add_variants(session, experiment, variants)
     session.flush()
     return experiment
-
-
-def add_variants(session: Session, experiment: Experiment, variants: Iterable[NewVariant]) -> None:
-    start = len(experiment.variants)
-    for offset, v in enumerate(variants):
-        experiment.variants.append(
-            Variant(position=start + offset, name=v.name, kind=v.kind, spec_json=json.dumps(v.spec, ensure_ascii=False))
-        )
 
 
 def update_experiment_spec(
@@ -189,6 +184,7 @@ def start_run(
         status="running",
         total_units=total,
         done_units=done,
+        start_done=done,
         batch_size=batch_size,
         device=device,
         dtype=dtype,

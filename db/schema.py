@@ -120,6 +120,7 @@ class Run(Base):
     status: Mapped[str] = mapped_column(String(16), default="running")
     total_units: Mapped[int] = mapped_column(Integer, default=0)
     done_units: Mapped[int] = mapped_column(Integer, default=0)
+    start_done: Mapped[int] = mapped_column(Integer, default=0)  # done before this run began (for its rate)
     batch_size: Mapped[int] = mapped_column(Integer, default=8)
     device: Mapped[str] = mapped_column(String(32), default="cpu")
     dtype: Mapped[str] = mapped_column(String(32), default="float32")

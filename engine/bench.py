@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from engine.generation import Decoding, generate
-from engine.measure import probe_logits, toggle_milliseconds
+from engine.measure import measure_reversibility, toggle_milliseconds
 from engine.methods.add import AddVector
 from engine.methods.base import PreparedEdit
 from engine.models import LoadedModel, load_model, wrap_model
@@ -105,12 +105,7 @@ def measure_model(model: LoadedModel, repeats: int, new_tokens: int, log: Callab
     three = edit([0, middle, model.n_layers - 1], 1.0)
     toggle = toggle_milliseconds(BatchSteering(model, [[three]]), repeats=200)
 
-    probe = prompts[0]
-    before = probe_logits(model, probe)
-    steering = BatchSteering(model, [[three]])
-    with steering.attached():
-        probe_logits(model, probe, steering)
-    after = probe_logits(model, probe)
+    reversibility = measure_reversibility(model, [three], prompts[0]).max_abs_logit_diff
     return {
         "layers": model.n_layers,
         "hidden_size": model.hidden_size,
@@ -122,7 +117,7 @@ def measure_model(model: LoadedModel, repeats: int, new_tokens: int, log: Callab
         "mixed_batch_seconds": mixed_time,
         "mixed_batch_speedup": sequential_time / mixed_time,
         "toggle_ms": toggle,
-        "reversibility_max_abs_diff": float((after - before).abs().max()),
+        "reversibility_max_abs_diff": reversibility,
     }
 
 

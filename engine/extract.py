@@ -54,6 +54,7 @@ def _read_batch(model: LoadedModel, token_lists: Sequence[Sequence[int]], read: 
             weights = mask.unsqueeze(-1).to(torch.float32)
             captured.append((hidden.float() * weights).sum(1) / weights.sum(1))
 
+    model.lock.acquire()
     handles = [layer.register_forward_hook(capture) for layer in model.layers]
     try:
         with torch.no_grad():
@@ -61,6 +62,7 @@ def _read_batch(model: LoadedModel, token_lists: Sequence[Sequence[int]], read: 
     finally:
         for handle in handles:
             handle.remove()
+        model.lock.release()
     return torch.stack(captured, dim=1).cpu()
 
 

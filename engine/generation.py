@@ -92,7 +92,7 @@ def generate(
     outputs: list[list[int]] = [[] for _ in range(batch)]
     finished = torch.zeros(batch, dtype=torch.bool, device=model.device)
     context = steering.attached() if steering is not None else nullcontext()
-    with torch.no_grad(), context:
+    with model.lock, torch.no_grad(), context:
         if steering is not None:
             steering.masks = PositionMasks.prompt_only(mask)
         result = forward(model, ids, mask, positions)

@@ -62,11 +62,12 @@ def probe_logits(model: LoadedModel, tokens: Sequence[int], steering: BatchSteer
 def measure_reversibility(
     model: LoadedModel, edits: Sequence[PreparedEdit], probe_tokens: Sequence[int], repeats: int = 25
 ) -> Reversibility:
-    before = probe_logits(model, probe_tokens)
     steering = BatchSteering(model, [list(edits)])
-    with steering.attached():
-        steered = probe_logits(model, probe_tokens, steering)
-    after = probe_logits(model, probe_tokens)
+    with model.lock:
+        before = probe_logits(model, probe_tokens)
+        with steering.attached():
+            steered = probe_logits(model, probe_tokens, steering)
+        after = probe_logits(model, probe_tokens)
     return Reversibility(
         max_abs_logit_diff=float((after - before).abs().max()),
         steered_max_abs_logit_diff=float((steered - before).abs().max()),
@@ -77,9 +78,10 @@ def measure_reversibility(
 def toggle_milliseconds(steering: BatchSteering, repeats: int = 25) -> float:
     """Median time to attach and detach an edit's hooks (no forward pass)."""
     times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        with steering.attached():
-            pass
-        times.append((time.perf_counter() - started) * 1000.0)
+    with steering.model.lock:
+        for _ in range(repeats):
+            started = time.perf_counter()
+            with steering.attached():
+                pass
+            times.append((time.perf_counter() - started) * 1000.0)
     return statistics.median(times)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,9 @@ class LoadedModel:
     layers_path: str
     device: torch.device
     dtype: torch.dtype
+    # Hooks are attached to the shared model object, so one forward-pass job at a time:
+    # a dashboard preview must never run through a background run's steering hooks.
+    lock: threading.RLock = field(default_factory=threading.RLock, compare=False, repr=False)
 
     @property
     def n_layers(self) -> int:

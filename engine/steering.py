@@ -26,7 +26,7 @@ class BatchSteering:
     """Per-row edits for one batch; set :attr:`masks` before every forward pass."""
 
     def __init__(self, model: LoadedModel, row_edits: Sequence[Sequence[PreparedEdit]]) -> None:
-        self._model = model
+        self.model = model
         self.batch_size = len(row_edits)
         # Group rows by edit (one edit object per variant), keeping first-seen order so
         # a variant's stacked edits at one layer apply in the order they were listed.
@@ -51,7 +51,7 @@ class BatchSteering:
         try:
             for layer in self._by_layer:
                 hook = self._make_hook(layer)
-                handles.append(self._model.layers[layer].register_forward_hook(hook))
+                handles.append(self.model.layers[layer].register_forward_hook(hook))
             yield self
         finally:
             for handle in handles:

@@ -1,4 +1,10 @@
-"""Experiments in the store: import from a spec, read back as a spec, list, delete."""
+"""Experiments in the store: save a spec (creating or syncing rows), read it back, list, delete.
+
+The experiment row keeps the whole spec as JSON; prompts, vectors and variants also have
+rows of their own (generations point at them). :func:`save_spec` is the one place that
+keeps the two in step: a changed vector loses its extracted data, a changed variant
+loses its now-stale generations, a removed one is deleted.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +14,76 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from db import repository as repo
-from db.schema import Experiment, Vector
+from db.schema import Experiment, Variant, Vector
 from db.store import Store
 from engine.errors import SteerLabError
 from engine.fields import Where
 from engine.spec import ExperimentSpec, parse_experiment
 
-# Fields whose change makes stored generations stale.
+# Fields whose change makes every stored generation stale.
 _DEFINING = ("model", "prompts", "generation", "chat_template", "probe_prompt")
 
 
 def stored_spec(experiment: Experiment) -> ExperimentSpec:
     """The stored definition, parsed back (file vectors' bytes live in the vectors table)."""
     return parse_experiment(json.loads(experiment.spec_json), Where(f"stored experiment '{experiment.name}'"))
+
+
+def save_spec(
+    session: Session, experiment: Experiment | None, spec: ExperimentSpec, vector_files: dict[str, bytes] | None = None
+) -> Experiment:
+    """Create the experiment, or bring a stored one's rows in line with ``spec``."""
+    vector_files = vector_files or {}
+    data = spec.to_dict()
+    if experiment is None:
+        experiment = repo.create_experiment(
+            session, spec.name, spec.description, spec.model, data, spec.definition_hash(), spec.prompts, {}, []
+        )
+    elif [p.text for p in experiment.prompts] != list(spec.prompts):
+        raise SteerLabError(f"Experiment '{experiment.name}' cannot change its prompts; duplicate it to use other prompts.")
+    experiment.name = spec.name
+    experiment.model_id = spec.model
+    _sync_vectors(experiment, data["vectors"], vector_files)
+    _sync_variants(session, experiment, data["variants"])
+    repo.update_experiment_spec(session, experiment, data, spec.definition_hash())
+    session.flush()
+    return experiment
+
+
+def _sync_vectors(experiment: Experiment, specs: dict[str, dict[str, Any]], files: dict[str, bytes]) -> None:
+    rows = {v.name: v for v in experiment.vectors}
+    for name, old in rows.items():
+        if name not in specs:
+            experiment.vectors.remove(old)
+    for name, spec in specs.items():
+        text = json.dumps(spec, ensure_ascii=False)
+        row = rows.get(name)
+        if row is None:
+            row = Vector(name=name, spec_json=text)
+            experiment.vectors.append(row)
+        elif row.spec_json != text:
+            row.spec_json, row.data = text, None  # re-extracted on the next run
+        if name in files:
+            row.data = files[name]
+
+
+def _sync_variants(session: Session, experiment: Experiment, specs: list[dict[str, Any]]) -> None:
+    rows = {v.name: v for v in experiment.variants}
+    wanted = {s["name"] for s in specs}
+    for name, old in rows.items():
+        if name not in wanted:
+            experiment.variants.remove(old)
+    session.flush()
+    for position, spec in enumerate(specs):
+        text = json.dumps(spec, ensure_ascii=False)
+        row = rows.get(spec["name"])
+        if row is None:
+            experiment.variants.append(Variant(position=position, name=spec["name"], kind=spec["kind"], spec_json=text))
+            continue
+        if row.spec_json != text:
+            repo.delete_variant_generations(session, row.id)  # its outputs no longer match its definition
+            row.spec_json, row.kind = text, spec["kind"]
+        row.position = position
 
 
 def import_experiment(
@@ -34,10 +97,13 @@ def import_experiment(
     """
     existing = repo.find_experiment(session, spec.name)
     if existing is not None:
-        conflict = _conflict(json.loads(existing.spec_json), spec.to_dict())
+        old = json.loads(existing.spec_json)
+        conflict = _conflict(old, spec.to_dict())
         if conflict is None:
-            _extend(session, existing, spec, vector_files)
-            return existing
+            # Keep stored variants (and their order) and append the file's new ones.
+            new_variants = [v for v in spec.variants if v.name not in {x["name"] for x in old["variants"]}]
+            merged = stored_spec(existing).variants + tuple(new_variants)
+            return save_spec(session, existing, _with(spec, variants=merged), vector_files)
         if not replace_existing:
             raise SteerLabError(
                 f"{source}: experiment '{spec.name}' is already stored with a different {conflict}; "
@@ -45,19 +111,11 @@ def import_experiment(
             )
         repo.delete_experiment(session, existing)
         session.flush()
-    experiment = repo.create_experiment(
-        session,
-        name=spec.name,
-        description=spec.description,
-        model_id=spec.model,
-        spec=spec.to_dict(),
-        definition_hash=spec.definition_hash(),
-        prompts=spec.prompts,
-        vectors={v.name: v.to_dict() for v in spec.vectors},
-        variants=[repo.NewVariant(v.name, v.kind, v.to_dict()) for v in spec.variants],
-    )
-    _attach_vector_files(experiment, vector_files)
-    return experiment
+    return save_spec(session, None, spec, vector_files)
+
+
+def _with(spec: ExperimentSpec, **changes: Any) -> ExperimentSpec:
+    return ExperimentSpec(**{**spec.__dict__, **changes})
 
 
 def _conflict(old: dict[str, Any], new: dict[str, Any]) -> str | None:
@@ -73,31 +131,6 @@ def _conflict(old: dict[str, Any], new: dict[str, Any]) -> str | None:
     return None
 
 
-def _extend(session: Session, experiment: Experiment, spec: ExperimentSpec, vector_files: dict[str, bytes]) -> None:
-    known_vectors = {v.name for v in experiment.vectors}
-    for vector in spec.vectors:
-        if vector.name not in known_vectors:
-            experiment.vectors.append(Vector(name=vector.name, spec_json=json.dumps(vector.to_dict())))
-    _attach_vector_files(experiment, {k: v for k, v in vector_files.items() if k not in known_vectors})
-    known_variants = {v.name for v in experiment.variants}
-    repo.add_variants(
-        session,
-        experiment,
-        [repo.NewVariant(v.name, v.kind, v.to_dict()) for v in spec.variants if v.name not in known_variants],
-    )
-    # Keep the stored variant order and append the new ones, like the file lists them.
-    merged = spec.to_dict()
-    merged["variants"] = [json.loads(v.spec_json) for v in experiment.variants]
-    repo.update_experiment_spec(session, experiment, merged, spec.definition_hash())
-    session.flush()
-
-
-def _attach_vector_files(experiment: Experiment, vector_files: dict[str, bytes]) -> None:
-    for vector in experiment.vectors:
-        if vector.name in vector_files:
-            vector.data = vector_files[vector.name]
-
-
 def list_experiments(store: Store) -> list[repo.ExperimentSummary]:
     with store.session() as session:
         return repo.experiment_summaries(session)
@@ -107,10 +140,13 @@ def get_experiment(session: Session, name: str) -> Experiment:
     experiment = repo.find_experiment(session, name)
     if experiment is None:
         known = ", ".join(s.name for s in repo.experiment_summaries(session)) or "none yet"
-        raise SteerLabError(
-            f"No experiment named '{name}' is stored (stored: {known}); check the name with `python -m engine list`."
-        )
+        raise SteerLabError(f"No experiment named '{name}' is stored (stored: {known}); check the name with `python -m engine list`.")
     return experiment
+
+
+def load_spec(store: Store, name: str) -> ExperimentSpec:
+    with store.session() as session:
+        return stored_spec(get_experiment(session, name))
 
 
 def delete_experiment(store: Store, name: str) -> None:

@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("-o", "--output", required=True, help="file to write")
     export.add_argument("--db")
 
+    report = sub.add_parser("report", help="write a self-contained HTML report of an experiment")
+    report.add_argument("name")
+    report.add_argument("--format", choices=("html",), default="html")
+    report.add_argument("-o", "--output", required=True, help="file to write")
+    report.add_argument("--db")
+
     bench = sub.add_parser("bench", help="measure steering overhead, mixed-batch speedup, toggle time, reversibility")
     bench.add_argument("--json", help="also write the figures to this JSON file")
     bench.add_argument("--quick", action="store_true", help="fewer repeats (for smoke tests)")
@@ -64,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.command == "list":
             return _list(args)
-        if args.command == "export":
+        if args.command in ("export", "report"):
             return _export(args)
         return _bench(args)
     except (SteerLabError, StoreError) as exc:
@@ -131,7 +137,7 @@ def _export(args: argparse.Namespace) -> int:
             f"Folder '{target.parent}' for the export does not exist; create it or pick another -o path."
         )
     target.write_text(text, encoding="utf-8")
-    print(f"Wrote {args.format.upper()} export of '{args.name}' to {target}.")
+    print(f"Wrote {args.format.upper()} {args.command} of '{args.name}' to {target}.")
     return 0
 
 

@@ -1,0 +1,166 @@
+"""Altair charts of a comparison, shared by the dashboard and the HTML report.
+
+Every chart of an estimate draws its 95% interval and labels its sample size.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import altair as alt
+import pandas as pd
+
+from service.comparison import Comparison
+
+WIDTH = 520
+
+
+def _finite(value: float) -> float | None:
+    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def win_rate_frame(c: Comparison) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "variant": w.variant,
+                "win rate": _finite(w.estimate.value),
+                "low": w.estimate.low,
+                "high": w.estimate.high,
+                "decisive votes": w.estimate.n,
+                "wins": w.wins,
+                "losses": w.losses,
+                "ties": w.ties,
+                "both bad": w.both_bad,
+                "label": f"n={w.estimate.n} (ties {w.ties}, both bad {w.both_bad})",
+            }
+            for w in c.against_baseline
+        ]
+    )
+
+
+def win_rate_chart(c: Comparison) -> alt.LayerChart:
+    data = win_rate_frame(c)
+    base = alt.Chart(data).encode(y=alt.Y("variant:N", sort=None, title=None))
+    rule = base.mark_rule(strokeWidth=2).encode(
+        x=alt.X("low:Q", scale=alt.Scale(domain=[0, 1]), title=f"win rate against {c.baseline} (95% Wilson)"), x2="high:Q"
+    )
+    point = base.mark_point(filled=True, size=80).encode(x="win rate:Q", tooltip=list(data.columns))
+    text = base.mark_text(align="left", dx=6, dy=-9, fontSize=10).encode(x="high:Q", text="label:N")
+    even = alt.Chart(pd.DataFrame({"x": [0.5]})).mark_rule(strokeDash=[4, 4], color="gray").encode(x="x:Q")
+    return (rule + point + text + even).properties(width=WIDTH, title="Win rate against the baseline")
+
+
+def bradley_terry_frame(c: Comparison) -> pd.DataFrame:
+    return pd.DataFrame(
+        [{"variant": r.player, "rating": r.rating, "low": r.low, "high": r.high, "battles": r.battles} for r in c.bradley_terry]
+    ).sort_values("rating", ascending=False)
+
+
+def bradley_terry_chart(c: Comparison) -> alt.LayerChart:
+    data = bradley_terry_frame(c)
+    base = alt.Chart(data).encode(y=alt.Y("variant:N", sort=list(data["variant"]), title=None))
+    rule = base.mark_rule(strokeWidth=2).encode(x=alt.X("low:Q", scale=alt.Scale(zero=False), title="Bradley–Terry rating (95% bootstrap)"), x2="high:Q")
+    point = base.mark_point(filled=True, size=80, color="#d62728").encode(x="rating:Q", tooltip=list(data.columns))
+    text = base.mark_text(align="left", dx=6, dy=-9, fontSize=10).encode(x="high:Q", text=alt.Text("battles:Q", format="d"))
+    return (rule + point + text).properties(width=WIDTH, title="Bradley–Terry ratings (label: battles)")
+
+
+def matrix_frame(c: Comparison) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "variant": w.variant,
+                "opponent": w.opponent,
+                "win rate": _finite(w.estimate.value),
+                "n": w.estimate.n,
+                "label": "-" if w.estimate.n == 0 else f"{w.estimate.value:.2f} (n={w.estimate.n})",
+            }
+            for w in c.pairwise
+        ]
+    )
+
+
+def matrix_chart(c: Comparison) -> alt.LayerChart:
+    data = matrix_frame(c)
+    base = alt.Chart(data).encode(
+        x=alt.X("opponent:N", sort=c.variants, title="against"), y=alt.Y("variant:N", sort=c.variants, title="row wins")
+    )
+    rect = base.mark_rect().encode(
+        color=alt.Color("win rate:Q", scale=alt.Scale(domain=[0, 1], scheme="redblue"), legend=alt.Legend(title="win rate")),
+        tooltip=list(data.columns),
+    )
+    text = base.mark_text(fontSize=9).encode(text="label:N")
+    return (rect + text).properties(width=WIDTH, height=max(120, 34 * len(c.variants)), title="Pairwise win rates (decisive votes)")
+
+
+def compute_frame(c: Comparison) -> pd.DataFrame:
+    rows = []
+    for s in c.summaries:
+        comp, rev = s.compute(), s.reversibility()
+        rows.append(
+            {
+                "variant": s.name,
+                "kind": s.kind,
+                "generations": s.generations,
+                "latency per generation (s)": _finite(comp["wall_seconds"] / s.generations) if s.generations else None,
+                "tokens per second": _finite(comp["tokens_per_second"]),
+                "peak memory (MB)": comp["peak_memory_bytes"] / 2**20,
+                "steering parameters": _finite(comp["steering_parameters"]),
+                "extraction time (s)": _finite(comp["extraction_seconds"]),
+                "logit diff after removal": _finite(rev["max_abs_logit_diff_after_removal"]),
+                "toggle (ms)": _finite(rev["toggle_ms"]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def compute_chart(c: Comparison) -> alt.VConcatChart:
+    data = compute_frame(c)
+    measures = ["tokens per second", "peak memory (MB)", "steering parameters", "extraction time (s)"]
+    charts = [
+        alt.Chart(data)
+        .mark_bar()
+        .encode(y=alt.Y("variant:N", sort=None, title=None), x=alt.X(f"{m}:Q"), tooltip=["variant", m, "generations"])
+        .properties(width=230, height=max(80, 20 * len(data)), title=m)
+        for m in measures
+    ]
+    return alt.vconcat(alt.hconcat(*charts[:2]), alt.hconcat(*charts[2:])).properties(title="Compute per variant")
+
+
+def reversibility_chart(c: Comparison) -> alt.HConcatChart:
+    data = compute_frame(c)
+    diff = alt.Chart(data).mark_bar().encode(
+        y=alt.Y("variant:N", sort=None, title=None), x=alt.X("logit diff after removal:Q", scale=alt.Scale(domainMin=0))
+    )
+    diff_text = alt.Chart(data).mark_text(align="left", dx=4).encode(
+        y=alt.Y("variant:N", sort=None), x="logit diff after removal:Q", text=alt.Text("logit diff after removal:Q", format=".1f")
+    )
+    toggle = alt.Chart(data).mark_bar(color="#2ca02c").encode(y=alt.Y("variant:N", sort=None, title=None), x="toggle (ms):Q")
+    size = {"width": 230, "height": max(80, 20 * len(data))}
+    return alt.hconcat(
+        (diff + diff_text).properties(title="Largest logit difference after removal (0 = exact)", **size),
+        toggle.properties(title="Attach + detach time (ms)", **size),
+    )
+
+
+def scores_frame(c: Comparison) -> pd.DataFrame:
+    rows: list[dict[str, Any]] = []
+    for s in c.summaries:
+        for scorer, e in s.scores.items():
+            rows.append({"variant": s.name, "scorer": scorer, "mean": _finite(e.value), "low": e.low, "high": e.high, "n": e.n})
+    return pd.DataFrame(rows, columns=["variant", "scorer", "mean", "low", "high", "n"])
+
+
+def scores_chart(c: Comparison) -> alt.FacetChart | None:
+    data = scores_frame(c)
+    if data.empty:
+        return None
+    base = alt.Chart().encode(y=alt.Y("variant:N", sort=c.variants, title=None))
+    layered = alt.layer(
+        base.mark_rule(strokeWidth=2).encode(x=alt.X("low:Q", title="mean score (95% bootstrap over prompts)"), x2="high:Q"),
+        base.mark_point(filled=True, size=70).encode(x="mean:Q", tooltip=["variant", "scorer", "mean", "low", "high", "n"]),
+        data=data,
+    ).properties(width=WIDTH // 2 + 40)
+    return layered.facet(column=alt.Column("scorer:N", title=None)).resolve_scale(x="independent")

@@ -1,0 +1,119 @@
+"""The self-contained HTML report: opens offline, charts inlined as SVG, every output escaped."""
+
+from __future__ import annotations
+
+import html
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+import altair as alt
+import pandas as pd
+import vl_convert
+
+from db.store import Store
+from service import charts
+from service.comparison import Comparison, compare, drill_down
+from service.export import export_data
+
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
+h1{margin-bottom:.2rem} h2{border-bottom:1px solid #ddd;padding-bottom:.3rem;margin-top:2.2rem}
+table{border-collapse:collapse;margin:.6rem 0;font-size:.9rem} th,td{border:1px solid #ddd;padding:.3rem .5rem;text-align:left;vertical-align:top}
+th{background:#f5f5f5} .muted{color:#666} .chart{margin:1rem 0} .output{white-space:pre-wrap}
+"""
+
+
+def _svg(chart: Any) -> str:
+    if chart is None:
+        return ""
+    return f'<div class="chart">{vl_convert.vegalite_to_svg(chart.to_json())}</div>'
+
+
+def _table(frame: pd.DataFrame) -> str:
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return "–" if not math.isfinite(value) else f"{value:.4g}"
+        return html.escape(str(value))
+
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in frame.itertuples(index=False))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def html_report(store: Store, name: str, bootstrap_rounds: int = 1000) -> str:
+    alt.data_transformers.disable_max_rows()
+    data = export_data(store, name)
+    comparison = compare(store, name, bootstrap_rounds)
+    e = data["experiment"]
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>SteerLab report: {html.escape(name)}</title><style>{STYLE}</style></head><body>",
+        f"<h1>SteerLab report: {html.escape(name)}</h1>",
+        f"<p class='muted'>Model {html.escape(e['model'])} · {len(data['prompts'])} prompts · {len(data['variants'])} variants · "
+        f"{len(data['generations'])} generations · {comparison.votes} votes from {comparison.raters} raters · "
+        f"generated {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}</p>",
+        f"<p>{html.escape(e['description'] or '')}</p>",
+        "<h2>Variants</h2>",
+        _table(pd.DataFrame([{"variant": v["name"], "kind": v["kind"], "definition": _describe(v["spec"])} for v in data["variants"]])),
+        _ratings_section(comparison),
+        "<h2>Automatic scores</h2>",
+        _svg(charts.scores_chart(comparison)) or "<p class='muted'>No scorers in this experiment.</p>",
+        _table(charts.scores_frame(comparison)),
+        "<h2>Compute</h2>",
+        _svg(charts.compute_chart(comparison)),
+        _table(charts.compute_frame(comparison)),
+        "<h2>Reversibility</h2>",
+        "<p>Largest absolute logit difference between the untouched model and the model after the variant's edit was "
+        "attached, used on a probe prompt and removed (0.0 means exactly the original model), and the time to attach "
+        "and detach the edit.</p>",
+        _svg(charts.reversibility_chart(comparison)),
+        "<h2>Outputs</h2>",
+        _outputs(store, name),
+        "</body></html>",
+    ]
+    return "\n".join(parts)
+
+
+def _ratings_section(c: Comparison) -> str:
+    if c.votes == 0:
+        return "<h2>Ratings</h2><p class='muted'>No votes yet.</p>"
+    agreement = (
+        f"{c.agreement.statistic} = {c.agreement.value:.3f} on {c.agreement.items} pairs rated by several of {c.agreement.raters} raters"
+        if c.agreement.items
+        else "no pair was rated by more than one rater, so agreement cannot be measured"
+    )
+    return "\n".join(
+        [
+            "<h2>Ratings</h2>",
+            f"<p>{c.votes} blind pairwise votes. Left side won {c.left_wins.value:.0%} of {c.left_wins.n} decisive votes "
+            f"(95% CI {c.left_wins.low:.0%}–{c.left_wins.high:.0%}; 50% means no position bias). Rater agreement: {agreement}.</p>",
+            _svg(charts.win_rate_chart(c)) if c.baseline else "",
+            _table(charts.win_rate_frame(c).drop(columns=["label"])) if c.baseline else "",
+            _svg(charts.bradley_terry_chart(c)),
+            _table(charts.bradley_terry_frame(c)),
+            _svg(charts.matrix_chart(c)),
+        ]
+    )
+
+
+def _outputs(store: Store, name: str) -> str:
+    rows = []
+    for row in drill_down(store, name):
+        cells = "".join(
+            f"<tr><th>{html.escape(variant)}</th><td class='output'>{html.escape(text)}</td></tr>" for variant, text in row.texts.items()
+        )
+        rows.append(f"<h3>Prompt {row.prompt_index + 1}, sample {row.sample + 1}</h3><p><b>{html.escape(row.prompt)}</b></p><table>{cells}</table>")
+    return "\n".join(rows) or "<p class='muted'>No outputs yet.</p>"
+
+
+def _describe(spec: dict[str, Any]) -> str:
+    bits = []
+    if spec.get("system"):
+        bits.append(f"system prompt: {spec['system']!r}")
+    if spec.get("prefix"):
+        bits.append(f"prefix: {spec['prefix']!r}")
+    for i in spec.get("interventions", []):
+        settings = ", ".join(f"{k}={v}" for k, v in i.items() if k != "method")
+        bits.append(f"{i['method']}({settings})")
+    return "; ".join(bits) or "plain model"
