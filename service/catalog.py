@@ -40,7 +40,9 @@ def save_spec(
             session, spec.name, spec.description, spec.model, data, spec.definition_hash(), spec.prompts, {}, []
         )
     elif [p.text for p in experiment.prompts] != list(spec.prompts):
-        raise SteerLabError(f"Experiment '{experiment.name}' cannot change its prompts; duplicate it to use other prompts.")
+        raise SteerLabError(
+            f"Experiment '{experiment.name}' cannot change its prompts; duplicate it to use other prompts."
+        )
     experiment.name = spec.name
     experiment.model_id = spec.model
     _sync_vectors(experiment, data["vectors"], vector_files)
@@ -140,7 +142,9 @@ def get_experiment(session: Session, name: str) -> Experiment:
     experiment = repo.find_experiment(session, name)
     if experiment is None:
         known = ", ".join(s.name for s in repo.experiment_summaries(session)) or "none yet"
-        raise SteerLabError(f"No experiment named '{name}' is stored (stored: {known}); check the name with `python -m engine list`.")
+        raise SteerLabError(
+            f"No experiment named '{name}' is stored (stored: {known}); check the name with `python -m engine list`."
+        )
     return experiment
 
 

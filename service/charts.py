@@ -44,7 +44,8 @@ def win_rate_chart(c: Comparison) -> alt.LayerChart:
     data = win_rate_frame(c)
     base = alt.Chart(data).encode(y=alt.Y("variant:N", sort=None, title=None))
     rule = base.mark_rule(strokeWidth=2).encode(
-        x=alt.X("low:Q", scale=alt.Scale(domain=[0, 1]), title=f"win rate against {c.baseline} (95% Wilson)"), x2="high:Q"
+        x=alt.X("low:Q", scale=alt.Scale(domain=[0, 1]), title=f"win rate against {c.baseline} (95% Wilson)"),
+        x2="high:Q",
     )
     point = base.mark_point(filled=True, size=80).encode(x="win rate:Q", tooltip=list(data.columns))
     text = base.mark_text(align="left", dx=6, dy=-9, fontSize=10).encode(x="high:Q", text="label:N")
@@ -54,16 +55,23 @@ def win_rate_chart(c: Comparison) -> alt.LayerChart:
 
 def bradley_terry_frame(c: Comparison) -> pd.DataFrame:
     return pd.DataFrame(
-        [{"variant": r.player, "rating": r.rating, "low": r.low, "high": r.high, "battles": r.battles} for r in c.bradley_terry]
+        [
+            {"variant": r.player, "rating": r.rating, "low": r.low, "high": r.high, "battles": r.battles}
+            for r in c.bradley_terry
+        ]
     ).sort_values("rating", ascending=False)
 
 
 def bradley_terry_chart(c: Comparison) -> alt.LayerChart:
     data = bradley_terry_frame(c)
     base = alt.Chart(data).encode(y=alt.Y("variant:N", sort=list(data["variant"]), title=None))
-    rule = base.mark_rule(strokeWidth=2).encode(x=alt.X("low:Q", scale=alt.Scale(zero=False), title="Bradley–Terry rating (95% bootstrap)"), x2="high:Q")
+    rule = base.mark_rule(strokeWidth=2).encode(
+        x=alt.X("low:Q", scale=alt.Scale(zero=False), title="Bradley–Terry rating (95% bootstrap)"), x2="high:Q"
+    )
     point = base.mark_point(filled=True, size=80, color="#d62728").encode(x="rating:Q", tooltip=list(data.columns))
-    text = base.mark_text(align="left", dx=6, dy=-9, fontSize=10).encode(x="high:Q", text=alt.Text("battles:Q", format="d"))
+    text = base.mark_text(align="left", dx=6, dy=-9, fontSize=10).encode(
+        x="high:Q", text=alt.Text("battles:Q", format="d")
+    )
     return (rule + point + text).properties(width=WIDTH, title="Bradley–Terry ratings (label: battles)")
 
 
@@ -88,11 +96,15 @@ def matrix_chart(c: Comparison) -> alt.LayerChart:
         x=alt.X("opponent:N", sort=c.variants, title="against"), y=alt.Y("variant:N", sort=c.variants, title="row wins")
     )
     rect = base.mark_rect().encode(
-        color=alt.Color("win rate:Q", scale=alt.Scale(domain=[0, 1], scheme="redblue"), legend=alt.Legend(title="win rate")),
+        color=alt.Color(
+            "win rate:Q", scale=alt.Scale(domain=[0, 1], scheme="redblue"), legend=alt.Legend(title="win rate")
+        ),
         tooltip=list(data.columns),
     )
     text = base.mark_text(fontSize=9).encode(text="label:N")
-    return (rect + text).properties(width=WIDTH, height=max(120, 34 * len(c.variants)), title="Pairwise win rates (decisive votes)")
+    return (rect + text).properties(
+        width=WIDTH, height=max(120, 34 * len(c.variants)), title="Pairwise win rates (decisive votes)"
+    )
 
 
 def compute_frame(c: Comparison) -> pd.DataFrame:
@@ -131,13 +143,26 @@ def compute_chart(c: Comparison) -> alt.VConcatChart:
 
 def reversibility_chart(c: Comparison) -> alt.HConcatChart:
     data = compute_frame(c)
-    diff = alt.Chart(data).mark_bar().encode(
-        y=alt.Y("variant:N", sort=None, title=None), x=alt.X("logit diff after removal:Q", scale=alt.Scale(domainMin=0))
+    diff = (
+        alt.Chart(data)
+        .mark_bar()
+        .encode(
+            y=alt.Y("variant:N", sort=None, title=None),
+            x=alt.X("logit diff after removal:Q", scale=alt.Scale(domainMin=0)),
+        )
     )
-    diff_text = alt.Chart(data).mark_text(align="left", dx=4).encode(
-        y=alt.Y("variant:N", sort=None), x="logit diff after removal:Q", text=alt.Text("logit diff after removal:Q", format=".1f")
+    diff_text = (
+        alt.Chart(data)
+        .mark_text(align="left", dx=4)
+        .encode(
+            y=alt.Y("variant:N", sort=None),
+            x="logit diff after removal:Q",
+            text=alt.Text("logit diff after removal:Q", format=".1f"),
+        )
     )
-    toggle = alt.Chart(data).mark_bar(color="#2ca02c").encode(y=alt.Y("variant:N", sort=None, title=None), x="toggle (ms):Q")
+    toggle = (
+        alt.Chart(data).mark_bar(color="#2ca02c").encode(y=alt.Y("variant:N", sort=None, title=None), x="toggle (ms):Q")
+    )
     size = {"width": 230, "height": max(80, 20 * len(data))}
     return alt.hconcat(
         (diff + diff_text).properties(title="Largest logit difference after removal (0 = exact)", **size),
@@ -149,7 +174,9 @@ def scores_frame(c: Comparison) -> pd.DataFrame:
     rows: list[dict[str, Any]] = []
     for s in c.summaries:
         for scorer, e in s.scores.items():
-            rows.append({"variant": s.name, "scorer": scorer, "mean": _finite(e.value), "low": e.low, "high": e.high, "n": e.n})
+            rows.append(
+                {"variant": s.name, "scorer": scorer, "mean": _finite(e.value), "low": e.low, "high": e.high, "n": e.n}
+            )
     return pd.DataFrame(rows, columns=["variant", "scorer", "mean", "low", "high", "n"])
 
 
@@ -159,8 +186,12 @@ def scores_chart(c: Comparison) -> alt.FacetChart | None:
         return None
     base = alt.Chart().encode(y=alt.Y("variant:N", sort=c.variants, title=None))
     layered = alt.layer(
-        base.mark_rule(strokeWidth=2).encode(x=alt.X("low:Q", title="mean score (95% bootstrap over prompts)"), x2="high:Q"),
-        base.mark_point(filled=True, size=70).encode(x="mean:Q", tooltip=["variant", "scorer", "mean", "low", "high", "n"]),
+        base.mark_rule(strokeWidth=2).encode(
+            x=alt.X("low:Q", title="mean score (95% bootstrap over prompts)"), x2="high:Q"
+        ),
+        base.mark_point(filled=True, size=70).encode(
+            x="mean:Q", tooltip=["variant", "scorer", "mean", "low", "high", "n"]
+        ),
         data=data,
     ).properties(width=WIDTH // 2 + 40)
     return layered.facet(column=alt.Column("scorer:N", title=None)).resolve_scale(x="independent")

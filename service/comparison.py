@@ -94,7 +94,9 @@ class _Vote:
 
     @staticmethod
     def of(r: RatingRow) -> _Vote:
-        return _Vote(r.rater, r.left.variant.name, r.right.variant.name, r.left_generation_id, r.right_generation_id, r.choice)
+        return _Vote(
+            r.rater, r.left.variant.name, r.right.variant.name, r.left_generation_id, r.right_generation_id, r.choice
+        )
 
     def battle(self) -> Battle:
         outcome = {"left": 1.0, "right": 0.0, "tie": 0.5}[self.choice]
@@ -140,7 +142,9 @@ def _agreement(votes: list[_Vote]) -> Agreement:
             len(shared),
             2,
         )
-    return Agreement("Fleiss' kappa", fleiss_kappa([list(labels.values()) for labels in shared.values()]), len(shared), len(raters))
+    return Agreement(
+        "Fleiss' kappa", fleiss_kappa([list(labels.values()) for labels in shared.values()]), len(shared), len(raters)
+    )
 
 
 # --- per-prompt drill-down ------------------------------------------------------------

@@ -64,7 +64,9 @@ def next_item(store: Store, experiment_name: str, rater: str, rng: random.Random
         fewest = min(counts[frozenset((a.id, b.id))] for a, b in candidates)
         a, b = rng.choice([(a, b) for a, b in candidates if counts[frozenset((a.id, b.id))] == fewest])
         left, right = (a, b) if rng.random() < 0.5 else (b, a)
-        return RatingItem(left.prompt.text, left.id, right.id, left.text, right.text, left.variant.name, right.variant.name)
+        return RatingItem(
+            left.prompt.text, left.id, right.id, left.text, right.text, left.variant.name, right.variant.name
+        )
 
 
 def record_vote(store: Store, experiment_name: str, rater: str, left_id: int, right_id: int, choice: str) -> bool:
@@ -76,11 +78,21 @@ def record_vote(store: Store, experiment_name: str, rater: str, left_id: int, ri
         experiment = get_experiment(session, experiment_name)
         left, right = session.get(Generation, left_id), session.get(Generation, right_id)
         if left is None or right is None or {left.experiment_id, right.experiment_id} != {experiment.id}:
-            raise SteerLabError(f"Generations {left_id} and {right_id} are not both outputs of '{experiment_name}'; reload the page.")
-        if (left.prompt_id, left.sample_index) != (right.prompt_id, right.sample_index) or left.variant_id == right.variant_id:
-            raise SteerLabError("Those two generations do not answer the same prompt and sample with two variants; reload the page.")
+            raise SteerLabError(
+                f"Generations {left_id} and {right_id} are not both outputs of '{experiment_name}'; reload the page."
+            )
+        if (left.prompt_id, left.sample_index) != (
+            right.prompt_id,
+            right.sample_index,
+        ) or left.variant_id == right.variant_id:
+            raise SteerLabError(
+                "Those two generations do not answer the same prompt and sample with two variants; reload the page."
+            )
         pair = {left_id, right_id}
-        if any({r.left_generation_id, r.right_generation_id} == pair and r.rater == rater for r in repo.ratings_of(session, experiment.id)):
+        if any(
+            {r.left_generation_id, r.right_generation_id} == pair and r.rater == rater
+            for r in repo.ratings_of(session, experiment.id)
+        ):
             raise SteerLabError(f"Rater '{rater}' has already rated this pair; the next pair is on its way.")
         repo.add_rating(session, experiment.id, rater, left_id, right_id, choice)
         return stored_spec(experiment).reveal_after_vote

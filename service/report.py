@@ -37,7 +37,9 @@ def _table(frame: pd.DataFrame) -> str:
         return html.escape(str(value))
 
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
-    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in frame.itertuples(index=False))
+    body = "".join(
+        "<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in frame.itertuples(index=False)
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -55,7 +57,14 @@ def html_report(store: Store, name: str, bootstrap_rounds: int = 1000) -> str:
         f"generated {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}</p>",
         f"<p>{html.escape(e['description'] or '')}</p>",
         "<h2>Variants</h2>",
-        _table(pd.DataFrame([{"variant": v["name"], "kind": v["kind"], "definition": _describe(v["spec"])} for v in data["variants"]])),
+        _table(
+            pd.DataFrame(
+                [
+                    {"variant": v["name"], "kind": v["kind"], "definition": _describe(v["spec"])}
+                    for v in data["variants"]
+                ]
+            )
+        ),
         _ratings_section(comparison),
         "<h2>Automatic scores</h2>",
         _svg(charts.scores_chart(comparison)) or "<p class='muted'>No scorers in this experiment.</p>",
@@ -101,9 +110,12 @@ def _outputs(store: Store, name: str) -> str:
     rows = []
     for row in drill_down(store, name):
         cells = "".join(
-            f"<tr><th>{html.escape(variant)}</th><td class='output'>{html.escape(text)}</td></tr>" for variant, text in row.texts.items()
+            f"<tr><th>{html.escape(variant)}</th><td class='output'>{html.escape(text)}</td></tr>"
+            for variant, text in row.texts.items()
         )
-        rows.append(f"<h3>Prompt {row.prompt_index + 1}, sample {row.sample + 1}</h3><p><b>{html.escape(row.prompt)}</b></p><table>{cells}</table>")
+        rows.append(
+            f"<h3>Prompt {row.prompt_index + 1}, sample {row.sample + 1}</h3><p><b>{html.escape(row.prompt)}</b></p><table>{cells}</table>"
+        )
     return "\n".join(rows) or "<p class='muted'>No outputs yet.</p>"
 
 

@@ -121,7 +121,7 @@ def run_stored(
         spec = stored_spec(experiment)
     model = model or load_model(spec.model, options.device, options.dtype)
     check_against_model(spec, ModelFacts.of(model), f"stored experiment '{name}'")
-    vectors = _ensure_vectors(store, name, spec, model)
+    vectors = ensure_vectors(store, name, spec, model)
     variants = [
         PreparedVariant(
             v.name,
@@ -253,9 +253,11 @@ def _read_vector_files(spec: ExperimentSpec, model: LoadedModel, source: str) ->
     return out
 
 
-def _ensure_vectors(store: Store, name: str, spec: ExperimentSpec, model: LoadedModel) -> dict[str, SteeringVector]:
+def ensure_vectors(
+    store: Store, name: str, spec: ExperimentSpec, model: LoadedModel, only: set[str] | None = None
+) -> dict[str, SteeringVector]:
     """Every vector the variants use, extracted now if not stored for this model and pairs."""
-    needed = {n for v in spec.variants for n in v.vector_names()}
+    needed = only if only is not None else {n for v in spec.variants for n in v.vector_names()}
     out: dict[str, SteeringVector] = {}
     for vector_spec in spec.vectors:
         if vector_spec.name not in needed:

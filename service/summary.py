@@ -82,3 +82,11 @@ def variant_summaries(store: Store, name: str, bootstrap_rounds: int = 1000) -> 
                 )
             )
         return out
+
+
+def generation_counts(store: Store, name: str) -> dict[str, int]:
+    """Stored generations per variant name."""
+    with store.session() as session:
+        experiment = get_experiment(session, name)
+        compute = repo.variant_compute(session, experiment.id)
+        return {v.name: compute[v.id].generations if v.id in compute else 0 for v in experiment.variants}

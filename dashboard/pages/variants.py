@@ -1,0 +1,178 @@
+"""Variants: add, edit and delete variants and the vectors they use.
+
+The steering-edit editor is built from each method's declared fields, so a method added
+to the engine's registry shows up here without changes to this page.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from dashboard.common import attempt, chosen_experiment, store
+from dashboard.widgets import field_widget
+from service.catalog import load_spec
+from service.editing import (
+    delete_variant,
+    delete_vector,
+    model_facts,
+    save_variant,
+    save_vector,
+    steering_methods,
+    upload_vector,
+)
+from service.summary import generation_counts
+
+st.title("Variants")
+name = chosen_experiment()
+
+spec = load_spec(store(), name)
+facts = attempt(lambda: model_facts(spec.model))
+if facts is None:
+    st.stop()
+counts = generation_counts(store(), name)
+st.caption(f"Experiment **{name}** · model `{spec.model}` · {facts.n_layers} layers · hidden size {facts.hidden_size}")
+
+
+def describe(variant: Any) -> str:
+    bits = [f"system: {variant.system!r}"] if variant.system else []
+    bits += [f"prefix: {variant.prefix!r}"] if variant.prefix else []
+    for i in variant.interventions:
+        settings = ", ".join(f"{k}={v}" for k, v in i.to_dict().items() if k != "method")
+        bits.append(f"{i.name}({settings})")
+    return "; ".join(bits) or "plain model"
+
+
+st.dataframe(
+    pd.DataFrame(
+        [
+            {"variant": v.name, "kind": v.kind, "definition": describe(v), "generations": counts.get(v.name, 0)}
+            for v in spec.variants
+        ]
+    ),
+    hide_index=True,
+    width="stretch",
+)
+
+# --- variant editor -----------------------------------------------------------------
+st.subheader("Add or edit a variant")
+choice = st.selectbox("Variant", ["(new variant)"] + [v.name for v in spec.variants], key="variant_choice")
+existing = next((v for v in spec.variants if v.name == choice), None)
+k = f"{name}:{choice}"  # widget keys per edited variant, so switching loads its values
+kinds = ["baseline", "prompting", "steering"]
+kind = st.radio("Kind", kinds, index=kinds.index(existing.kind) if existing else 2, horizontal=True, key=f"kind:{k}")
+variant_name = st.text_input("Name", value=existing.name if existing else "", key=f"name:{k}")
+raw: dict[str, Any] = {"name": variant_name}
+if kind == "prompting":
+    raw["system"] = st.text_area(
+        "System prompt (chat models)", value=existing.system if existing else "", key=f"system:{k}"
+    )
+    raw["prefix"] = st.text_input(
+        "Prefix added before each prompt", value=existing.prefix if existing else "", key=f"prefix:{k}"
+    )
+elif kind == "steering":
+    methods = steering_methods()
+    vector_names = [v.name for v in spec.vectors]
+    if not vector_names:
+        st.warning("This experiment has no vectors yet: add one below first.")
+    old = [i.to_dict() for i in existing.interventions] if existing else []
+    count = int(st.number_input("Stacked edits", 1, 8, max(1, len(old)), key=f"count:{k}"))
+    edits = []
+    for j in range(count):
+        prior = old[j] if j < len(old) else {}
+        with st.container(border=True):
+            method_names = sorted(methods)
+            method = st.selectbox(
+                f"Edit {j + 1}: method",
+                method_names,
+                index=method_names.index(prior.get("method", "add"))
+                if prior.get("method", "add") in method_names
+                else 0,
+                format_func=lambda m: f"{methods[m].title} ({m})",
+                key=f"method:{k}:{j}",
+            )
+            st.caption(methods[method].summary)
+            edit: dict[str, Any] = {"method": method}
+            for field in methods[method].fields:
+                value = prior.get(field.name, field.default) if prior.get("method") == method else field.default
+                edit[field.name] = field_widget(
+                    field, value, f"{field.name}:{k}:{j}:{method}", vector_names, facts.n_layers
+                )
+            edits.append(edit)
+    raw["interventions"] = edits
+
+if existing is not None and counts.get(existing.name, 0):
+    st.caption(
+        f"Saving a changed definition discards the {counts[existing.name]} stored outputs of '{existing.name}' (and their votes)."
+    )
+save_col, delete_col = st.columns([1, 1])
+if save_col.button("Save variant", type="primary", key=f"save:{k}"):
+    attempt(
+        lambda: save_variant(store(), name, raw, existing.name if existing else None),
+        f"Saved variant '{variant_name}'.",
+        rerun=True,
+    )
+if existing is not None and delete_col.button(f"Delete '{existing.name}'", key=f"delete:{k}"):
+    attempt(partial(delete_variant, store(), name, existing.name), f"Deleted variant '{existing.name}'.", rerun=True)
+
+# --- vectors ----------------------------------------------------------------------------
+st.subheader("Vectors")
+if spec.vectors:
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "vector": v.name,
+                    "source": "file" if v.file else f"{v.method} over {len(v.pairs)} pairs, read {v.read}",
+                }
+                for v in spec.vectors
+            ]
+        ),
+        hide_index=True,
+        width="stretch",
+    )
+pairs_tab, upload_tab = st.tabs(["Contrastive pairs", "Upload safetensors"])
+with pairs_tab:
+    editable = [v.name for v in spec.vectors if not v.file]
+    vchoice = st.selectbox("Vector", ["(new vector)", *editable], key="vector_choice")
+    current = next((v for v in spec.vectors if v.name == vchoice), None)
+    vk = f"{name}:{vchoice}"
+    vname = st.text_input("Vector name", value=current.name if current else "", key=f"vname:{vk}")
+    c1, c2 = st.columns(2)
+    methods_x = ["mean_diff", "pca", "single_pair"]
+    vmethod = c1.selectbox(
+        "Extraction", methods_x, index=methods_x.index(current.method) if current else 0, key=f"vmethod:{vk}"
+    )
+    vread = c2.selectbox(
+        "Read position",
+        ["last", "mean"],
+        index=["last", "mean"].index(current.read) if current else 0,
+        key=f"vread:{vk}",
+    )
+    table = st.data_editor(
+        pd.DataFrame(list(current.pairs) if current else [("", "")], columns=["positive", "negative"]),
+        num_rows="dynamic",
+        width="stretch",
+        key=f"pairs:{vk}",
+    )
+    if st.button("Save vector", type="primary", key=f"vsave:{vk}"):
+        pairs = [[str(p), str(n)] for p, n in table.itertuples(index=False) if str(p).strip() or str(n).strip()]
+        attempt(
+            lambda: save_vector(store(), name, vname, {"method": vmethod, "read": vread, "pairs": pairs}),
+            f"Saved vector '{vname}'; it is extracted at the next run.",
+            rerun=True,
+        )
+    if current is not None and st.button(f"Delete vector '{current.name}'", key=f"vdelete:{vk}"):
+        attempt(partial(delete_vector, store(), name, current.name), f"Deleted vector '{current.name}'.", rerun=True)
+with upload_tab:
+    up_name = st.text_input("Vector name", key="upload_vector_name")
+    file = st.file_uploader("Vector file (.safetensors)", type=["safetensors"], key="upload_vector_file")
+    if file is not None and st.button("Add vector from file", type="primary"):
+        attempt(
+            partial(upload_vector, store(), name, up_name, file.getvalue(), file.name),
+            f"Added vector '{up_name}'.",
+            rerun=True,
+        )

@@ -1,0 +1,40 @@
+"""Form widgets built from a steering method's declared fields."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import streamlit as st
+
+from engine.methods.base import FieldInfo
+
+
+def field_widget(field: FieldInfo, value: Any, key: str, vector_names: Sequence[str], n_layers: int) -> Any:
+    """One input for one setting; the returned value goes to the method's ``parse`` as it is."""
+    label, help_text = field.name, field.help or None
+    if field.kind == "vector":
+        names = list(vector_names)
+        return st.selectbox(label, names, index=names.index(value) if value in names else 0, help=help_text, key=key)
+    if field.kind == "layers":
+        default = [x for x in (value or []) if isinstance(x, int) and 0 <= x < n_layers]
+        return st.multiselect(
+            f"{label} (0–{n_layers - 1})", list(range(n_layers)), default=default, help=help_text, key=key
+        )
+    if field.kind == "float":
+        return st.number_input(
+            label, value=float(value if value is not None else 0.0), step=0.25, help=help_text, key=key
+        )
+    if field.kind == "int":
+        return int(st.number_input(label, value=int(value or 0), step=1, help=help_text, key=key))
+    if field.kind == "choice":
+        choices = list(field.choices)
+        return st.selectbox(
+            label, choices, index=choices.index(value) if value in choices else 0, help=help_text, key=key
+        )
+    if field.kind == "bool":
+        return st.toggle(label, value=bool(value), help=help_text, key=key)
+    if field.kind == "texts":
+        text = st.text_area(f"{label} (one per line)", value="\n".join(value or []), help=help_text, key=key)
+        return [t for t in text.splitlines() if t.strip()]
+    return st.text_input(label, value=str(value or ""), help=help_text, key=key)
