@@ -29,5 +29,7 @@ PAGES = [
 ]
 
 page = st.navigation(PAGES)
-sidebar()
-page.run()
+try:
+    page.run()
+finally:
+    sidebar()

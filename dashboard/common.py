@@ -7,7 +7,7 @@ from typing import TypeVar
 
 import streamlit as st
 
-from db.store import Store, StoreError
+from db.store import Store, StoreError, resolve_url
 from engine.errors import SteerLabError
 from service.catalog import list_experiments
 from service.jobs import RunManager
@@ -16,10 +16,14 @@ T = TypeVar("T")
 USER_ERRORS = (SteerLabError, StoreError)
 
 
-@st.cache_resource
 def store() -> Store:
-    """One store per process: ``STEERLAB_DB``, or ``steerlab.db`` in the working directory."""
-    return Store()
+    """The store named by ``STEERLAB_DB`` (default ``steerlab.db`` in the working directory)."""
+    return _open_store(resolve_url())
+
+
+@st.cache_resource
+def _open_store(url: str) -> Store:
+    return Store(url)
 
 
 @st.cache_resource
@@ -32,47 +36,42 @@ def experiment_names() -> list[str]:
 
 
 def sidebar() -> None:
-    show_flash()
+    """The experiment picker. Drawn after the page, so it already lists what the page just created."""
     names = experiment_names()
     with st.sidebar:
         if not names:
             st.caption("No experiments yet: create one on the Experiments page.")
             return
-        current = st.session_state.get("experiment")
-        index = names.index(current) if current in names else 0
-        st.session_state["experiment"] = st.selectbox("Experiment", names, index=index, key="experiment_picker")
+        if st.session_state.get("experiment_picker") not in names:
+            st.session_state["experiment_picker"] = names[0]
+        st.selectbox("Experiment", names, key="experiment_picker")
         st.caption(f"Store: `{store().url}`")
+
+
+def select_experiment(name: str) -> None:
+    """Make ``name`` the current experiment (the picker is drawn after the page)."""
+    st.session_state["experiment_picker"] = name
 
 
 def chosen_experiment() -> str:
     """The experiment picked in the sidebar; a page without one says so and stops."""
-    name = st.session_state.get("experiment")
-    if name not in experiment_names():
-        st.info("Create or pick an experiment first (Experiments page, or the sidebar).")
-        st.stop()
+    names = experiment_names()
+    name = st.session_state.get("experiment_picker")
+    if name not in names:
+        if not names:
+            st.info("Create an experiment first, on the Experiments page.")
+            st.stop()
+        name = names[0]
     return str(name)
 
 
-def attempt(action: Callable[[], T], success: str | None = None, rerun: bool = False) -> T | None:
-    """Run a service call; a user error is shown as one sentence instead of a traceback.
-
-    With ``rerun`` the page is redrawn after success (so tables show the change) and the
-    success message is shown at the top of the redrawn page.
-    """
+def attempt(action: Callable[[], T], success: str | None = None) -> T | None:
+    """Run a service call; a user error is shown as one sentence instead of a traceback."""
     try:
         result = action()
     except USER_ERRORS as exc:
-        st.error(str(exc), icon="⚠️")
+        st.error(str(exc), icon=":material/error:")
         return None
-    if success and rerun:
-        st.session_state["flash"] = success
-        st.rerun()
     if success:
-        st.success(success)
+        st.success(success, icon=":material/check_circle:")
     return result
-
-
-def show_flash() -> None:
-    message = st.session_state.pop("flash", None)
-    if message:
-        st.success(message)

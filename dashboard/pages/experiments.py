@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from dashboard.common import attempt, experiment_names, store
+from dashboard.common import attempt, experiment_names, select_experiment, store
 from engine.prompt_files import parse_prompts
 from service.catalog import delete_experiment, list_experiments
 from service.editing import create_experiment, create_experiment_from_yaml, duplicate_experiment
@@ -16,28 +16,7 @@ from service.editing import create_experiment, create_experiment_from_yaml, dupl
 st.title("Experiments")
 st.caption("An experiment is a model, shared prompts, generation settings and the variants to compare.")
 
-summaries = list_experiments(store())
-if summaries:
-    st.dataframe(
-        pd.DataFrame(
-            [
-                {
-                    "experiment": s.name,
-                    "model": s.model_id,
-                    "prompts": s.prompts,
-                    "variants": s.variants,
-                    "generations": s.generations,
-                    "ratings": s.ratings,
-                    "last run": s.last_run_status or "never run",
-                }
-                for s in summaries
-            ]
-        ),
-        hide_index=True,
-        width="stretch",
-    )
-else:
-    st.info("No experiments yet. Create one below, or upload `experiments/tinystories_mood.yaml`.")
+table_slot = st.container()  # filled last, so it shows what this run created or deleted
 
 new_tab, upload_tab, copy_tab, delete_tab = st.tabs(["New", "Upload YAML", "Duplicate", "Delete"])
 
@@ -86,12 +65,11 @@ with new_tab, st.form("new_experiment"):
             },
         }
         with st.spinner("Checking the model…"):
-            st.session_state["experiment"] = name.strip()
-            attempt(
-                lambda: create_experiment(store(), raw),
-                f"Created '{name}' with a baseline variant; add variants next.",
-                rerun=True,
+            created = attempt(
+                lambda: create_experiment(store(), raw), f"Created '{name}' with a baseline variant; add variants next."
             )
+        if created is not None:
+            select_experiment(created.name)
 
 with upload_tab:
     uploaded = st.file_uploader("Experiment YAML file", type=["yaml", "yml"], key="yaml_upload")
@@ -103,11 +81,10 @@ with upload_tab:
                 )
             )
         if spec is not None:
-            st.session_state["experiment"] = spec.name
-            st.session_state["flash"] = (
+            select_experiment(spec.name)
+            st.success(
                 f"Created '{spec.name}' with {len(spec.variants)} variants and {len(spec.prompts)} prompts; run it on the Run page."
             )
-            st.rerun()
 
 names = experiment_names()
 with copy_tab:
@@ -118,12 +95,37 @@ with copy_tab:
             attempt(
                 lambda: duplicate_experiment(store(), source, new_name),
                 f"Copied '{source}' to '{new_name}' (definition and vectors; no outputs or votes).",
-                rerun=True,
             )
 
 with delete_tab:
+    names = experiment_names()  # again: a copy may have just been made
     if names:
         doomed = st.selectbox("Experiment to delete", names, key="delete_target")
         sure = st.checkbox(f"Yes, delete '{doomed}' with all its outputs and votes", key="delete_confirm")
         if st.button("Delete experiment", type="primary", disabled=not sure):
-            attempt(lambda: delete_experiment(store(), doomed), f"Deleted '{doomed}'.", rerun=True)
+            attempt(lambda: delete_experiment(store(), doomed), f"Deleted '{doomed}'.")
+
+
+with table_slot:
+    summaries = list_experiments(store())
+    if summaries:
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "experiment": s.name,
+                        "model": s.model_id,
+                        "prompts": s.prompts,
+                        "variants": s.variants,
+                        "generations": s.generations,
+                        "ratings": s.ratings,
+                        "last run": s.last_run_status or "never run",
+                    }
+                    for s in summaries
+                ]
+            ),
+            hide_index=True,
+            width="stretch",
+        )
+    else:
+        st.info("No experiments yet. Create one below, or upload `experiments/tinystories_mood.yaml`.")

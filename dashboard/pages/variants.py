@@ -46,16 +46,7 @@ def describe(variant: Any) -> str:
     return "; ".join(bits) or "plain model"
 
 
-st.dataframe(
-    pd.DataFrame(
-        [
-            {"variant": v.name, "kind": v.kind, "definition": describe(v), "generations": counts.get(v.name, 0)}
-            for v in spec.variants
-        ]
-    ),
-    hide_index=True,
-    width="stretch",
-)
+table_slot = st.container()  # drawn last, after any change below
 
 # --- variant editor -----------------------------------------------------------------
 st.subheader("Add or edit a variant")
@@ -113,27 +104,13 @@ if save_col.button("Save variant", type="primary", key=f"save:{k}"):
     attempt(
         lambda: save_variant(store(), name, raw, existing.name if existing else None),
         f"Saved variant '{variant_name}'.",
-        rerun=True,
     )
 if existing is not None and delete_col.button(f"Delete '{existing.name}'", key=f"delete:{k}"):
-    attempt(partial(delete_variant, store(), name, existing.name), f"Deleted variant '{existing.name}'.", rerun=True)
+    attempt(partial(delete_variant, store(), name, existing.name), f"Deleted variant '{existing.name}'.")
 
 # --- vectors ----------------------------------------------------------------------------
 st.subheader("Vectors")
-if spec.vectors:
-    st.dataframe(
-        pd.DataFrame(
-            [
-                {
-                    "vector": v.name,
-                    "source": "file" if v.file else f"{v.method} over {len(v.pairs)} pairs, read {v.read}",
-                }
-                for v in spec.vectors
-            ]
-        ),
-        hide_index=True,
-        width="stretch",
-    )
+vectors_slot = st.container()
 pairs_tab, upload_tab = st.tabs(["Contrastive pairs", "Upload safetensors"])
 with pairs_tab:
     editable = [v.name for v in spec.vectors if not v.file]
@@ -163,16 +140,45 @@ with pairs_tab:
         attempt(
             lambda: save_vector(store(), name, vname, {"method": vmethod, "read": vread, "pairs": pairs}),
             f"Saved vector '{vname}'; it is extracted at the next run.",
-            rerun=True,
         )
     if current is not None and st.button(f"Delete vector '{current.name}'", key=f"vdelete:{vk}"):
-        attempt(partial(delete_vector, store(), name, current.name), f"Deleted vector '{current.name}'.", rerun=True)
+        attempt(partial(delete_vector, store(), name, current.name), f"Deleted vector '{current.name}'.")
 with upload_tab:
     up_name = st.text_input("Vector name", key="upload_vector_name")
     file = st.file_uploader("Vector file (.safetensors)", type=["safetensors"], key="upload_vector_file")
     if file is not None and st.button("Add vector from file", type="primary"):
         attempt(
-            partial(upload_vector, store(), name, up_name, file.getvalue(), file.name),
-            f"Added vector '{up_name}'.",
-            rerun=True,
+            partial(upload_vector, store(), name, up_name, file.getvalue(), file.name), f"Added vector '{up_name}'."
+        )
+
+
+# Re-read the experiment: the tables show the result of whatever was saved above.
+spec = load_spec(store(), name)
+counts = generation_counts(store(), name)
+with table_slot:
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {"variant": v.name, "kind": v.kind, "definition": describe(v), "generations": counts.get(v.name, 0)}
+                for v in spec.variants
+            ]
+        ),
+        hide_index=True,
+        width="stretch",
+    )
+
+with vectors_slot:
+    if spec.vectors:
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "vector": v.name,
+                        "source": "file" if v.file else f"{v.method} over {len(v.pairs)} pairs, read {v.read}",
+                    }
+                    for v in spec.vectors
+                ]
+            ),
+            hide_index=True,
+            width="stretch",
         )

@@ -1,0 +1,127 @@
+"""Every dashboard page through Streamlit's AppTest: forms, validation, votes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from streamlit.testing.v1 import AppTest
+
+from db.store import Store
+from service.export import export_data
+from service.running import RunOptions, run_experiment_file
+from tests.conftest import MOOD_FILE, ROOT, needs_models
+
+pytestmark = needs_models
+APP = str(ROOT / "dashboard" / "app.py")
+
+
+@pytest.fixture
+def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    data = yaml.safe_load(MOOD_FILE.read_text())
+    data["generation"].update(samples_per_prompt=1, max_new_tokens=12)
+    data["prompts"] = data["prompts"][:3]
+    path = tmp_path / "mood.yaml"
+    path.write_text(yaml.safe_dump(data))
+    file = tmp_path / "dash.db"
+    run_experiment_file(Store(str(file)), path, RunOptions(device="cpu"))
+    monkeypatch.setenv("STEERLAB_DB", str(file))
+    yield file
+
+
+def open_page(page: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    if page != "experiments":
+        at.switch_page(f"pages/{page}.py")
+        at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def texts(at: AppTest) -> str:
+    return " ".join(str(e.value) for e in [*at.error, *at.success, *at.info, *at.warning])
+
+
+def test_experiments_page_lists_creates_and_validates(db: Path) -> None:
+    at = open_page("experiments")
+    assert "tinystories_mood" in at.dataframe[0].value["experiment"].tolist()
+    at.text_input[0].set_value("")
+    at.text_area[1].set_value("Once upon a time")
+    at.button(key="FormSubmitter:new_experiment-Create experiment").click().run()
+    assert "field name: is empty" in texts(at)
+    at.text_input[0].set_value("fresh")
+    at.text_area[1].set_value("Once upon a time\nThe dog")
+    at.button(key="FormSubmitter:new_experiment-Create experiment").click().run()
+    assert not at.exception
+    assert "fresh" in at.dataframe[0].value["experiment"].tolist()
+    assert at.session_state["experiment_picker"] == "fresh", "the new experiment becomes the current one"
+
+
+def test_experiments_page_duplicates_and_deletes(db: Path) -> None:
+    at = open_page("experiments")
+    at.text_input[2].set_value("mood_copy")
+    at.button[1].click().run()  # Duplicate
+    assert "mood_copy" in at.dataframe[0].value["experiment"].tolist()
+    at.selectbox(key="delete_target").set_value("mood_copy")
+    at.checkbox(key="delete_confirm").check()
+    at.run()
+    next(b for b in at.button if b.label == "Delete experiment").click().run()
+    assert "mood_copy" not in at.dataframe[0].value["experiment"].tolist()
+
+
+def test_variants_page_adds_a_steering_variant_and_rejects_bad_input(db: Path) -> None:
+    at = open_page("variants")
+    assert len(at.dataframe[0].value) == 7
+    save = next(b for b in at.button if b.label == "Save variant")
+    save.click().run()
+    assert "field name: is empty" in texts(at)
+    at.text_input(key="name:tinystories_mood:(new variant)").set_value("sad_layer1_x1")
+    at.multiselect(key="layers:tinystories_mood:(new variant):0:add").set_value([1])
+    at.number_input(key="coefficient:tinystories_mood:(new variant):0:add").set_value(1.0)
+    next(b for b in at.button if b.label == "Save variant").click().run()
+    assert not at.exception
+    assert "sad_layer1_x1" in at.dataframe[0].value["variant"].tolist()
+    # A name that exists already is refused and nothing changes.
+    at.text_input(key="name:tinystories_mood:(new variant)").set_value("baseline")
+    at.radio(key="kind:tinystories_mood:(new variant)").set_value("baseline")
+    next(b for b in at.button if b.label == "Save variant").click().run()
+    assert "already exists" in texts(at)
+    assert len(at.dataframe[0].value) == 8
+
+
+def test_run_page_shows_progress_and_finishes(db: Path) -> None:
+    at = open_page("run")
+    assert "21 / 21" in " ".join(m.value for m in at.metric)
+
+
+def test_playground_steers_and_toggles_back(db: Path) -> None:
+    at = open_page("playground")
+    steered, plain = at.text_area[1].value, at.text_area[2].value
+    assert steered != plain
+    at.toggle[0].set_value(False).run()
+    assert at.text_area[1].value == at.text_area[2].value == plain
+    assert "exactly the unsteered model's again" in texts(at)
+
+
+def test_rate_page_records_a_vote_with_its_side(db: Path) -> None:
+    at = open_page("rate")
+    at.text_input[0].set_value("ann")
+    at.button[0].click().run()
+    left, right = at.text_area[0].value, at.text_area[1].value
+    next(b for b in at.button if b.label == "A is better").click().run()
+    assert not at.exception
+    assert "A was '" in texts(at)
+    votes = export_data(Store(str(db)), "tinystories_mood")["ratings"]
+    assert len(votes) == 1 and votes[0]["rater"] == "ann" and votes[0]["choice"] == "left"
+    generations = {g["id"]: g["text"] for g in export_data(Store(str(db)), "tinystories_mood")["generations"]}
+    assert generations[votes[0]["left_generation"]] == left and generations[votes[0]["right_generation"]] == right
+
+
+def test_compare_and_report_pages_render(db: Path) -> None:
+    at = open_page("compare")
+    assert not at.exception and "No votes yet" in texts(at)
+    at = open_page("report")
+    assert len(at.get("download_button")) == 3
