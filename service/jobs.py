@@ -87,19 +87,23 @@ def cancel(store: Store, name: str) -> bool:
 
 
 def status(store: Store, name: str) -> RunStatus:
+    """Progress of the experiment as stored now; rate and time left from its latest run."""
     with store.session() as session:
         experiment = get_experiment(session, name)
+        total = len(experiment.prompts) * len(experiment.variants) * _samples(experiment.spec_json)
+        done = len(repo.done_keys(session, experiment.id))
         run = repo.latest_run(session, experiment.id)
         if run is None:
-            total = len(experiment.prompts) * len(experiment.variants) * _samples(experiment.spec_json)
-            done = sum(1 for _ in repo.done_keys(session, experiment.id))
             return RunStatus("never run", None, done, total, 0.0, None, "", None, None)
         started, updated = _aware(run.started_at), _aware(run.updated_at)
         now = datetime.now(UTC) if run.status == "running" else updated
         elapsed = (now - started).total_seconds()
         rate = (run.done_units - run.start_done) / elapsed if elapsed > 0 else 0.0
-        left = (run.total_units - run.done_units) / rate if rate > 0 and run.status == "running" else None
-        return RunStatus(run.status, run.id, run.done_units, run.total_units, rate, left, run.error, started, updated)
+        running = run.status == "running"
+        left = (total - done) / rate if rate > 0 and running else None
+        # A finished run with work added since (new variants) is not "done" any more.
+        state = "incomplete" if run.status == "done" and done < total else run.status
+        return RunStatus(state, run.id, done, total, rate, left, run.error, started, updated)
 
 
 def _samples(spec_json: str) -> int:

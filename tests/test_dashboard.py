@@ -125,3 +125,18 @@ def test_compare_and_report_pages_render(db: Path) -> None:
     assert not at.exception and "No votes yet" in texts(at)
     at = open_page("report")
     assert len(at.get("download_button")) == 3
+
+
+def test_run_page_starts_a_background_run_that_finishes(db: Path) -> None:
+    from dashboard.common import run_manager
+    from service.editing import save_variant
+
+    save_variant(Store(str(db)), "tinystories_mood", {"name": "sad_x3", "interventions": [{"vector": "sad", "layers": [0], "coefficient": 3.0}]})
+    at = open_page("run")
+    assert "21 / 24" in " ".join(m.value for m in at.metric)
+    next(b for b in at.button if b.label == "Resume run").click().run()
+    assert not at.exception
+    run_manager().join("tinystories_mood", timeout=120)
+    at.run()
+    assert "24 / 24" in " ".join(m.value for m in at.metric)
+    assert "All generations are done" in texts(at)
