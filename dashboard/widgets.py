@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,3 +39,12 @@ def field_widget(field: FieldInfo, value: Any, key: str, vector_names: Sequence[
         text = st.text_area(f"{label} (one per line)", value="\n".join(value or []), help=help_text, key=key)
         return [t for t in text.splitlines() if t.strip()]
     return st.text_input(label, value=str(value or ""), help=help_text, key=key)
+
+
+def output_box(text: str, height: int = 220) -> None:
+    """A model output in a readable bordered box; the text is escaped, never rendered as markup."""
+    with st.container(border=True, height=height):
+        st.markdown(
+            f"<div style='white-space:pre-wrap'>{html.escape(text) or '<i>(empty output)</i>'}</div>",
+            unsafe_allow_html=True,
+        )

@@ -90,7 +90,13 @@ def bradley_terry_with_intervals(
             samples.append([fitted[p] for p in players])
     table = np.array(samples) if samples else np.full((1, len(players)), CENTRE)
     lows, highs = np.percentile(table, 2.5, axis=0), np.percentile(table, 97.5, axis=0)
-    return [Rating(p, point[p], float(lows[i]), float(highs[i]), counts.get(p, 0)) for i, p in enumerate(players)]
+    # A player with no battles has no rating to speak of (its fitted value is only the centre).
+    return [
+        Rating(p, point[p], float(lows[i]), float(highs[i]), counts[p])
+        if counts.get(p, 0)
+        else Rating(p, math.nan, math.nan, math.nan, 0)
+        for i, p in enumerate(players)
+    ]
 
 
 def cohen_kappa(first: Sequence[Hashable], second: Sequence[Hashable]) -> float:

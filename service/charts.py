@@ -56,14 +56,20 @@ def win_rate_chart(c: Comparison) -> alt.LayerChart:
 def bradley_terry_frame(c: Comparison) -> pd.DataFrame:
     return pd.DataFrame(
         [
-            {"variant": r.player, "rating": r.rating, "low": r.low, "high": r.high, "battles": r.battles}
+            {
+                "variant": r.player,
+                "rating": _finite(r.rating),
+                "low": _finite(r.low),
+                "high": _finite(r.high),
+                "battles": r.battles,
+            }
             for r in c.bradley_terry
         ]
-    ).sort_values("rating", ascending=False)
+    ).sort_values("rating", ascending=False, na_position="last")
 
 
 def bradley_terry_chart(c: Comparison) -> alt.LayerChart:
-    data = bradley_terry_frame(c)
+    data = bradley_terry_frame(c).dropna(subset=["rating"])  # variants without votes have no rating
     base = alt.Chart(data).encode(y=alt.Y("variant:N", sort=list(data["variant"]), title=None))
     rule = base.mark_rule(strokeWidth=2).encode(
         x=alt.X("low:Q", scale=alt.Scale(zero=False), title="Bradley–Terry rating (95% bootstrap)"), x2="high:Q"

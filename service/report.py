@@ -53,7 +53,7 @@ def html_report(store: Store, name: str, bootstrap_rounds: int = 1000) -> str:
         f"<title>SteerLab report: {html.escape(name)}</title><style>{STYLE}</style></head><body>",
         f"<h1>SteerLab report: {html.escape(name)}</h1>",
         f"<p class='muted'>Model {html.escape(e['model'])} · {len(data['prompts'])} prompts · {len(data['variants'])} variants · "
-        f"{len(data['generations'])} generations · {comparison.votes} votes from {comparison.raters} raters · "
+        f"{len(data['generations'])} generations · {comparison.votes} votes from {comparison.raters} rater{'s' if comparison.raters != 1 else ''} · "
         f"generated {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}</p>",
         f"<p>{html.escape(e['description'] or '')}</p>",
         "<h2>Variants</h2>",

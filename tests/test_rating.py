@@ -46,7 +46,7 @@ def test_queue_serves_least_rated_first_and_never_repeats_for_a_rater(tmp_path: 
     store = Store(str(db))
     rng = random.Random(0)
     seen = set()
-    sides = Counter()
+    sides: Counter[str] = Counter()
     for _ in range(6):  # 2 prompts x 3 variant pairs = 6 items
         item = next_item(store, "tinystories_mood", "ann", rng)
         assert item is not None and item.left_variant != item.right_variant
@@ -97,7 +97,7 @@ def test_votes_from_many_raters_at_once_are_all_kept(tmp_path: Path, rated_db: P
                 item = next_item(store, "tinystories_mood", name)
                 assert item is not None
                 record_vote(store, "tinystories_mood", name, item.left_id, item.right_id, "right")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=rater, args=(f"r{i}",)) for i in range(4)]

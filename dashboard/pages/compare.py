@@ -16,7 +16,7 @@ name = chosen_experiment()
 
 c = compare(store(), name)
 st.caption(
-    f"Experiment **{name}** · {c.votes} votes from {c.raters} raters · baseline: {c.baseline or 'none'}. "
+    f"Experiment **{name}** · {c.votes} votes from {c.raters} rater{'s' if c.raters != 1 else ''} · baseline: {c.baseline or 'none'}. "
     "Intervals are 95%; n is the number of votes or generations behind each figure."
 )
 

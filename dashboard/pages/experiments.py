@@ -128,4 +128,12 @@ with table_slot:
             width="stretch",
         )
     else:
-        st.info("No experiments yet. Create one below, or upload `experiments/tinystories_mood.yaml`.")
+        st.info("No experiments yet. Create one below, upload an experiment file, or start from the example.")
+        if st.button("Add the example experiment (tinystories_mood)", type="primary"):
+            example = Path(__file__).resolve().parents[2] / "experiments" / "tinystories_mood.yaml"
+            spec = attempt(
+                partial(create_experiment_from_yaml, store(), example.read_text(encoding="utf-8"), example.name)
+            )
+            if spec is not None:
+                select_experiment(spec.name)
+                st.rerun()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard.common import attempt, chosen_experiment, store
+from dashboard.widgets import output_box
 from service.catalog import load_spec
 from service.editing import model_facts
 from service.playground import preview
@@ -23,7 +24,7 @@ c1, c2, c3 = st.columns([2, 2, 1])
 vector = c1.selectbox("Vector", [v.name for v in spec.vectors])
 layer = c2.select_slider("Layer", options=list(range(facts.n_layers)), value=0)
 steering_on = c3.toggle("Steering on", value=True)
-coefficient = st.slider("Coefficient (the knob)", -10.0, 10.0, 2.0, 0.25)
+coefficient = st.slider("Coefficient (the knob)", -10.0, 10.0, 1.0, 0.25)
 prompt = st.text_area("Prompt", value=spec.prompts[0], height=80)
 tokens = st.slider("New tokens", 8, 128, 40, 8)
 
@@ -35,10 +36,10 @@ if result is not None:
         st.markdown(
             f"**Steered** · `{vector}` × {coefficient:g} at layer {layer}" if steering_on else "**Steering off**"
         )
-        st.text_area("steered output", result.steered, height=220, disabled=True, label_visibility="collapsed")
+        output_box(result.steered)
     with right:
         st.markdown("**Unsteered**")
-        st.text_area("unsteered output", result.plain, height=220, disabled=True, label_visibility="collapsed")
+        output_box(result.plain)
     if not steering_on:
         if result.identical:
             st.success("Steering is off: the output is exactly the unsteered model's again.")

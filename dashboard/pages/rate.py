@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard.common import attempt, chosen_experiment, store
+from dashboard.widgets import output_box
 from service.rating import CHOICE_LABELS, next_item, progress, record_vote
 
 st.title("Rate")
@@ -48,10 +49,10 @@ st.markdown(f"> {item.prompt}")
 a, b = st.columns(2)
 with a:
     st.markdown("**A**")
-    st.text_area("A", item.left_text, height=200, disabled=True, label_visibility="collapsed")
+    output_box(item.left_text)
 with b:
     st.markdown("**B**")
-    st.text_area("B", item.right_text, height=200, disabled=True, label_visibility="collapsed")
+    output_box(item.right_text)
 
 
 def vote(choice: str) -> None:

@@ -1,0 +1,157 @@
+"""End to end in a real browser: Debian's Chromium driven by Playwright against the running app.
+
+Creates the mood experiment from its YAML file, runs it, rates pairs with the keyboard,
+opens Compare and downloads the HTML report. Screenshots of every page go to
+``$STEERLAB_SCREENSHOTS`` (the README's pictures come from ``STEERLAB_SCREENSHOTS=docs``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MOOD_FILE, ROOT, needs_models
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+if not Path(CHROMIUM).exists():
+    if os.environ.get("CI"):
+        raise RuntimeError("CI must run the browser test: install Debian's chromium package (.ci/run does)")
+    pytest.skip(
+        "Chromium is not installed (apt-get install chromium); the browser test cannot run", allow_module_level=True
+    )
+
+pytestmark = needs_models
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def app_url(tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    env = {**os.environ, "STEERLAB_DB": str(tmp_path / "e2e.db"), "PYTHONPATH": str(ROOT)}
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"),
+        "--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1",
+        "--browser.gatherUsageStats", "false",
+    ]  # fmt: skip
+    log = (tmp_path / "streamlit.log").open("w")
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError((tmp_path / "streamlit.log").read_text()) from None
+                time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()
+
+
+def test_create_run_rate_compare_report(app_url: str, tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    shots = Path(os.environ.get("STEERLAB_SCREENSHOTS", tmp_path / "shots"))
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100}, accept_downloads=True)
+        page.set_default_timeout(60_000)
+
+        def go(name: str) -> None:
+            page.get_by_role("link", name=name, exact=True).click()
+            expect(page.get_by_role("heading", name=name, exact=True)).to_be_visible()
+
+        def shot(name: str) -> None:
+            page.wait_for_timeout(1500)
+            page.screenshot(path=str(shots / f"{name}.png"))
+
+        # Experiments: create from the YAML file.
+        page.goto(app_url)
+        expect(page.get_by_role("heading", name="Experiments")).to_be_visible()
+        page.get_by_role("tab", name="Upload YAML").click()
+        uploader = page.locator('[data-testid="stFileUploader"]').filter(has_text="Experiment YAML file")
+        uploader.locator("input[type=file]").set_input_files(str(MOOD_FILE))
+        page.get_by_role("button", name="Create from file").click()
+        expect(page.get_by_text("Created 'tinystories_mood' with 7 variants")).to_be_visible()
+        page.get_by_role("tab", name="New").click()
+        shot("experiments")
+
+        go("Variants")
+        expect(page.get_by_text("Add or edit a variant")).to_be_visible()
+        expect(page.get_by_text("2 layers · hidden size 128")).to_be_visible()
+        shot("variants")
+
+        # Run: start and wait until every generation is stored.
+        go("Run")
+        page.get_by_role("button", name="Start run").click()
+        expect(page.get_by_text("All generations are done")).to_be_visible(timeout=180_000)
+        expect(page.get_by_text("210 / 210").first).to_be_visible()
+        shot("run")
+
+        go("Playground")
+        expect(page.get_by_text("Unsteered", exact=True)).to_be_visible()
+        shot("playground")
+
+        # Rate: six votes with the keyboard shortcuts.
+        go("Rate")
+        page.get_by_label("Your name (asked once per browser session)").fill("e2e-rater")
+        page.get_by_role("button", name="Start rating").click()
+        expect(page.get_by_role("button", name="A is better")).to_be_visible()
+        shot("rate")
+        for count, key in enumerate(["a", "b", "t", "x", "a", "b"], start=1):
+            page.get_by_text("Keyboard: a = A is better").click()  # focus the page, not a text field
+            page.keyboard.press(key)
+            expect(page.get_by_text(f"You: {count} of 630 pairs rated")).to_be_visible()
+            expect(page.get_by_text(re.compile(r"A was '.+', B was '.+'"))).to_be_visible()
+
+        go("Compare")
+        expect(page.get_by_text(re.compile(r"6 votes from 1 rater \u00b7"))).to_be_visible()
+        expect(page.get_by_text("Win rate against the baseline").first).to_be_visible()
+        shot("compare")
+
+        # Report: download the HTML and check what it holds.
+        go("Report")
+        shot("report")
+        with page.expect_download() as download_info:
+            page.get_by_role("button", name="HTML report").click()
+        report = Path(download_info.value.path()).read_text(encoding="utf-8")
+        browser.close()
+
+    assert "SteerLab report: tinystories_mood" in report
+    assert "6 blind pairwise votes" in report
+    assert report.count("<svg") >= 5, "charts are inlined as SVG"
+    assert not re.search(r"<script[^>]+src=|<link[^>]+href=\"http", report), "the report needs nothing from the network"
+    for name in ("baseline", "sad_x2", "prompt_sad", "Bradley–Terry", "Reversibility"):
+        assert name in report
+    assert "This is a sad story. " in report or "This is a sad story." in report
