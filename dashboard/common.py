@@ -7,13 +7,11 @@ from typing import TypeVar
 
 import streamlit as st
 
-from db.store import Store, StoreError, resolve_url
-from engine.errors import SteerLabError
+from service import USER_ERRORS, Store, resolve_url
 from service.catalog import list_experiments
 from service.jobs import RunManager
 
 T = TypeVar("T")
-USER_ERRORS = (SteerLabError, StoreError)
 
 
 def store() -> Store:

@@ -8,7 +8,7 @@ from typing import Any
 
 import streamlit as st
 
-from engine.methods.base import FieldInfo
+from service.editing import FieldInfo
 
 
 def field_widget(field: FieldInfo, value: Any, key: str, vector_names: Sequence[str], n_layers: int) -> Any:

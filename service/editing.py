@@ -16,11 +16,22 @@ from engine.errors import SteerLabError
 from engine.experiment_file import parse_experiment_text
 from engine.fields import Where
 from engine.methods import registry
-from engine.methods.base import ModelFacts, SteeringMethod
+from engine.methods.base import FieldInfo, ModelFacts, SteeringMethod
 from engine.models import load_model
+from engine.prompt_files import PROMPT_FILE_TYPES, parse_prompts
 from engine.spec import ExperimentSpec, VariantSpec, check_against_model, parse_experiment, parse_variant
 from engine.vectors import SteeringVector
 from service.catalog import get_experiment, save_spec, stored_spec
+
+
+def parse_uploaded_prompts(content: bytes, filename: str) -> list[str]:
+    """Prompts from an uploaded CSV, JSONL or TXT file (errors name the line)."""
+    suffix = Path(filename).suffix.lower()
+    if suffix not in PROMPT_FILE_TYPES:
+        raise SteerLabError(
+            f"Uploaded file '{filename}' has type '{suffix}'; use one of {', '.join(PROMPT_FILE_TYPES)}."
+        )
+    return parse_prompts(content.decode("utf-8", "replace"), suffix, f"Uploaded file '{filename}'")
 
 
 def model_facts(model_id: str, device: str = "auto") -> ModelFacts:
@@ -30,6 +41,9 @@ def model_facts(model_id: str, device: str = "auto") -> ModelFacts:
 
 def steering_methods() -> dict[str, type[SteeringMethod]]:
     return registry()
+
+
+__all__ = ["FieldInfo", "steering_methods"]  # FieldInfo: what the dashboard builds method forms from
 
 
 def create_experiment(store: Store, raw: dict[str, Any], source: str = "the new experiment form") -> ExperimentSpec:

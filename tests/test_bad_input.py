@@ -183,3 +183,19 @@ def test_unknown_method_and_scope(tmp_path: Path, stored_db: Path, capsys: pytes
     data = with_intervention()
     data["variants"][1]["interventions"][0]["method"] = "teleport"
     fails_with(capsys, stored_db, ["run", str(write(tmp_path, data))], "not a known steering method", "add")
+
+
+def test_model_that_is_not_a_causal_lm(tmp_path: Path, stored_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    from transformers import T5Config
+
+    from tests.conftest import HF_CACHE
+
+    folder = tmp_path / "t5"
+    T5Config(d_model=16, d_ff=32, num_layers=1, num_heads=2, vocab_size=2048).save_pretrained(folder)
+    snapshot = next((HF_CACHE / "models--raincandy-u--TinyStories-656K" / "snapshots").iterdir())
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(snapshot / name, folder / name)
+    path = write(tmp_path, mood(name="x", model=str(folder)))
+    fails_with(capsys, stored_db, ["run", str(path)], "not a causal language model")

@@ -10,7 +10,7 @@ from tests.conftest import ROOT
 FORBIDDEN = {
     "engine": {"db", "service", "streamlit", "sqlalchemy", "dashboard"},
     "db": {"torch", "transformers", "engine", "streamlit", "service"},
-    "dashboard/pages": {"torch", "transformers", "sqlalchemy", "db", "engine"},
+    "dashboard": {"torch", "transformers", "sqlalchemy", "db", "engine"},
 }
 
 

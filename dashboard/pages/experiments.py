@@ -9,9 +9,8 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.common import attempt, experiment_names, select_experiment, store
-from engine.prompt_files import parse_prompts
 from service.catalog import delete_experiment, list_experiments
-from service.editing import create_experiment, create_experiment_from_yaml, duplicate_experiment
+from service.editing import create_experiment, create_experiment_from_yaml, duplicate_experiment, parse_uploaded_prompts
 
 st.title("Experiments")
 st.caption("An experiment is a model, shared prompts, generation settings and the variants to compare.")
@@ -40,14 +39,7 @@ with new_tab, st.form("new_experiment"):
     if st.form_submit_button("Create experiment", type="primary"):
         prompts = [line for line in prompts_text.splitlines() if line.strip()]
         if prompts_file is not None:
-            parsed = attempt(
-                partial(
-                    parse_prompts,
-                    prompts_file.getvalue().decode("utf-8", "replace"),
-                    Path(prompts_file.name).suffix,
-                    f"Uploaded file '{prompts_file.name}'",
-                )
-            )
+            parsed = attempt(partial(parse_uploaded_prompts, prompts_file.getvalue(), prompts_file.name))
             prompts = parsed if parsed is not None else []
         raw = {
             "name": name,
