@@ -83,38 +83,54 @@ def generate(
     """Generate new tokens for each prompt (token ids, without the prompt, without EOS)."""
     if not prompts:
         return []
+    generators = _generators(model, seeds, len(prompts)) if decoding.do_sample else None
+    with model.lock:
+        if steering is not None:
+            steering.begin(prompts)
+        context = steering.attached() if steering is not None else nullcontext()
+        with torch.no_grad(), context:
+            return _decode(model, prompts, decoding, generators, steering, should_stop, on_step)
+
+
+def _decode(
+    model: LoadedModel,
+    prompts: Sequence[Sequence[int]],
+    decoding: Decoding,
+    generators: Sequence[torch.Generator] | None,
+    steering: BatchSteering | None,
+    should_stop: Callable[[], bool] | None,
+    on_step: Callable[[], None] | None,
+) -> list[list[int]]:
     batch = len(prompts)
-    generators = _generators(model, seeds, batch) if decoding.do_sample else None
     ids, mask = left_pad(model, prompts)
     positions = positions_from_mask(mask)
     stops = sorted(model.eos_token_ids) if decoding.stop_at_eos else []
     eos = torch.tensor(stops or [-1], device=model.device)
     outputs: list[list[int]] = [[] for _ in range(batch)]
     finished = torch.zeros(batch, dtype=torch.bool, device=model.device)
-    context = steering.attached() if steering is not None else nullcontext()
-    with model.lock, torch.no_grad(), context:
+    if steering is not None:
+        steering.masks = PositionMasks.prompt_only(mask)
+    result = forward(model, ids, mask, positions)
+    for step_index in range(decoding.max_new_tokens):
+        if should_stop is not None and should_stop():
+            raise RunCancelled()
+        if on_step is not None:
+            on_step()
+        chosen = choose_tokens(result.logits[:, -1, :], decoding, generators)
+        newly_done = torch.isin(chosen, eos) & ~finished
+        for row in (~finished & ~newly_done).nonzero().flatten().tolist():
+            outputs[row].append(int(chosen[row]))
+        finished |= newly_done
+        if bool(finished.all()) or step_index == decoding.max_new_tokens - 1:
+            break
+        step = torch.where(finished, torch.full_like(chosen, model.pad_token_id), chosen)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        positions = positions[:, -1:] + 1
         if steering is not None:
-            steering.masks = PositionMasks.prompt_only(mask)
-        result = forward(model, ids, mask, positions)
-        for step_index in range(decoding.max_new_tokens):
-            if should_stop is not None and should_stop():
-                raise RunCancelled()
-            if on_step is not None:
-                on_step()
-            chosen = choose_tokens(result.logits[:, -1, :], decoding, generators)
-            newly_done = torch.isin(chosen, eos) & ~finished
-            for row in (~finished & ~newly_done).nonzero().flatten().tolist():
-                outputs[row].append(int(chosen[row]))
-            finished |= newly_done
-            if bool(finished.all()) or step_index == decoding.max_new_tokens - 1:
-                break
-            step = torch.where(finished, torch.full_like(chosen, model.pad_token_id), chosen)
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            positions = positions[:, -1:] + 1
-            if steering is not None:
-                generated = torch.ones((batch, 1), dtype=torch.bool, device=model.device)
-                steering.masks = PositionMasks(torch.zeros_like(generated), generated)
-            result = forward(model, step[:, None], mask, positions, past=result.past_key_values)
+            steering.refresh(step_index + 1, [list(p) + out for p, out in zip(prompts, outputs, strict=True)])
+            generated = torch.ones((batch, 1), dtype=torch.bool, device=model.device)
+            steering.masks = PositionMasks(torch.zeros_like(generated), generated)
+        result = forward(model, step[:, None], mask, positions, past=result.past_key_values)
     return outputs
 
 

@@ -52,6 +52,7 @@ class Reversibility:
 
 
 def probe_logits(model: LoadedModel, tokens: Sequence[int], steering: BatchSteering | None = None) -> torch.Tensor:
+    """All-position logits of one prompt; with ``steering`` (already attached) its edits apply."""
     ids, mask = left_pad(model, [tokens])
     if steering is not None:
         steering.masks = PositionMasks.prompt_only(mask)
@@ -65,6 +66,7 @@ def measure_reversibility(
     steering = BatchSteering(model, [list(edits)])
     with model.lock:
         before = probe_logits(model, probe_tokens)
+        steering.begin([probe_tokens])
         with steering.attached():
             steered = probe_logits(model, probe_tokens, steering)
         after = probe_logits(model, probe_tokens)

@@ -34,12 +34,31 @@ class BatchSteering:
         for row, edits in enumerate(row_edits):
             for edit in edits:
                 rows_of.setdefault(id(edit), (edit, []))[1].append(row)
+        self._rows = list(rows_of.values())
         self._by_layer: dict[int, list[tuple[PreparedEdit, torch.Tensor | None]]] = {}
-        for edit, rows in rows_of.values():
+        for edit, rows in self._rows:
             index = None if len(rows) == self.batch_size else torch.tensor(rows, device=model.device)
             for layer in edit.layers:
                 self._by_layer.setdefault(layer, []).append((edit, index))
         self.masks: PositionMasks | None = None
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def begin(self, prompts: Sequence[Sequence[int]]) -> None:
+        """Let prompt-dependent edits prepare their rows (call before attaching)."""
+        for edit, rows in self._rows:
+            edit.begin(self.model, [prompts[r] for r in rows])
+
+    def refresh(self, generated_so_far: int, sequences: Sequence[Sequence[int]]) -> None:
+        """Give edits that ask for it the tokens so far, with this batch's hooks paused."""
+        due = [(e, rows) for e, rows in self._rows if e.refresh_every and generated_so_far % e.refresh_every == 0]
+        if not due:
+            return
+        self._detach()
+        try:
+            for edit, rows in due:
+                edit.refresh(self.model, [sequences[r] for r in rows])
+        finally:
+            self._attach()
 
     @property
     def is_empty(self) -> bool:
@@ -47,15 +66,19 @@ class BatchSteering:
 
     @contextmanager
     def attached(self) -> Iterator[BatchSteering]:
-        handles = []
         try:
-            for layer in self._by_layer:
-                hook = self._make_hook(layer)
-                handles.append(self.model.layers[layer].register_forward_hook(hook))
+            self._attach()
             yield self
         finally:
-            for handle in handles:
-                handle.remove()
+            self._detach()
+
+    def _attach(self) -> None:
+        for layer in self._by_layer:
+            self._handles.append(self.model.layers[layer].register_forward_hook(self._make_hook(layer)))
+
+    def _detach(self) -> None:
+        while self._handles:
+            self._handles.pop().remove()
 
     def _make_hook(self, layer: int) -> Any:
         entries = self._by_layer[layer]

@@ -78,8 +78,7 @@ class _Addition(PreparedEdit):
         self._scope = scope
 
     def apply(self, layer: int, hidden: torch.Tensor, masks: PositionMasks) -> torch.Tensor:
-        where = masks.scope(self._scope).unsqueeze(-1).to(hidden.dtype)
-        return hidden + where * self._deltas[layer]
+        return hidden + masks.scoped(self._scope, hidden.dtype) * self._deltas[layer]
 
     @property
     def parameter_count(self) -> int:

@@ -14,7 +14,7 @@ is adding a module.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -43,6 +43,10 @@ class PositionMasks:
 
     def rows(self, index: torch.Tensor) -> PositionMasks:
         return PositionMasks(self.prompt.index_select(0, index), self.generated.index_select(0, index))
+
+    def scoped(self, scope: str, dtype: torch.dtype) -> torch.Tensor:
+        """The scope as a ``[rows, tokens, 1]`` multiplier of 0s and 1s."""
+        return self.scope(scope).unsqueeze(-1).to(dtype)
 
     def scope(self, scope: str) -> torch.Tensor:
         if scope == "prompt":
@@ -84,6 +88,22 @@ class PreparedEdit(ABC):
     def parameter_count(self) -> int:
         """Floats the edit carries (vector entries): the 'steering parameters' figure."""
         return 0
+
+    # Edits that depend on the prompt (conditional gates, gradient nudging) work out their
+    # per-row state here, before the batch's first forward pass, with no hooks attached.
+    # ``prompts`` are this edit's rows in the order ``apply`` will see them.
+    def begin(self, model: LoadedModel, prompts: Sequence[Sequence[int]]) -> None:
+        return None
+
+    # Re-run every ``refresh_every`` generated tokens (0 = never) with the tokens so far.
+    refresh_every: int = 0
+
+    def refresh(self, model: LoadedModel, sequences: Sequence[Sequence[int]]) -> None:
+        return None
+
+    def cost(self) -> dict[str, float]:
+        """Extra compute this edit spent so far (for example forward+backward passes), by name."""
+        return {}
 
 
 @dataclass(frozen=True)
@@ -171,3 +191,35 @@ def vector_for(vectors: Mapping[str, SteeringVector], name: str) -> SteeringVect
     if name not in vectors:
         raise SteerLabError(f"Vector '{name}' is not defined; define it under 'vectors' first.")
     return vectors[name]
+
+
+def read_vector_layers_scope(raw: Mapping[str, Any], where: Where) -> tuple[str, tuple[int, ...], str]:
+    """The three settings most methods share: which vector, which layers, which tokens."""
+    from engine.fields import as_choice, as_int_list, as_str, required
+
+    return (
+        as_str(required(raw, "vector", where), where.child("vector")),
+        as_int_list(required(raw, "layers", where), where.child("layers")),
+        as_choice(raw.get("scope", "all"), SCOPES, where.child("scope")),
+    )
+
+
+def unit_directions(vector: SteeringVector, layers: Sequence[int], model: LoadedModel) -> dict[int, torch.Tensor]:
+    """The vector's direction at each layer, normalised to length 1, on the model's device."""
+    out = {}
+    for layer in layers:
+        direction = vector.for_layer(layer)
+        norm = float(direction.norm())
+        if norm == 0.0:
+            raise SteerLabError(
+                f"Vector '{vector.name}' is all zeros at layer {layer}, so it has no direction; extract it again."
+            )
+        out[layer] = (direction / norm).to(model.device, model.dtype)
+    return out
+
+
+VECTOR_LAYERS_SCOPE_FIELDS = (
+    FieldInfo("vector", "vector", help="Which of the experiment's vectors."),
+    FieldInfo("layers", "layers", default=[0], help="Decoder layers whose output is edited."),
+)
+SCOPE_FIELD = FieldInfo("scope", "choice", default="all", choices=SCOPES, help="Which tokens are edited.")

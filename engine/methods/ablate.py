@@ -1,0 +1,73 @@
+"""Directional ablation: project a direction out of the hidden states, ``h - (h·u) u``.
+
+Removes whatever the model writes along the vector (for example a refusal or a mood
+direction) instead of pushing along it; ``u`` is the vector's unit direction per layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from engine.fields import Where, check_keys
+from engine.methods.base import (
+    SCOPE_FIELD,
+    VECTOR_LAYERS_SCOPE_FIELDS,
+    PositionMasks,
+    PreparedEdit,
+    SteeringMethod,
+    read_vector_layers_scope,
+    unit_directions,
+    vector_for,
+)
+from engine.models import LoadedModel
+from engine.vectors import SteeringVector
+
+
+@dataclass(frozen=True)
+class Ablate(SteeringMethod):
+    name = "ablate"
+    title = "Directional ablation"
+    summary = "Project the vector's direction out of the hidden states at the chosen layers."
+    fields = (*VECTOR_LAYERS_SCOPE_FIELDS, SCOPE_FIELD)
+
+    vector: str
+    layer_list: tuple[int, ...]
+    scope: str = "all"
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any], where: Where) -> Ablate:
+        check_keys(raw, ("vector", "layers", "scope"), where)
+        return cls(*read_vector_layers_scope(raw, where))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.name, "vector": self.vector, "layers": list(self.layer_list), "scope": self.scope}
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return self.layer_list
+
+    def vector_names(self) -> tuple[str, ...]:
+        return (self.vector,)
+
+    def prepare(self, model: LoadedModel, vectors: Mapping[str, SteeringVector]) -> PreparedEdit:
+        return _Ablation(
+            self.layer_list, unit_directions(vector_for(vectors, self.vector), self.layer_list, model), self.scope
+        )
+
+
+class _Ablation(PreparedEdit):
+    def __init__(self, layers: tuple[int, ...], units: dict[int, torch.Tensor], scope: str) -> None:
+        self.layers, self._units, self._scope = layers, units, scope
+
+    def apply(self, layer: int, hidden: torch.Tensor, masks: PositionMasks) -> torch.Tensor:
+        unit = self._units[layer]
+        projection = (hidden @ unit).unsqueeze(-1) * unit
+        return hidden - masks.scoped(self._scope, hidden.dtype) * projection
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(int(u.numel()) for u in self._units.values())
