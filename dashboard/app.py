@@ -23,6 +23,7 @@ PAGES = [
     st.Page("pages/variants.py", title="Variants", icon=":material/tune:"),
     st.Page("pages/run.py", title="Run", icon=":material/play_circle:"),
     st.Page("pages/playground.py", title="Playground", icon=":material/toggle_on:"),
+    st.Page("pages/sweep.py", title="Sweep", icon=":material/grid_on:"),
     st.Page("pages/rate.py", title="Rate", icon=":material/thumbs_up_down:"),
     st.Page("pages/compare.py", title="Compare", icon=":material/bar_chart:"),
     st.Page("pages/report.py", title="Report", icon=":material/description:"),

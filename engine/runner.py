@@ -110,6 +110,8 @@ def run_batch(
     seeds = [row_seed(generation.seed, u.prompt, u.sample) for u in batch]
     steering = BatchSteering(model, [variants[u.variant].edits for u in batch])
     should_stop = cancel.is_set if cancel is not None else None
+    edits = {id(e): e for u in batch for e in variants[u.variant].edits}
+    own_before = {key: e.cost().get("seconds", 0.0) for key, e in edits.items()}
     with PeakMemory(model.device) as memory:
         started = time.perf_counter()
         outputs = generate(
@@ -122,9 +124,19 @@ def run_batch(
             on_step=memory.sample,
         )
         seconds = time.perf_counter() - started
-    share = seconds / len(batch)
+    # Work an edit does for its own rows (nudging's gradient steps, a condition's gate) is
+    # charged to those rows; the shared decoding time is split equally over all rows.
+    own = {key: e.cost().get("seconds", 0.0) - own_before[key] for key, e in edits.items()}
+    rows_of = {key: sum(1 for u in batch if any(id(e) == key for e in variants[u.variant].edits)) for key in edits}
+    shared = max(seconds - sum(own.values()), 0.0) / len(batch)
     texts = model.tokenizer.batch_decode(outputs, skip_special_tokens=True)
     return [
-        RowOutput(unit, tuple(ids), text, share, memory.peak_bytes)
+        RowOutput(
+            unit,
+            tuple(ids),
+            text,
+            shared + sum(own[id(e)] / rows_of[id(e)] for e in variants[unit.variant].edits),
+            memory.peak_bytes,
+        )
         for unit, ids, text in zip(batch, outputs, texts, strict=True)
     ]

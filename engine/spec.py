@@ -37,6 +37,14 @@ from engine.scorers import Scorer, parse_scorer
 VARIANT_KINDS = ("baseline", "prompting", "steering")
 CHAT_TEMPLATE_MODES = ("auto", "off")
 DEFAULT_PROBE = "Once upon a time, there was a"
+# Plain openings for measuring side effects (how far a variant moves ordinary text).
+DEFAULT_NEUTRAL_PROMPTS = (
+    "Once upon a time",
+    "The weather today is",
+    "Here is a short list of",
+    "She opened the door and",
+    "In the morning, we",
+)
 
 
 @dataclass(frozen=True)
@@ -127,6 +135,8 @@ class ExperimentSpec:
     chat_template: str = "auto"
     probe_prompt: str = DEFAULT_PROBE
     reveal_after_vote: bool = True
+    neutral_prompts: tuple[str, ...] = DEFAULT_NEUTRAL_PROMPTS
+    sweep: dict[str, Any] | None = None  # a layer/strength sweep, validated by engine.sweep
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -136,11 +146,13 @@ class ExperimentSpec:
             "chat_template": self.chat_template,
             "probe_prompt": self.probe_prompt,
             "reveal_after_vote": self.reveal_after_vote,
+            "neutral_prompts": list(self.neutral_prompts),
             "prompts": list(self.prompts),
             "generation": self.generation.to_dict(),
             "vectors": {v.name: v.to_dict() for v in self.vectors},
             "variants": [v.to_dict() for v in self.variants],
             "scorers": [s.to_dict() for s in self.scorers],
+            **({"sweep": self.sweep} if self.sweep is not None else {}),
         }
 
     def definition_hash(self) -> str:
@@ -149,6 +161,8 @@ class ExperimentSpec:
         data.pop("description")
         data.pop("reveal_after_vote")
         data.pop("scorers")
+        data.pop("neutral_prompts")
+        data.pop("sweep", None)
         text = json.dumps(data, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -163,12 +177,14 @@ EXPERIMENT_KEYS = (
     "chat_template",
     "probe_prompt",
     "reveal_after_vote",
+    "neutral_prompts",
     "prompts",
     "prompts_file",
     "generation",
     "vectors",
     "variants",
     "scorers",
+    "sweep",
 )
 
 
@@ -192,19 +208,35 @@ def parse_experiment(raw: Any, where: Where, prompts: Sequence[str] | None = Non
     scorers = tuple(parse_scorer(s, where.child("scorers").child(i)) for i, s in enumerate(scorers_raw))
     if len({s.name for s in scorers}) != len(scorers):
         where.child("scorers").fail("has two scorers with the same name", "give each scorer its own name")
-    return ExperimentSpec(
+    spec = ExperimentSpec(
         name=name,
         description=as_str(data.get("description", ""), where.child("description"), allow_empty=True),
         model=as_str(required(data, "model", where), where.child("model")).strip(),
         chat_template=as_choice(data.get("chat_template", "auto"), CHAT_TEMPLATE_MODES, where.child("chat_template")),
         probe_prompt=as_str(data.get("probe_prompt", DEFAULT_PROBE), where.child("probe_prompt")),
         reveal_after_vote=as_bool(data.get("reveal_after_vote", True), where.child("reveal_after_vote")),
+        neutral_prompts=_parse_texts(
+            data.get("neutral_prompts", list(DEFAULT_NEUTRAL_PROMPTS)), where.child("neutral_prompts")
+        ),
         prompts=tuple(prompts),
         generation=_parse_generation(data.get("generation") or {}, where.child("generation")),
         vectors=vectors,
         variants=variants,
         scorers=scorers,
     )
+    if data.get("sweep") is not None:
+        from engine.sweep import parse_sweep  # the sweep module builds specs, so it imports this one
+
+        config = parse_sweep(data["sweep"], where.child("sweep"), spec)
+        spec = ExperimentSpec(**{**spec.__dict__, "sweep": config.to_dict()})
+    return spec
+
+
+def _parse_texts(raw: Any, where: Where) -> tuple[str, ...]:
+    items = as_list(raw, where)
+    if not items:
+        where.fail("is an empty list", "give at least one text")
+    return tuple(as_str(t, where.child(i)) for i, t in enumerate(items))
 
 
 def _parse_generation(raw: Any, where: Where) -> GenerationSpec:

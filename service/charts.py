@@ -12,6 +12,7 @@ import altair as alt
 import pandas as pd
 
 from service.comparison import Comparison
+from service.sweeps import SweepResult
 
 WIDTH = 520
 
@@ -127,6 +128,8 @@ def compute_frame(c: Comparison) -> pd.DataFrame:
                 "peak memory (MB)": comp["peak_memory_bytes"] / 2**20,
                 "steering parameters": _finite(comp["steering_parameters"]),
                 "extraction time (s)": _finite(comp["extraction_seconds"]),
+                "KL on neutral prompts": _finite(comp["side_effect_kl"]),
+                "nudging ms per row": comp["nudge_ms_per_row"],
                 "logit diff after removal": _finite(rev["max_abs_logit_diff_after_removal"]),
                 "toggle (ms)": _finite(rev["toggle_ms"]),
             }
@@ -136,7 +139,14 @@ def compute_frame(c: Comparison) -> pd.DataFrame:
 
 def compute_chart(c: Comparison) -> alt.VConcatChart:
     data = compute_frame(c)
-    measures = ["tokens per second", "peak memory (MB)", "steering parameters", "extraction time (s)"]
+    measures = [
+        "tokens per second",
+        "peak memory (MB)",
+        "steering parameters",
+        "extraction time (s)",
+        "nudging ms per row",
+        "KL on neutral prompts",
+    ]
     charts = [
         alt.Chart(data)
         .mark_bar()
@@ -144,7 +154,9 @@ def compute_chart(c: Comparison) -> alt.VConcatChart:
         .properties(width=230, height=max(80, 20 * len(data)), title=m)
         for m in measures
     ]
-    return alt.vconcat(alt.hconcat(*charts[:2]), alt.hconcat(*charts[2:])).properties(title="Compute per variant")
+    return alt.vconcat(*(alt.hconcat(*charts[i : i + 2]) for i in range(0, len(charts), 2))).properties(
+        title="Compute and side effects per variant"
+    )
 
 
 def reversibility_chart(c: Comparison) -> alt.HConcatChart:
@@ -201,3 +213,67 @@ def scores_chart(c: Comparison) -> alt.FacetChart | None:
         data=data,
     ).properties(width=WIDTH // 2 + 40)
     return layered.facet(column=alt.Column("scorer:N", title=None)).resolve_scale(x="independent")
+
+
+def sweep_frame(result: SweepResult) -> pd.DataFrame:
+    front = {c.name for c in result.front}
+    chosen = result.recommended.name if result.recommended else None
+    return pd.DataFrame(
+        [
+            {
+                "cell": c.name,
+                "layer": c.layer,
+                "coefficient": c.coefficient,
+                result.config.scorer: _finite(c.behaviour),
+                "low": _finite(c.behaviour_low),
+                "high": _finite(c.behaviour_high),
+                "perplexity": _finite(c.perplexity),
+                "n": c.n,
+                "pareto": c.name in front,
+                "recommended": c.name == chosen,
+            }
+            for c in result.cells
+        ]
+    )
+
+
+def sweep_heatmaps(result: SweepResult) -> alt.HConcatChart:
+    data = sweep_frame(result)
+    scorer = result.config.scorer
+
+    def heatmap(measure: str, scale: alt.Scale, title: str) -> alt.LayerChart:
+        base = alt.Chart(data).encode(x=alt.X("coefficient:O", title="coefficient"), y=alt.Y("layer:O", title="layer"))
+        rect = base.mark_rect().encode(color=alt.Color(f"{measure}:Q", scale=scale), tooltip=list(data.columns))
+        text = base.mark_text(fontSize=10).encode(text=alt.Text(f"{measure}:Q", format=".3g"))
+        return (rect + text).properties(width=260, height=max(60, 40 * data["layer"].nunique()), title=title)
+
+    return alt.hconcat(
+        heatmap(
+            scorer, alt.Scale(scheme="blues"), f"{scorer} (mean per cell, n={int(data['n'].max()) if len(data) else 0})"
+        ),
+        heatmap("perplexity", alt.Scale(scheme="oranges", type="log"), "perplexity under the unsteered model"),
+    )
+
+
+def pareto_chart(result: SweepResult) -> alt.LayerChart:
+    data = sweep_frame(result)
+    scorer = result.config.scorer
+    base = alt.Chart(data).encode(
+        x=alt.X("perplexity:Q", scale=alt.Scale(type="log"), title="perplexity (lower = more fluent)"),
+        y=alt.Y(f"{scorer}:Q", title=f"{scorer} (95% interval)"),
+    )
+    bars = base.mark_rule(opacity=0.5).encode(y="low:Q", y2="high:Q")
+    points = base.mark_point(filled=True, size=70).encode(
+        color=alt.Color("pareto:N", title="Pareto front"),
+        shape=alt.Shape("recommended:N", title="recommended"),
+        tooltip=list(data.columns),
+    )
+    labels = base.mark_text(align="left", dx=6, fontSize=9).encode(text="cell:N")
+    baseline = (
+        alt.Chart(pd.DataFrame({"x": [result.baseline_perplexity]}))
+        .mark_rule(strokeDash=[4, 4], color="gray")
+        .encode(x="x:Q")
+    )
+    return (bars + points + labels + baseline).properties(
+        width=WIDTH, title="Behaviour against fluency (dashed: baseline perplexity)"
+    )

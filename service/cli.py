@@ -51,6 +51,22 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("-o", "--output", required=True, help="file to write")
     export.add_argument("--db")
 
+    sweep = sub.add_parser("sweep", help="run the file's layer x coefficient sweep and recommend a cell")
+    sweep.add_argument("file", help="experiment YAML file with a 'sweep' section")
+    sweep.add_argument("--db")
+    sweep.add_argument("--model", help="hub id or local folder, instead of the file's model")
+    sweep.add_argument("--batch-size", type=int, default=32)
+    sweep.add_argument("--device", default="auto")
+    sweep.add_argument("--dtype", default="auto")
+    sweep.add_argument(
+        "--add-cells", nargs="+", metavar="CELL", help="add these cells (like L1_x2) to the experiment as variants"
+    )
+
+    calibrate = sub.add_parser("calibrate", help="pick a conditional variant's threshold from its condition examples")
+    calibrate.add_argument("file", help="experiment YAML file")
+    calibrate.add_argument("--variant", required=True, help="the variant with a conditional intervention")
+    calibrate.add_argument("--device", default="auto")
+
     report = sub.add_parser("report", help="write a self-contained HTML report of an experiment")
     report.add_argument("name")
     report.add_argument("--format", choices=("html",), default="html")
@@ -72,6 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _list(args)
         if args.command in ("export", "report"):
             return _export(args)
+        if args.command == "sweep":
+            return _sweep(args)
+        if args.command == "calibrate":
+            return _calibrate(args)
         return _bench(args)
     except (SteerLabError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -103,6 +123,97 @@ def _run(args: argparse.Namespace) -> int:
         f"{result.generated} new generations, {result.total} in all ({store.url})."
     )
     print(format_summary(variant_summaries(store, result.experiment)))
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from service.sweeps import promote_cells, run_sweep_file
+
+    store = Store(args.db)
+    bars: list[tqdm[Any]] = []
+
+    def progress(p: Progress) -> None:
+        if not bars:
+            bars.append(tqdm(total=p.total, initial=p.done, unit="gen", desc="sweeping", dynamic_ncols=True))
+        bars[0].update(p.done - bars[0].n)
+
+    try:
+        run, result = run_sweep_file(
+            store, args.file, RunOptions(args.batch_size, args.device, args.dtype, args.model), progress
+        )
+    finally:
+        for bar in bars:
+            bar.close()
+    print(f"Sweep '{result.experiment}': run {run.run_id} {run.status}, {run.generated} new generations ({store.url}).")
+    print(format_sweep(result))
+    if args.add_cells:
+        from engine.experiment_file import load_experiment_file
+        from service.catalog import import_experiment
+
+        spec = load_experiment_file(args.file)
+        with store.session() as session:
+            import_experiment(session, spec, args.file, {})
+        added = promote_cells(store, spec.name, result.experiment, args.add_cells)
+        print(f"Added {', '.join(added)} to experiment '{spec.name}'; run it to generate their outputs.")
+    return 0
+
+
+def format_sweep(result: Any) -> str:
+    config = result.config
+    layers = sorted({c.layer for c in result.cells})
+    coefficients = sorted({c.coefficient for c in result.cells})
+    by_key = {(c.layer, c.coefficient): c for c in result.cells}
+    lines = [
+        f"{config.scorer} (mean) / perplexity under the unsteered model, per cell; "
+        f"baseline {result.baseline_behaviour:.3f} / {result.baseline_perplexity:.1f}",
+    ]
+    table = [["layer \\ coefficient", *[f"{c:g}" for c in coefficients]]]
+    for layer in layers:
+        row = [str(layer)]
+        for c in coefficients:
+            cell = by_key.get((layer, c))
+            row.append("-" if cell is None else f"{cell.behaviour:.3f} / {cell.perplexity:.1f}")
+        table.append(row)
+    lines.append(_table(table))
+    lines.append("Pareto front (more behaviour, less perplexity): " + ", ".join(c.name for c in result.front))
+    if result.recommended is not None:
+        r = result.recommended
+        lines.append(
+            f"Recommended: layer {r.layer}, coefficient {r.coefficient:g} ({config.scorer} {r.behaviour:.3f} "
+            f"[{r.behaviour_low:.3f}, {r.behaviour_high:.3f}], n={r.n}; perplexity {r.perplexity:.1f}, "
+            f"within {config.fluency_tolerance:g}x the baseline's)."
+        )
+    else:
+        lines.append("No cell to recommend yet (no fluency figures).")
+    return "\n".join(lines)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from engine.experiment_file import load_experiment_file
+    from engine.methods.conditional import ConditionalAdd, calibrate
+    from engine.models import load_model
+
+    spec = load_experiment_file(args.file)
+    variant = next((v for v in spec.variants if v.name == args.variant), None)
+    if variant is None:
+        raise SteerLabError(
+            f"{args.file} has no variant named '{args.variant}'; pick one of {', '.join(v.name for v in spec.variants)}."
+        )
+    conditional = [i for i in variant.interventions if isinstance(i, ConditionalAdd)]
+    if not conditional:
+        raise SteerLabError(
+            f"Variant '{args.variant}' has no conditional intervention; calibrate needs 'method: conditional'."
+        )
+    model = load_model(spec.model, args.device)
+    for i, intervention in enumerate(conditional):
+        result = calibrate(model, intervention)
+        print(
+            f"{args.variant}, conditional edit {i}: threshold {result.threshold:.4f} "
+            f"(precision {result.precision:.2f}, recall {result.recall:.2f}, F1 {result.f1:.2f} on {result.examples} examples; "
+            f"similarities range {result.lowest:.3f} to {result.highest:.3f}; the file says {intervention.condition.threshold:g})"
+        )
     return 0
 
 
@@ -156,7 +267,20 @@ def _bench(args: argparse.Namespace) -> int:
 
 def format_summary(summaries: Sequence[VariantSummary]) -> str:
     score_names = sorted({k for s in summaries for k in s.scores})
-    header = ["variant", "kind", "n", "tok/gen", "tok/s", "peak MB", "params", "extract s", "rev. diff", "toggle ms"]
+    header = [
+        "variant",
+        "kind",
+        "n",
+        "tok/gen",
+        "tok/s",
+        "peak MB",
+        "params",
+        "extract s",
+        "nudge ms/row",
+        "KL",
+        "rev. diff",
+        "toggle ms",
+    ]
     table = [header + [f"{n} (mean [95% CI])" for n in score_names]]
     for s in summaries:
         rev = s.reversibility()
@@ -170,6 +294,8 @@ def format_summary(summaries: Sequence[VariantSummary]) -> str:
             _fmt(s.peak_memory_bytes / 2**20, 0),
             _fmt(comp["steering_parameters"], 0),
             _fmt(comp["extraction_seconds"], 3),
+            _fmt(comp["nudge_ms_per_row"], 1),
+            _fmt(comp["side_effect_kl"], 3),
             _fmt(rev["max_abs_logit_diff_after_removal"], 1),
             _fmt(rev["toggle_ms"], 3),
         ]

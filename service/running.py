@@ -29,10 +29,11 @@ from engine.methods.base import ModelFacts
 from engine.models import LoadedModel, load_model
 from engine.prompting import plain_tokens, render_prompt
 from engine.runner import CancelFlag, PreparedVariant, Progress, RowOutput, Unit, run_units
-from engine.spec import ExperimentSpec, VectorSpec, check_against_model
+from engine.side_effects import next_token_kl
+from engine.spec import ExperimentSpec, VariantSpec, VectorSpec, check_against_model
 from engine.vectors import SteeringVector, hash_pairs, load_vector
 from service.catalog import get_experiment, import_experiment, stored_spec
-from service.scoring import score_experiment
+from service.scoring import score_experiment, score_fluency
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,7 @@ def run_stored(
         )
         _store_variant_figures(store, experiment_id, run_id, spec, model, variants, vectors)
         score_experiment(store, name)
+        score_fluency(store, name, model)
         status = "done"
     except RunCancelled:
         status = "cancelled"
@@ -321,13 +323,22 @@ def _store_variant_figures(
     variants: list[PreparedVariant],
     vectors: dict[str, SteeringVector],
 ) -> None:
-    """Reversibility and static compute figures of every variant (cheap: one probe each)."""
+    """Reversibility, side effects and compute figures of every variant (a few probes each)."""
     probe = plain_tokens(model, spec.probe_prompt)
+    plain_variant = VariantSpec("plain")
+    neutral_plain = [render_prompt(model, p, plain_variant, spec.chat_template) for p in spec.neutral_prompts]
     with store.session() as session:
         experiment = session.get(Experiment, experiment_id)
         assert experiment is not None
         for row, variant_spec, prepared in zip(experiment.variants, spec.variants, variants, strict=True):
+            costs: dict[str, float] = {}  # read before the probes below add their own passes
+            for edit in prepared.edits:
+                for key, value in edit.cost().items():
+                    if key != "seconds":
+                        costs[key] = costs.get(key, 0.0) + value
             figures = measure_reversibility(model, prepared.edits, probe)
+            neutral = [render_prompt(model, p, variant_spec, spec.chat_template) for p in spec.neutral_prompts]
+            kl = next_token_kl(model, prepared.edits, neutral, neutral_plain)
             used = variant_spec.vector_names()
             repo.set_variant_metrics(
                 session,
@@ -341,5 +352,7 @@ def _store_variant_figures(
                     "layers_touched": float(len({layer for e in prepared.edits for layer in e.layers})),
                     "extraction_seconds": float(sum(vectors[n].extraction_seconds for n in used)),
                     "prompt_tokens_mean": sum(len(t) for t in prepared.prompt_tokens) / len(prepared.prompt_tokens),
+                    "side_effect_kl": kl,
+                    **costs,
                 },
             )

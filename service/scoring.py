@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 from db import repository as repo
 from db.store import Store
+from engine.models import LoadedModel
+from engine.prompting import render_prompt
+from engine.side_effects import perplexities
+from engine.spec import VariantSpec
 from service.catalog import get_experiment, stored_spec
 
 
@@ -21,3 +27,24 @@ def score_experiment(store: Store, name: str) -> int:
             )
             added += len(generations)
     return added
+
+
+FLUENCY = "fluency_ppl"
+
+
+def score_fluency(store: Store, name: str, model: LoadedModel) -> int:
+    """Perplexity of every output not yet measured, under the unsteered model, given its plain prompt."""
+    with store.session() as session:
+        experiment = get_experiment(session, name)
+        spec = stored_spec(experiment)
+        generations = repo.unscored_generations(session, experiment.id, FLUENCY)
+        if not generations:
+            return 0
+        plain = VariantSpec("plain")
+        prompts = {p.id: render_prompt(model, p.text, plain, spec.chat_template) for p in experiment.prompts}
+        continuations = [list(model.tokenizer(g.text, add_special_tokens=False).input_ids) for g in generations]
+        values = perplexities(model, [prompts[g.prompt_id] for g in generations], continuations)
+        repo.set_generation_metrics(
+            session, ((g.id, FLUENCY, v) for g, v in zip(generations, values, strict=True) if math.isfinite(v))
+        )
+        return len(generations)

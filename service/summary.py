@@ -9,6 +9,7 @@ from db import repository as repo
 from db.store import Store
 from engine.stats import Estimate, bootstrap_mean
 from service.catalog import get_experiment, stored_spec
+from service.scoring import FLUENCY
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,9 @@ class VariantSummary:
             "layers_touched": self.figures.get("layers_touched", math.nan),
             "extraction_seconds": self.figures.get("extraction_seconds", math.nan),
             "prompt_tokens_mean": self.figures.get("prompt_tokens_mean", math.nan),
+            "side_effect_kl": self.figures.get("side_effect_kl", math.nan),
+            "nudge_ms_per_row": self.figures.get("nudge_ms_per_row", 0.0),
+            "nudge_forward_backward_passes": self.figures.get("nudge_forward_backward_passes", 0.0),
         }
 
     def reversibility(self) -> dict[str, float]:
@@ -64,9 +68,11 @@ def variant_summaries(store: Store, name: str, bootstrap_rounds: int = 1000) -> 
             c = compute.get(variant.id, repo.VariantCompute(variant.id, 0, 0, 0.0, 0))
             mine = [g for g in generations if g.variant_id == variant.id]
             estimates = {}
-            for scorer in spec.scorers:
-                scored = [(scores[g.id][scorer.name], g.prompt_id) for g in mine if scorer.name in scores.get(g.id, {})]
-                estimates[scorer.name] = bootstrap_mean(
+            for metric in [s.name for s in spec.scorers] + [FLUENCY]:
+                scored = [(scores[g.id][metric], g.prompt_id) for g in mine if metric in scores.get(g.id, {})]
+                if metric == FLUENCY and not scored:
+                    continue
+                estimates[metric] = bootstrap_mean(
                     [v for v, _ in scored], clusters=[p for _, p in scored], rounds=bootstrap_rounds
                 )
             out.append(

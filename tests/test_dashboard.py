@@ -151,3 +151,38 @@ def test_run_page_starts_a_background_run_that_finishes(db: Path) -> None:
     at.run()
     assert "24 / 24" in " ".join(m.value for m in at.metric)
     assert "All generations are done" in texts(at)
+
+
+def test_sweep_page_runs_a_grid_and_promotes_a_cell(db: Path) -> None:
+    from dashboard.common import run_manager
+
+    at = open_page("sweep")
+    at.text_input[0].set_value("1, 2")
+    at.button(key="FormSubmitter:sweep_form-Start sweep").click().run()
+    assert not at.exception and "Sweep started." in texts(at)
+    run_manager().join("tinystories_mood__sweep", timeout=180)
+    at.run()
+    assert not at.exception
+    assert "Recommended: layer" in texts(at)
+    next(b for b in at.button if b.label == "Add as variants").click().run()
+    assert "Added sad_L" in texts(at)
+
+
+def test_variants_page_builds_forms_for_every_registered_method(db: Path) -> None:
+    at = open_page("variants")
+    k = "tinystories_mood:(new variant)"
+    at.text_input(key=f"name:{k}").set_value("nudged")
+    at.selectbox(key=f"method:{k}:0").set_value("nudge").run()
+    at.text_area(key=f"words:{k}:0:nudge").set_value("sad\ncried")
+    at.number_input(key=f"steps:{k}:0:nudge").set_value(3)
+    next(b for b in at.button if b.label == "Save variant").click().run()
+    assert not at.exception, at.exception
+    assert "Saved variant 'nudged'" in texts(at)
+    assert "nudged" in at.dataframe[0].value["variant"].tolist()
+    at.text_input(key=f"name:{k}").set_value("gated")
+    at.selectbox(key=f"method:{k}:0").set_value("conditional").run()
+    at.text_area(key=f"condition.applies:{k}:0:conditional").set_value("a sad day")
+    at.text_area(key=f"condition.not_applies:{k}:0:conditional").set_value("a happy day")
+    at.number_input(key=f"condition.threshold:{k}:0:conditional").set_value(2.0)
+    next(b for b in at.button if b.label == "Save variant").click().run()
+    assert "outside the range of cosine similarity" in texts(at)

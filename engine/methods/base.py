@@ -102,7 +102,8 @@ class PreparedEdit(ABC):
         return None
 
     def cost(self) -> dict[str, float]:
-        """Extra compute this edit spent so far (for example forward+backward passes), by name."""
+        """Extra compute this edit spent so far, by name; ``seconds`` is its own wall time
+        (work done in ``begin``/``refresh``), which the runner charges to its rows alone."""
         return {}
 
 

@@ -229,10 +229,13 @@ class _Conditional(PreparedEdit):
         self._gate: torch.Tensor | None = None
         self.last_similarities: torch.Tensor | None = None
         self._seconds = seconds
+        self._gate_seconds = 0.0
 
     def begin(self, model: LoadedModel, prompts: Sequence[Sequence[int]]) -> None:
+        started = time.perf_counter()
         c = self._spec.condition
         sims = similarities(model, prompts, self._directions, self._spec.condition_layer, c.read)
+        self._gate_seconds += time.perf_counter() - started
         self.last_similarities = sims
         self._gate = sims > c.threshold if c.comparator == ">" else sims < c.threshold
 
@@ -255,7 +258,7 @@ class _Conditional(PreparedEdit):
         return sum(int(d.numel()) for d in self._deltas.values()) + int(self._directions.numel())
 
     def cost(self) -> dict[str, float]:
-        return {"condition_extraction_seconds": self._seconds}
+        return {"seconds": self._gate_seconds, "condition_extraction_seconds": self._seconds}
 
 
 @dataclass(frozen=True)

@@ -246,7 +246,7 @@ class _Nudging(PreparedEdit):
 
     def cost(self) -> dict[str, float]:
         return {
+            "seconds": self._seconds,
             "nudge_forward_backward_passes": float(self._passes),
-            "nudge_seconds": self._seconds,
             "nudge_ms_per_row": 1000.0 * self._seconds / self._rows if self._rows else 0.0,
         }

@@ -1,0 +1,159 @@
+"""Layer and strength discovery: a grid of (layer, coefficient) cells for one vector.
+
+A sweep is declared in an experiment file's ``sweep`` section and runs as an experiment
+of its own (the baseline plus one ``add`` variant per cell), so it is batched, stored and
+resumable like any run. Each cell is then scored on behaviour (a scorer of the
+experiment) and fluency (perplexity under the unsteered model); the Pareto front and a
+recommended cell come from those two.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from engine.fields import Where, as_float, as_int, as_int_list, as_list, as_mapping, as_str, check_keys, required
+from engine.methods.add import AddVector
+from engine.spec import ExperimentSpec, VariantSpec
+
+SWEEP_KEYS = ("vector", "layers", "coefficients", "scorer", "max_cells", "fluency_tolerance")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    vector: str
+    coefficients: tuple[float, ...]
+    scorer: str
+    layers: tuple[int, ...] | None = None  # None: every layer of the model
+    max_cells: int = 64
+    fluency_tolerance: float = 1.5  # recommended cells keep perplexity within this factor of the baseline's
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "vector": self.vector,
+            "coefficients": list(self.coefficients),
+            "scorer": self.scorer,
+            "max_cells": self.max_cells,
+            "fluency_tolerance": self.fluency_tolerance,
+        }
+        if self.layers is not None:
+            out["layers"] = list(self.layers)
+        return out
+
+
+def parse_sweep(raw: Any, where: Where, spec: ExperimentSpec) -> SweepConfig:
+    data = as_mapping(raw, where)
+    check_keys(data, SWEEP_KEYS, where)
+    vector = as_str(required(data, "vector", where), where.child("vector"))
+    if vector not in {v.name for v in spec.vectors}:
+        where.child("vector").fail(
+            f"names vector {vector!r}, which the experiment does not define", "define it under 'vectors'"
+        )
+    scorer = as_str(required(data, "scorer", where), where.child("scorer"))
+    if scorer not in {s.name for s in spec.scorers}:
+        known = ", ".join(s.name for s in spec.scorers) or "none are defined"
+        where.child("scorer").fail(
+            f"names scorer {scorer!r}, which the experiment does not define (defined: {known})",
+            "add it under 'scorers'",
+        )
+    items = as_list(required(data, "coefficients", where), where.child("coefficients"))
+    if not items:
+        where.child("coefficients").fail("is an empty list", "list at least one coefficient")
+    coefficients = tuple(as_float(c, where.child("coefficients").child(i)) for i, c in enumerate(items))
+    if len(set(coefficients)) != len(coefficients):
+        where.child("coefficients").fail("repeats a coefficient", "list each coefficient once")
+    layers = as_int_list(data["layers"], where.child("layers")) if "layers" in data else None
+    return SweepConfig(
+        vector=vector,
+        coefficients=coefficients,
+        scorer=scorer,
+        layers=layers,
+        max_cells=as_int(data.get("max_cells", 64), where.child("max_cells"), 1),
+        fluency_tolerance=as_float(data.get("fluency_tolerance", 1.5), where.child("fluency_tolerance"), 1.0),
+    )
+
+
+def cell_name(layer: int, coefficient: float) -> str:
+    return f"L{layer}_x{coefficient:g}"
+
+
+def sweep_experiment(source: ExperimentSpec, config: SweepConfig, n_layers: int, where: Where) -> ExperimentSpec:
+    """The experiment that runs the grid: the baseline plus one cell per (layer, coefficient)."""
+    layers = config.layers if config.layers is not None else tuple(range(n_layers))
+    for i, layer in enumerate(layers):
+        if not 0 <= layer < n_layers:
+            where.child("layers").child(i).fail(
+                f"layer {layer} is out of range", f"use a layer from 0 to {n_layers - 1}"
+            )
+    cells = len(layers) * len(config.coefficients)
+    if cells > config.max_cells:
+        where.fail(
+            f"the grid has {cells} cells ({len(layers)} layers x {len(config.coefficients)} coefficients), "
+            f"above the limit of {config.max_cells} set by max_cells",
+            "remove layers or coefficients, or raise max_cells",
+        )
+    variants = [VariantSpec("baseline")] + [
+        VariantSpec(cell_name(layer, c), interventions=(AddVector(config.vector, (layer,), c, "all"),))
+        for layer in layers
+        for c in config.coefficients
+    ]
+    return replace(
+        source,
+        name=f"{source.name}__sweep",
+        description=f"Sweep of vector '{config.vector}' over layers {list(layers)} and coefficients {list(config.coefficients)}.",
+        vectors=tuple(v for v in source.vectors if v.name == config.vector),
+        scorers=tuple(s for s in source.scorers if s.name == config.scorer),
+        variants=tuple(variants),
+    )
+
+
+@dataclass(frozen=True)
+class Cell:
+    layer: int
+    coefficient: float
+    behaviour: float
+    behaviour_low: float
+    behaviour_high: float
+    perplexity: float
+    n: int
+
+    @property
+    def name(self) -> str:
+        return cell_name(self.layer, self.coefficient)
+
+
+def pareto_front(cells: Sequence[Cell]) -> list[Cell]:
+    """Cells no other cell beats on both behaviour (higher) and perplexity (lower)."""
+    usable = [c for c in cells if math.isfinite(c.behaviour) and math.isfinite(c.perplexity)]
+    front = [
+        c
+        for c in usable
+        if not any(
+            o.behaviour >= c.behaviour
+            and o.perplexity <= c.perplexity
+            and (o.behaviour, o.perplexity) != (c.behaviour, c.perplexity)
+            for o in usable
+        )
+    ]
+    return sorted(front, key=lambda c: c.perplexity)
+
+
+def recommend(cells: Sequence[Cell], baseline_perplexity: float, tolerance: float) -> Cell | None:
+    """The strongest behaviour among cells whose perplexity stays within ``tolerance`` x the baseline's."""
+    fluent = [c for c in cells if math.isfinite(c.perplexity) and c.perplexity <= tolerance * baseline_perplexity]
+    if fluent:
+        return max(fluent, key=lambda c: c.behaviour)
+    front = pareto_front(cells)
+    return front[0] if front else None
+
+
+def parse_cell_name(name: str) -> tuple[int, float] | None:
+    if not name.startswith("L") or "_x" not in name:
+        return None
+    layer, _, coefficient = name[1:].partition("_x")
+    try:
+        return int(layer), float(coefficient)
+    except ValueError:
+        return None

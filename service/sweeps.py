@@ -1,0 +1,151 @@
+"""Sweeps: run a (layer x coefficient) grid as its own stored experiment, analyse it, promote cells."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from db import repository as repo
+from db.store import Store
+from engine.errors import SteerLabError
+from engine.experiment_file import load_experiment_file
+from engine.fields import Where
+from engine.methods.add import AddVector
+from engine.runner import CancelFlag, Progress
+from engine.spec import ExperimentSpec, VariantSpec
+from engine.sweep import Cell, SweepConfig, pareto_front, parse_cell_name, parse_sweep, recommend, sweep_experiment
+from service.catalog import import_experiment, load_spec, stored_spec
+from service.editing import model_facts, save_variant
+from service.jobs import RunManager
+from service.running import RunOptions, RunResult, run_spec
+from service.scoring import FLUENCY
+from service.summary import variant_summaries
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    experiment: str
+    config: SweepConfig
+    cells: list[Cell]
+    baseline_behaviour: float
+    baseline_perplexity: float
+    front: list[Cell]
+    recommended: Cell | None
+
+
+def config_of(spec: ExperimentSpec, source: str) -> SweepConfig:
+    if spec.sweep is None:
+        raise SteerLabError(f"{source} has no 'sweep' section; add one with vector, coefficients and scorer.")
+    return parse_sweep(spec.sweep, Where(source, "sweep"), spec)
+
+
+def plan_sweep(spec: ExperimentSpec, config: SweepConfig, source: str) -> ExperimentSpec:
+    """The sweep's experiment spec, checked against the model's layer count and the grid limit."""
+    facts = model_facts(spec.model)
+    return replace(sweep_experiment(spec, config, facts.n_layers, Where(source, "sweep")), sweep=config.to_dict())
+
+
+def run_sweep_file(
+    store: Store,
+    path: str | Path,
+    options: RunOptions | None = None,
+    progress: Callable[[Progress], None] | None = None,
+    cancel: CancelFlag | None = None,
+) -> tuple[RunResult, SweepResult]:
+    options = options or RunOptions()
+    spec = load_experiment_file(path)
+    if options.model:
+        spec = replace(spec, model=options.model)
+    config = config_of(spec, str(path))
+    sweep = plan_sweep(spec, config, str(path))
+    result = run_spec(store, _keep_stored_cells(store, sweep), str(path), replace(options, name=None), progress, cancel)
+    return result, analyse(store, sweep.name)
+
+
+def create_sweep(store: Store, experiment_name: str, raw_config: dict[str, Any]) -> str:
+    """Store the sweep experiment for a stored experiment (the dashboard's form); returns its name."""
+    spec = load_spec(store, experiment_name)
+    config = parse_sweep(raw_config, Where(f"the sweep form of '{experiment_name}'"), spec)
+    sweep = _keep_stored_cells(store, plan_sweep(spec, config, f"the sweep form of '{experiment_name}'"))
+    with store.session() as session:
+        # A grid whose model, prompts or decoding changed makes the stored cells stale: replace them.
+        import_experiment(session, sweep, f"sweep of '{experiment_name}'", {}, replace_existing=True)
+    return sweep.name
+
+
+def start_sweep(
+    store: Store, manager: RunManager, experiment_name: str, raw_config: dict[str, Any], batch_size: int = 32
+) -> str:
+    name = create_sweep(store, experiment_name, raw_config)
+    manager.start(store, name, RunOptions(batch_size=batch_size))
+    return name
+
+
+def _keep_stored_cells(store: Store, sweep: ExperimentSpec) -> ExperimentSpec:
+    """A re-run with a changed grid keeps the cells already stored (their outputs stay valid)."""
+    with store.session() as session:
+        existing = repo.find_experiment(session, sweep.name)
+        if existing is None:
+            return sweep
+        stored = stored_spec(existing)
+    if stored.generation != sweep.generation or stored.prompts != sweep.prompts or stored.model != sweep.model:
+        return sweep
+    names = {v.name for v in sweep.variants}
+    kept = [v for v in stored.variants if v.name not in names and parse_cell_name(v.name) is not None]
+    return replace(sweep, variants=sweep.variants + tuple(kept))
+
+
+def analyse(store: Store, sweep_name: str) -> SweepResult:
+    spec = load_spec(store, sweep_name)
+    config = config_of(spec, f"sweep '{sweep_name}'")
+    summaries = {s.name: s for s in variant_summaries(store, sweep_name)}
+    cells = []
+    for name, summary in summaries.items():
+        parsed = parse_cell_name(name)
+        if parsed is None or config.scorer not in summary.scores:
+            continue
+        behaviour = summary.scores[config.scorer]
+        fluency = summary.scores.get(FLUENCY)
+        cells.append(
+            Cell(
+                parsed[0],
+                parsed[1],
+                behaviour.value,
+                behaviour.low,
+                behaviour.high,
+                fluency.value if fluency else math.nan,
+                behaviour.n,
+            )
+        )
+    baseline = summaries.get("baseline")
+    base_behaviour = baseline.scores[config.scorer].value if baseline and config.scorer in baseline.scores else math.nan
+    base_ppl = baseline.scores[FLUENCY].value if baseline and FLUENCY in baseline.scores else math.nan
+    cells = [c for c in cells if c.n > 0]
+    return SweepResult(
+        sweep_name,
+        config,
+        cells,
+        base_behaviour,
+        base_ppl,
+        pareto_front(cells),
+        recommend(cells, base_ppl, config.fluency_tolerance) if math.isfinite(base_ppl) else None,
+    )
+
+
+def promote_cells(store: Store, experiment_name: str, sweep_name: str, cell_names: list[str]) -> list[str]:
+    """Add chosen cells to the source experiment as steering variants; returns their names."""
+    config = config_of(load_spec(store, sweep_name), f"sweep '{sweep_name}'")
+    added = []
+    for cell in cell_names:
+        parsed = parse_cell_name(cell)
+        if parsed is None:
+            raise SteerLabError(f"'{cell}' is not a sweep cell name like L1_x2; pick cells from the sweep's results.")
+        variant = VariantSpec(
+            f"{config.vector}_{cell}", interventions=(AddVector(config.vector, (parsed[0],), parsed[1], "all"),)
+        )
+        save_variant(store, experiment_name, variant.to_dict())
+        added.append(variant.name)
+    return added
