@@ -26,6 +26,7 @@ PAGES = [
     st.Page("pages/sweep.py", title="Sweep", icon=":material/grid_on:"),
     st.Page("pages/rate.py", title="Rate", icon=":material/thumbs_up_down:"),
     st.Page("pages/compare.py", title="Compare", icon=":material/bar_chart:"),
+    st.Page("pages/adaptation.py", title="Adaptation", icon=":material/balance:"),
     st.Page("pages/report.py", title="Report", icon=":material/description:"),
 ]
 

@@ -40,6 +40,7 @@ class PreparedVariant:
     name: str
     prompt_tokens: tuple[tuple[int, ...], ...]  # one entry per experiment prompt
     edits: tuple[PreparedEdit, ...]
+    model: LoadedModel | None = None  # its own weights (adapter or fine-tune); None: the shared model
 
 
 @dataclass(frozen=True)
@@ -68,9 +69,14 @@ class Progress:
         return (self.total - self.done) / self.rate if self.rate > 0 else None
 
 
-def plan_batches(units: Sequence[Unit], batch_size: int) -> list[list[Unit]]:
-    ordered = sorted(units)
-    return [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+def plan_batches(
+    units: Sequence[Unit], batch_size: int, group: Callable[[Unit], int] = lambda _u: 0
+) -> list[list[Unit]]:
+    """Prompt-major batches; units of different ``group`` (different weights) never share one."""
+    groups: dict[int, list[Unit]] = {}
+    for unit in sorted(units):
+        groups.setdefault(group(unit), []).append(unit)
+    return [g[i : i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
 
 
 def run_units(
@@ -90,7 +96,12 @@ def run_units(
     started = time.perf_counter()
     if progress is not None:
         progress(Progress(done, total, 0.0, 0))
-    for batch in plan_batches(units, batch_size):
+
+    def weights(unit: Unit) -> int:
+        own = variants[unit.variant].model
+        return 0 if own is None else id(own)
+
+    for batch in plan_batches(units, batch_size, weights):
         if cancel is not None and cancel.is_set():
             raise RunCancelled()
         on_batch(run_batch(model, variants, batch, generation, cancel))
@@ -106,6 +117,7 @@ def run_batch(
     generation: GenerationSpec,
     cancel: CancelFlag | None = None,
 ) -> list[RowOutput]:
+    model = variants[batch[0].variant].model or model  # a batch shares one set of weights
     prompts = [variants[u.variant].prompt_tokens[u.prompt] for u in batch]
     seeds = [row_seed(generation.seed, u.prompt, u.sample) for u in batch]
     steering = BatchSteering(model, [variants[u.variant].edits for u in batch])

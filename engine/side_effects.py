@@ -26,16 +26,21 @@ def next_token_kl(
     edits: Sequence[PreparedEdit],
     variant_prompts: Sequence[Sequence[int]],
     plain_prompts: Sequence[Sequence[int]],
+    variant_model: LoadedModel | None = None,
 ) -> float:
-    """Mean KL divergence of next-token distributions, variant against plain, over neutral prompts."""
+    """Mean KL divergence of next-token distributions, variant against plain, over neutral prompts.
+
+    ``variant_model`` is the variant's own weights (an adapter or a fine-tune), if any.
+    """
+    own = variant_model or model
     total = 0.0
-    with model.lock, torch.no_grad():
+    with model.lock, own.lock, torch.no_grad():
         for variant_tokens, plain_tokens in zip(variant_prompts, plain_prompts, strict=True):
             plain = probe_logits(model, plain_tokens)[0, -1].log_softmax(-1)
-            steering = BatchSteering(model, [list(edits)])
+            steering = BatchSteering(own, [list(edits)])
             steering.begin([variant_tokens])
             with steering.attached():
-                steered = probe_logits(model, variant_tokens, steering)[0, -1].log_softmax(-1)
+                steered = probe_logits(own, variant_tokens, steering)[0, -1].log_softmax(-1)
             total += float((steered.exp() * (steered - plain)).sum())
     return total / len(plain_prompts)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from engine import methods
@@ -33,8 +33,9 @@ from engine.fields import (
 from engine.generation import Decoding
 from engine.methods.base import ModelFacts, SteeringMethod
 from engine.scorers import Scorer, parse_scorer
+from engine.training import TrainingSpec, parse_training
 
-VARIANT_KINDS = ("baseline", "prompting", "steering")
+VARIANT_KINDS = ("baseline", "prompting", "steering", "lora", "finetune")
 CHAT_TEMPLATE_MODES = ("auto", "off")
 DEFAULT_PROBE = "Once upon a time, there was a"
 # Plain openings for measuring side effects (how far a variant moves ordinary text).
@@ -97,9 +98,12 @@ class VariantSpec:
     system: str = ""
     interventions: tuple[SteeringMethod, ...] = ()
     description: str = ""
+    train: TrainingSpec | None = None  # an adaptation baseline: a LoRA adapter or a fine-tuned copy
 
     @property
     def kind(self) -> str:
+        if self.train is not None:
+            return self.train.method
         if self.interventions:
             return "steering"
         if self.prefix or self.system:
@@ -119,6 +123,8 @@ class VariantSpec:
             out["system"] = self.system
         if self.interventions:
             out["interventions"] = [i.to_dict() for i in self.interventions]
+        if self.train is not None:
+            out["train"] = self.train.to_dict()
         return out
 
 
@@ -137,6 +143,8 @@ class ExperimentSpec:
     reveal_after_vote: bool = True
     neutral_prompts: tuple[str, ...] = DEFAULT_NEUTRAL_PROMPTS
     sweep: dict[str, Any] | None = None  # a layer/strength sweep, validated by engine.sweep
+    references: tuple[tuple[str, ...], ...] = ()  # acceptable outputs per prompt, for reference scorers
+    training_examples: tuple[str, ...] = ()  # texts adapter/fine-tune baselines learn from
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -153,6 +161,8 @@ class ExperimentSpec:
             "variants": [v.to_dict() for v in self.variants],
             "scorers": [s.to_dict() for s in self.scorers],
             **({"sweep": self.sweep} if self.sweep is not None else {}),
+            **({"references": [list(r) for r in self.references]} if self.references else {}),
+            **({"training_examples": list(self.training_examples)} if self.training_examples else {}),
         }
 
     def definition_hash(self) -> str:
@@ -163,6 +173,7 @@ class ExperimentSpec:
         data.pop("scorers")
         data.pop("neutral_prompts")
         data.pop("sweep", None)
+        data.pop("references", None)
         text = json.dumps(data, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -185,6 +196,8 @@ EXPERIMENT_KEYS = (
     "variants",
     "scorers",
     "sweep",
+    "references",
+    "training_examples",
 )
 
 
@@ -224,12 +237,37 @@ def parse_experiment(raw: Any, where: Where, prompts: Sequence[str] | None = Non
         variants=variants,
         scorers=scorers,
     )
+    if data.get("references") is not None:
+        spec = replace(spec, references=_parse_references(data["references"], where.child("references"), len(prompts)))
+    for i, scorer in enumerate(scorers):
+        if scorer.needs_references and not spec.references:
+            where.child("scorers").child(i).fail(
+                f"(scorer '{scorer.name}') needs references, but the experiment has none",
+                "add a 'references' list with one entry per prompt, or remove the scorer",
+            )
+    if data.get("training_examples") is not None:
+        spec = replace(
+            spec, training_examples=_parse_texts(data["training_examples"], where.child("training_examples"))
+        )
     if data.get("sweep") is not None:
         from engine.sweep import parse_sweep  # the sweep module builds specs, so it imports this one
 
         config = parse_sweep(data["sweep"], where.child("sweep"), spec)
         spec = ExperimentSpec(**{**spec.__dict__, "sweep": config.to_dict()})
     return spec
+
+
+def _parse_references(raw: Any, where: Where, prompts: int) -> tuple[tuple[str, ...], ...]:
+    items = as_list(raw, where)
+    if len(items) != prompts:
+        where.fail(
+            f"has {len(items)} entries for {prompts} prompts", "give one entry (a text or a list of texts) per prompt"
+        )
+    out = []
+    for i, item in enumerate(items):
+        texts = [item] if isinstance(item, str) else list(as_list(item, where.child(i)))
+        out.append(tuple(as_str(t, where.child(i)) for t in texts))
+    return tuple(out)
 
 
 def _parse_texts(raw: Any, where: Where) -> tuple[str, ...]:
@@ -316,7 +354,7 @@ def _parse_variants(raw: Any, where: Where, vector_names: set[str]) -> tuple[Var
 def parse_variant(raw: Any, where: Where, vector_names: set[str]) -> VariantSpec:
     """Validate one variant; its interventions' methods come from the registry."""
     data = as_mapping(raw, where)
-    check_keys(data, ("name", "kind", "description", "prefix", "system", "interventions"), where)
+    check_keys(data, ("name", "kind", "description", "prefix", "system", "interventions", "train"), where)
     interventions_raw = as_list(data.get("interventions") or [], where.child("interventions"))
     interventions = tuple(
         methods.parse(x, where.child("interventions").child(i)) for i, x in enumerate(interventions_raw)
@@ -335,20 +373,43 @@ def parse_variant(raw: Any, where: Where, vector_names: set[str]) -> VariantSpec
         prefix=as_str(data.get("prefix", ""), where.child("prefix"), allow_empty=True),
         system=as_str(data.get("system", ""), where.child("system"), allow_empty=True),
         interventions=interventions,
+        train=parse_training(data["train"], where.child("train")) if data.get("train") is not None else None,
     )
+    if variant.train is not None and (variant.interventions or variant.prefix or variant.system):
+        where.child("train").fail(
+            "is combined with prompting or steering in one variant",
+            "make the adapter or fine-tune a variant of its own",
+        )
+    if variant.train is not None and variant.train.examples_from and variant.train.examples_from not in vector_names:
+        where.child("train").child("examples_from").fail(
+            f"names vector {variant.train.examples_from!r}, which the experiment does not define",
+            "name a vector with pairs",
+        )
     if "kind" in data:
         kind = as_choice(data["kind"], VARIANT_KINDS, where.child("kind"))
         if kind != variant.kind:
             where.child("kind").fail(
                 f"says {kind!r} but the fields given make a {variant.kind!r} variant",
-                "baseline has no prefix, system or interventions; prompting has a prefix or system; steering has interventions",
+                "baseline has no prefix, system or interventions; prompting has a prefix or system; steering has interventions; lora and finetune have 'train'",
             )
     return variant
+
+
+def training_texts(spec: ExperimentSpec, train: TrainingSpec) -> list[str]:
+    """What an adaptation baseline learns from: a vector's positive texts, or the training examples."""
+    if train.examples_from:
+        return [positive for positive, _ in spec.vector(train.examples_from).pairs]
+    return list(spec.training_examples)
 
 
 def check_against_model(spec: ExperimentSpec, facts: ModelFacts, source: str) -> None:
     """Checks that need the model: every intervention's layers exist."""
     where = Where(source, "variants")
     for i, variant in enumerate(spec.variants):
+        if variant.train is not None and not training_texts(spec, variant.train):
+            where.child(i).child("train").fail(
+                "has an empty training set",
+                "add 'training_examples' to the experiment or set 'examples_from' to a vector with pairs",
+            )
         for j, intervention in enumerate(variant.interventions):
             intervention.check(facts, where.child(i).child("interventions").child(j))

@@ -11,6 +11,8 @@ from typing import Any
 import altair as alt
 import pandas as pd
 
+from engine.stats import Estimate
+from service.adaptation import MethodRow
 from service.comparison import Comparison
 from service.sweeps import SweepResult
 
@@ -276,4 +278,65 @@ def pareto_chart(result: SweepResult) -> alt.LayerChart:
     )
     return (bars + points + labels + baseline).properties(
         width=WIDTH, title="Behaviour against fluency (dashed: baseline perplexity)"
+    )
+
+
+def adaptation_frame(rows: list[MethodRow]) -> pd.DataFrame:
+    def est(e: Estimate | None) -> str:
+        if e is None or not math.isfinite(e.value):
+            return "–"
+        return f"{e.value:.3f} [{e.low:.3f}, {e.high:.3f}] (n={e.n})"
+
+    return pd.DataFrame(
+        [
+            {
+                "variant": r.variant,
+                "method": r.kind,
+                "scope": r.scope,
+                "can be undone": "yes" if r.reversible else "only from a saved copy",
+                "logit diff after undo": _finite(r.undo_logit_diff),
+                "set-up seconds": _finite(r.setup_seconds),
+                "inference time vs baseline": _finite(r.inference_overhead),
+                "extra parameters": r.extra_parameters,
+                "extra bytes": r.extra_bytes,
+                "examples used": r.examples,
+                "task performance [95% CI]": est(r.performance),
+                "share of fine-tuning's gain [95% CI]": est(r.share_of_finetune_gain),
+            }
+            for r in rows
+        ]
+    )
+
+
+def adaptation_chart(rows: list[MethodRow], scorer: str) -> alt.VConcatChart:
+    long = []
+    for r in rows:
+        for criterion, value in (
+            (f"task performance ({scorer})", r.performance.value),
+            ("set-up seconds (log)", max(r.setup_seconds, 1e-4)),
+            ("inference time vs baseline", r.inference_overhead),
+            ("extra bytes (log)", max(r.extra_bytes, 1)),
+            ("examples used", r.examples),
+            ("layers touched", r.layers_touched),
+        ):
+            long.append(
+                {"variant": r.variant, "method": r.kind, "criterion": criterion, "value": _finite(float(value))}
+            )
+    data = pd.DataFrame(long)
+    charts = []
+    for criterion in data["criterion"].unique():
+        log = "(log)" in criterion
+        charts.append(
+            alt.Chart(data[data["criterion"] == criterion])
+            .mark_bar()
+            .encode(
+                y=alt.Y("variant:N", sort=None, title=None),
+                x=alt.X("value:Q", title=None, scale=alt.Scale(type="log") if log else alt.Scale(zero=True)),
+                color=alt.Color("method:N"),
+                tooltip=["variant", "method", "value"],
+            )
+            .properties(width=230, height=max(80, 18 * len(rows)), title=criterion)
+        )
+    return alt.vconcat(*(alt.hconcat(*charts[i : i + 2]) for i in range(0, len(charts), 2))).properties(
+        title="The study's criteria, measured per method"
     )

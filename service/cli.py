@@ -67,6 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--variant", required=True, help="the variant with a conditional intervention")
     calibrate.add_argument("--device", default="auto")
 
+    suite = sub.add_parser("suite", help="run the benchmark suite and print the adaptation comparison")
+    suite.add_argument("--json", help="also write the comparison table to this JSON file")
+    suite.add_argument("--db")
+    suite.add_argument("--all", action="store_true", help="also the tasks for the instruct model (downloads it)")
+    suite.add_argument("--only", help="only tasks whose file name contains this text")
+    suite.add_argument("--device", default="auto")
+
+    score = sub.add_parser("score", help="compute missing automatic scores of a stored experiment")
+    score.add_argument("name")
+    score.add_argument("--db")
+    score.add_argument("--device", default="auto")
+
     report = sub.add_parser("report", help="write a self-contained HTML report of an experiment")
     report.add_argument("name")
     report.add_argument("--format", choices=("html",), default="html")
@@ -92,6 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _sweep(args)
         if args.command == "calibrate":
             return _calibrate(args)
+        if args.command == "suite":
+            return _suite(args)
+        if args.command == "score":
+            return _score(args)
         return _bench(args)
     except (SteerLabError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -214,6 +230,75 @@ def _calibrate(args: argparse.Namespace) -> int:
             f"(precision {result.precision:.2f}, recall {result.recall:.2f}, F1 {result.f1:.2f} on {result.examples} examples; "
             f"similarities range {result.lowest:.3f} to {result.highest:.3f}; the file says {intervention.condition.threshold:g})"
         )
+    return 0
+
+
+def _suite(args: argparse.Namespace) -> int:
+    from service.suite import run_suite, suite_files
+
+    files = suite_files(args.all, args.only)
+    if not files:
+        raise SteerLabError(f"No suite file matches '{args.only}'; see experiments/suite/.")
+    results = run_suite(Store(args.db), files, RunOptions(device=args.device), log=lambda line: print(line, flush=True))
+    for task in results["tasks"]:
+        print(f"\n{task['task']} — task performance: {task['scorer']}")
+        table = [
+            [
+                "variant",
+                "method",
+                "scope",
+                "undo diff",
+                "set-up s",
+                "infer x",
+                "extra params",
+                "examples",
+                "performance [95% CI]",
+                "share of FT gain [95% CI]",
+            ]
+        ]
+        for m in task["methods"]:
+            perf, share = m["performance"], m["share_of_finetune_gain"]
+            table.append(
+                [
+                    m["variant"],
+                    m["method"],
+                    m["scope"],
+                    _fmt(m["undo_logit_diff"], 1),
+                    _fmt(m["setup_seconds"], 3),
+                    _fmt(m["inference_overhead"], 2),
+                    str(m["extra_parameters"]),
+                    str(m["examples"]),
+                    f"{perf['mean']:.3f} [{perf['ci95'][0]:.3f}, {perf['ci95'][1]:.3f}]",
+                    "-" if share is None else f"{share['value']:.2f} [{share['ci95'][0]:.2f}, {share['ci95'][1]:.2f}]",
+                ]
+            )
+        print(_table(table))
+    if args.json:
+        Path(args.json).write_text(json.dumps(_json_safe(results), indent=2), encoding="utf-8")
+        print(f"\nWrote {args.json}.")
+    return 0
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _score(args: argparse.Namespace) -> int:
+    from engine.models import load_model
+    from service.catalog import load_spec
+    from service.scoring import score_experiment, score_fluency
+
+    store = Store(args.db)
+    added = score_experiment(store, args.name)
+    added += score_fluency(store, args.name, load_model(load_spec(store, args.name).model, args.device))
+    print(f"Added {added} scores to '{args.name}'.")
+    print(format_summary(variant_summaries(store, args.name)))
     return 0
 
 

@@ -13,6 +13,8 @@ import vl_convert
 
 from db.store import Store
 from service import charts
+from service.adaptation import adaptation_table
+from service.catalog import load_spec
 from service.comparison import Comparison, compare, drill_down
 from service.export import export_data
 
@@ -66,6 +68,7 @@ def html_report(store: Store, name: str, bootstrap_rounds: int = 1000) -> str:
             )
         ),
         _ratings_section(comparison),
+        _adaptation_section(store, name),
         "<h2>Automatic scores</h2>",
         _svg(charts.scores_chart(comparison)) or "<p class='muted'>No scorers in this experiment.</p>",
         _table(charts.scores_frame(comparison)),
@@ -82,6 +85,23 @@ def html_report(store: Store, name: str, bootstrap_rounds: int = 1000) -> str:
         "</body></html>",
     ]
     return "\n".join(parts)
+
+
+def _adaptation_section(store: Store, name: str) -> str:
+    spec = load_spec(store, name)
+    if not spec.scorers or not any(v.kind in ("lora", "finetune") for v in spec.variants):
+        return ""
+    scorer = spec.scorers[0].name
+    rows = adaptation_table(store, name, scorer)
+    return "\n".join(
+        [
+            "<h2>Adaptation comparison</h2>",
+            f"<p>Steering against prompting, a LoRA adapter and fine-tuning on the same prompts; task performance is "
+            f"'{html.escape(scorer)}'. Every figure is measured in this experiment's runs.</p>",
+            _svg(charts.adaptation_chart(rows, scorer)),
+            _table(charts.adaptation_frame(rows)),
+        ]
+    )
 
 
 def _ratings_section(c: Comparison) -> str:

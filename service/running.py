@@ -30,7 +30,8 @@ from engine.models import LoadedModel, load_model
 from engine.prompting import plain_tokens, render_prompt
 from engine.runner import CancelFlag, PreparedVariant, Progress, RowOutput, Unit, run_units
 from engine.side_effects import next_token_kl
-from engine.spec import ExperimentSpec, VariantSpec, VectorSpec, check_against_model
+from engine.spec import ExperimentSpec, VariantSpec, VectorSpec, check_against_model, training_texts
+from engine.training import AdaptedModel, adapt
 from engine.vectors import SteeringVector, hash_pairs, load_vector
 from service.catalog import get_experiment, import_experiment, stored_spec
 from service.scoring import score_experiment, score_fluency
@@ -101,6 +102,8 @@ def run_spec(
     _check_batch_size(options.batch_size)
     model = load_model(spec.model, options.device, options.dtype)
     check_against_model(spec, ModelFacts.of(model), source)
+    for scorer in spec.scorers:
+        scorer.check_available()
     vector_files = _read_vector_files(spec, model, source)
     with store.session() as session:
         import_experiment(session, spec, source, vector_files, options.replace)
@@ -123,11 +126,17 @@ def run_stored(
     model = model or load_model(spec.model, options.device, options.dtype)
     check_against_model(spec, ModelFacts.of(model), f"stored experiment '{name}'")
     vectors = ensure_vectors(store, name, spec, model)
+    adapted = {
+        v.name: adapt(model, training_texts(spec, v.train), v.train, f"variant '{v.name}'")
+        for v in spec.variants
+        if v.train is not None
+    }
     variants = [
         PreparedVariant(
             v.name,
             tuple(tuple(render_prompt(model, p, v, spec.chat_template)) for p in spec.prompts),
             tuple(i.prepare(model, vectors) for i in v.interventions),
+            adapted[v.name].loaded if v.name in adapted else None,
         )
         for v in spec.variants
     ]
@@ -189,7 +198,7 @@ def run_stored(
             _StoreCancel(store, run_id, cancel),
             already_done=len(all_units) - len(pending),
         )
-        _store_variant_figures(store, experiment_id, run_id, spec, model, variants, vectors)
+        _store_variant_figures(store, experiment_id, run_id, spec, model, variants, vectors, adapted)
         score_experiment(store, name)
         score_fluency(store, name, model)
         status = "done"
@@ -202,6 +211,23 @@ def run_stored(
         with store.session() as session:
             repo.finish_run(session, run_id, status)
     return RunResult(name, run_id, status, len(pending), len(all_units))
+
+
+def _training_figures(adapted: AdaptedModel, base: LoadedModel, probe: list[int]) -> dict[str, float]:
+    f = adapted.figures
+    return {
+        "reversibility_max_abs_logit_diff": adapted.undo_difference(base, probe),
+        "training_seconds": f.training_seconds,
+        "trainable_parameters": float(f.trainable_parameters),
+        "training_peak_memory_bytes": float(f.peak_memory_bytes),
+        "training_examples": float(f.examples),
+        "extra_parameter_bytes": float(f.extra_parameter_bytes),
+        "layers_touched": float(f.layers_touched),
+        "training_final_loss": f.final_loss,
+        "training_cached": float(f.cached),
+        "steering_parameters": 0.0,
+        "extraction_seconds": 0.0,
+    }
 
 
 def _check_batch_size(batch_size: int) -> None:
@@ -322,6 +348,7 @@ def _store_variant_figures(
     model: LoadedModel,
     variants: list[PreparedVariant],
     vectors: dict[str, SteeringVector],
+    adapted: dict[str, AdaptedModel],
 ) -> None:
     """Reversibility, side effects and compute figures of every variant (a few probes each)."""
     probe = plain_tokens(model, spec.probe_prompt)
@@ -336,9 +363,17 @@ def _store_variant_figures(
                 for key, value in edit.cost().items():
                     if key != "seconds":
                         costs[key] = costs.get(key, 0.0) + value
-            figures = measure_reversibility(model, prepared.edits, probe)
             neutral = [render_prompt(model, p, variant_spec, spec.chat_template) for p in spec.neutral_prompts]
-            kl = next_token_kl(model, prepared.edits, neutral, neutral_plain)
+            kl = next_token_kl(model, prepared.edits, neutral, neutral_plain, prepared.model)
+            if variant_spec.name in adapted:
+                repo.set_variant_metrics(
+                    session,
+                    row.id,
+                    run_id,
+                    {**_training_figures(adapted[variant_spec.name], model, probe), "side_effect_kl": kl},
+                )
+                continue
+            figures = measure_reversibility(model, prepared.edits, probe)
             used = variant_spec.vector_names()
             repo.set_variant_metrics(
                 session,

@@ -19,9 +19,11 @@ def score_experiment(store: Store, name: str) -> int:
     with store.session() as session:
         experiment = get_experiment(session, name)
         spec = stored_spec(experiment)
+        positions = {p.id: p.position for p in experiment.prompts}
         for scorer in spec.scorers:
             generations = repo.unscored_generations(session, experiment.id, scorer.name)
-            values = scorer.score([g.text for g in generations])
+            references = [spec.references[positions[g.prompt_id]] for g in generations] if spec.references else None
+            values = scorer.score([g.text for g in generations], references)
             repo.set_generation_metrics(
                 session, ((g.id, scorer.name, v) for g, v in zip(generations, values, strict=True))
             )

@@ -34,9 +34,16 @@ class Scorer(ABC):
     def to_dict(self) -> dict[str, Any]:
         """Plain data with ``name`` and ``kind``, such that parsing it gives this scorer back."""
 
+    # Reference-based scorers (BLEU, exact match, ...) need the experiment's references.
+    needs_references: ClassVar[bool] = False
+
+    def check_available(self) -> None:
+        """Raise SteerLabError if what the scorer needs (a model, a package) is missing."""
+        return None
+
     @abstractmethod
-    def score(self, texts: Sequence[str]) -> list[float]:
-        """One number per text."""
+    def score(self, texts: Sequence[str], references: Sequence[Sequence[str]] | None = None) -> list[float]:
+        """One number per text; ``references[i]`` are the acceptable answers for ``texts[i]``."""
 
 
 def registered_scorers() -> dict[str, type[Scorer]]:

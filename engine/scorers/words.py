@@ -42,7 +42,7 @@ class WordListScorer(Scorer):
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "words": list(self.words)}
 
-    def score(self, texts: Sequence[str]) -> list[float]:
+    def score(self, texts: Sequence[str], references: Sequence[Sequence[str]] | None = None) -> list[float]:
         return [self.rate(text) for text in texts]
 
     def rate(self, text: str) -> float:
