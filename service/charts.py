@@ -254,7 +254,7 @@ def sweep_heatmaps(result: SweepResult) -> alt.HConcatChart:
             scorer, alt.Scale(scheme="blues"), f"{scorer} (mean per cell, n={int(data['n'].max()) if len(data) else 0})"
         ),
         heatmap("perplexity", alt.Scale(scheme="oranges", type="log"), "perplexity under the unsteered model"),
-    )
+    ).resolve_scale(color="independent")
 
 
 def pareto_chart(result: SweepResult) -> alt.LayerChart:
@@ -265,9 +265,14 @@ def pareto_chart(result: SweepResult) -> alt.LayerChart:
         y=alt.Y(f"{scorer}:Q", title=f"{scorer} (95% interval)"),
     )
     bars = base.mark_rule(opacity=0.5).encode(y="low:Q", y2="high:Q")
-    points = base.mark_point(filled=True, size=70).encode(
-        color=alt.Color("pareto:N", title="Pareto front"),
-        shape=alt.Shape("recommended:N", title="recommended"),
+    points = base.mark_point(filled=True, size=80).encode(
+        color=alt.Color(
+            "pareto:N", title="on the Pareto front", scale=alt.Scale(domain=[False, True], range=["#9e9e9e", "#d62728"])
+        ),
+        shape=alt.Shape(
+            "recommended:N", title="recommended", scale=alt.Scale(domain=[False, True], range=["circle", "diamond"])
+        ),
+        size=alt.Size("recommended:N", scale=alt.Scale(domain=[False, True], range=[70, 260]), legend=None),
         tooltip=list(data.columns),
     )
     labels = base.mark_text(align="left", dx=6, fontSize=9).encode(text="cell:N")
@@ -325,17 +330,17 @@ def adaptation_chart(rows: list[MethodRow], scorer: str) -> alt.VConcatChart:
     data = pd.DataFrame(long)
     charts = []
     for criterion in data["criterion"].unique():
+        # Bars cannot start at 0 on a log axis: log-scaled criteria are drawn as dots.
         log = "(log)" in criterion
+        chart = alt.Chart(data[data["criterion"] == criterion])
+        mark = chart.mark_point(filled=True, size=90) if log else chart.mark_bar()
         charts.append(
-            alt.Chart(data[data["criterion"] == criterion])
-            .mark_bar()
-            .encode(
-                y=alt.Y("variant:N", sort=None, title=None),
+            mark.encode(
+                y=alt.Y("variant:N", sort=None, title=None, axis=alt.Axis(labelLimit=160)),
                 x=alt.X("value:Q", title=None, scale=alt.Scale(type="log") if log else alt.Scale(zero=True)),
                 color=alt.Color("method:N"),
                 tooltip=["variant", "method", "value"],
-            )
-            .properties(width=230, height=max(80, 18 * len(rows)), title=criterion)
+            ).properties(width=230, height=max(100, 26 * len(rows)), title=criterion)
         )
     return alt.vconcat(*(alt.hconcat(*charts[i : i + 2]) for i in range(0, len(charts), 2))).properties(
         title="The study's criteria, measured per method"

@@ -117,23 +117,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+class _ProgressBar:
+    """A tqdm bar fed by the engine's progress callback, opened at the first report."""
 
+    def __init__(self, description: str) -> None:
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self._description = description
+        self._bar: Any = None
+
+    def __call__(self, p: Progress) -> None:
+        if self._bar is None:
+            self._bar = self._tqdm(
+                total=p.total, initial=p.done, unit="gen", desc=self._description, dynamic_ncols=True
+            )
+        self._bar.update(p.done - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _run(args: argparse.Namespace) -> int:
     store = Store(args.db)
     options = RunOptions(args.batch_size, args.device, args.dtype, args.model, args.name, args.replace)
-    bars: list[tqdm[Any]] = []
-
-    def progress(p: Progress) -> None:
-        if not bars:
-            bars.append(tqdm(total=p.total, initial=p.done, unit="gen", desc="generating", dynamic_ncols=True))
-        bars[0].update(p.done - bars[0].n)
-
+    progress = _ProgressBar("generating")
     try:
         result = run_experiment_file(store, args.file, options, progress)
     finally:
-        for bar in bars:
-            bar.close()
+        progress.close()
     print(
         f"Experiment '{result.experiment}': run {result.run_id} {result.status}, "
         f"{result.generated} new generations, {result.total} in all ({store.url})."
@@ -143,25 +156,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from service.sweeps import promote_cells, run_sweep_file
 
     store = Store(args.db)
-    bars: list[tqdm[Any]] = []
-
-    def progress(p: Progress) -> None:
-        if not bars:
-            bars.append(tqdm(total=p.total, initial=p.done, unit="gen", desc="sweeping", dynamic_ncols=True))
-        bars[0].update(p.done - bars[0].n)
-
+    progress = _ProgressBar("sweeping")
     try:
-        run, result = run_sweep_file(
-            store, args.file, RunOptions(args.batch_size, args.device, args.dtype, args.model), progress
-        )
+        options = RunOptions(args.batch_size, args.device, args.dtype, args.model)
+        run, result = run_sweep_file(store, args.file, options, progress)
     finally:
-        for bar in bars:
-            bar.close()
+        progress.close()
     print(f"Sweep '{result.experiment}': run {run.run_id} {run.status}, {run.generated} new generations ({store.url}).")
     print(format_sweep(result))
     if args.add_cells:

@@ -87,6 +87,7 @@ def test_create_run_rate_compare_report(app_url: str, tmp_path: Path) -> None:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1100}, accept_downloads=True)
         page.set_default_timeout(60_000)
+        expect.set_options(timeout=60_000)  # a cold model load on a slow machine takes a while
 
         def go(name: str) -> None:
             page.get_by_role("link", name=name, exact=True).click()

@@ -2,68 +2,27 @@
 
 Changes the direction of the residual stream without inflating it, which keeps later
 layers' normalisation in the range they were trained on (a gentler edit at high strength).
+Its settings are vector addition's; only the prepared edit differs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from engine.fields import Where, as_float, check_keys, required
-from engine.methods.base import (
-    SCOPE_FIELD,
-    VECTOR_LAYERS_SCOPE_FIELDS,
-    FieldInfo,
-    PositionMasks,
-    PreparedEdit,
-    SteeringMethod,
-    read_vector_layers_scope,
-    vector_for,
-)
+from engine.methods.add import AddVector
+from engine.methods.base import PositionMasks, PreparedEdit, vector_for
 from engine.models import LoadedModel
 from engine.vectors import SteeringVector
 
 
 @dataclass(frozen=True)
-class AddNormPreserving(SteeringMethod):
+class AddNormPreserving(AddVector):
     name = "add_norm"
     title = "Norm-preserving addition"
     summary = "Add the vector times a coefficient, then rescale each hidden state to its original length."
-    fields = (
-        *VECTOR_LAYERS_SCOPE_FIELDS,
-        FieldInfo("coefficient", "float", default=4.0, help="Strength; negative steers the other way."),
-        SCOPE_FIELD,
-    )
-
-    vector: str
-    layer_list: tuple[int, ...]
-    scope: str
-    coefficient: float
-
-    @classmethod
-    def parse(cls, raw: Mapping[str, Any], where: Where) -> AddNormPreserving:
-        check_keys(raw, ("vector", "layers", "coefficient", "scope"), where)
-        vector, layers, scope = read_vector_layers_scope(raw, where)
-        return cls(vector, layers, scope, as_float(required(raw, "coefficient", where), where.child("coefficient")))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "method": self.name,
-            "vector": self.vector,
-            "layers": list(self.layer_list),
-            "coefficient": self.coefficient,
-            "scope": self.scope,
-        }
-
-    @property
-    def layers(self) -> tuple[int, ...]:
-        return self.layer_list
-
-    def vector_names(self) -> tuple[str, ...]:
-        return (self.vector,)
 
     def prepare(self, model: LoadedModel, vectors: Mapping[str, SteeringVector]) -> PreparedEdit:
         vector = vector_for(vectors, self.vector)
