@@ -186,3 +186,18 @@ def test_variants_page_builds_forms_for_every_registered_method(db: Path) -> Non
     at.number_input(key=f"condition.threshold:{k}:0:conditional").set_value(2.0)
     next(b for b in at.button if b.label == "Save variant").click().run()
     assert "outside the range of cosine similarity" in texts(at)
+
+
+def test_variants_page_adds_a_lora_baseline(db: Path) -> None:
+    at = open_page("variants")
+    k = "tinystories_mood:(new variant)"
+    at.radio(key=f"kind:{k}").set_value("lora").run()
+    at.text_input(key=f"name:{k}").set_value("lora_sad")
+    at.selectbox(key=f"train_source:{k}").set_value("sad").run()
+    next(b for b in at.button if b.label == "Save variant").click().run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert table[table["variant"] == "lora_sad"]["kind"].tolist() == ["lora"]
+    at.run()  # the editor's list of variants is drawn before the save, so it shows the new one next time
+    at.selectbox(key="variant_choice").set_value("lora_sad").run()
+    assert not at.exception, "an existing LoRA variant opens in the editor"

@@ -53,7 +53,7 @@ st.subheader("Add or edit a variant")
 choice = st.selectbox("Variant", ["(new variant)"] + [v.name for v in spec.variants], key="variant_choice")
 existing = next((v for v in spec.variants if v.name == choice), None)
 k = f"{name}:{choice}"  # widget keys per edited variant, so switching loads its values
-kinds = ["baseline", "prompting", "steering"]
+kinds = ["baseline", "prompting", "steering", "lora", "finetune"]
 kind = st.radio("Kind", kinds, index=kinds.index(existing.kind) if existing else 2, horizontal=True, key=f"kind:{k}")
 variant_name = st.text_input("Name", value=existing.name if existing else "", key=f"name:{k}")
 raw: dict[str, Any] = {"name": variant_name}
@@ -64,6 +64,37 @@ if kind == "prompting":
     raw["prefix"] = st.text_input(
         "Prefix added before each prompt", value=existing.prefix if existing else "", key=f"prefix:{k}"
     )
+elif kind in ("lora", "finetune"):
+    prior_train = existing.train.to_dict() if existing is not None and existing.train is not None else {}
+    sources = ["(the experiment's training examples)"] + [v.name for v in spec.vectors if v.pairs]
+    source = st.selectbox(
+        "Train on",
+        sources,
+        index=sources.index(prior_train["examples_from"]) if prior_train.get("examples_from") in sources else 0,
+        help="A vector's positive texts, or the training_examples of the experiment file.",
+        key=f"train_source:{k}",
+    )
+    c1, c2, c3 = st.columns(3)
+    train: dict[str, Any] = {
+        "method": kind,
+        "epochs": int(c1.number_input("Epochs", 1, 1000, int(prior_train.get("epochs", 4)), key=f"epochs:{k}")),
+        "learning_rate": float(
+            c2.number_input(
+                "Learning rate",
+                1e-7,
+                1.0,
+                float(prior_train.get("learning_rate", 0.002 if kind == "lora" else 0.0003)),
+                format="%.6f",
+                key=f"lr:{k}",
+            )
+        ),
+    }
+    if kind == "lora":
+        train["rank"] = int(c3.number_input("LoRA rank", 1, 1024, int(prior_train.get("rank", 8)), key=f"rank:{k}"))
+    if source != sources[0]:
+        train["examples_from"] = source
+    raw["train"] = train
+    st.caption("Trained on a copy of the model when the experiment runs (cached, so a re-run does not retrain).")
 elif kind == "steering":
     methods = steering_methods()
     vector_names = [v.name for v in spec.vectors]
