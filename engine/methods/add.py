@@ -14,7 +14,15 @@ from typing import Any
 import torch
 
 from engine.fields import Where, as_choice, as_float, as_int_list, as_str, check_keys, required
-from engine.methods.base import SCOPES, FieldInfo, PositionMasks, PreparedEdit, SteeringMethod, vector_for
+from engine.methods.base import (
+    SCOPES,
+    FieldInfo,
+    PositionMasks,
+    PreparedEdit,
+    SteeringMethod,
+    scaled_deltas,
+    vector_for,
+)
 from engine.models import LoadedModel
 from engine.vectors import SteeringVector
 
@@ -63,11 +71,7 @@ class AddVector(SteeringMethod):
         return (self.vector,)
 
     def prepare(self, model: LoadedModel, vectors: Mapping[str, SteeringVector]) -> PreparedEdit:
-        vector = vector_for(vectors, self.vector)
-        deltas = {
-            layer: (self.coefficient * vector.for_layer(layer)).to(model.device, model.dtype)
-            for layer in self.layer_list
-        }
+        deltas = scaled_deltas(vector_for(vectors, self.vector), self.layer_list, self.coefficient, model)
         return _Addition(self.layer_list, deltas, self.scope)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.methods.add import AddVector
-from engine.methods.base import PositionMasks, PreparedEdit, vector_for
+from engine.methods.base import PositionMasks, PreparedEdit, scaled_deltas, vector_for
 from engine.models import LoadedModel
 from engine.vectors import SteeringVector
 
@@ -25,11 +25,7 @@ class AddNormPreserving(AddVector):
     summary = "Add the vector times a coefficient, then rescale each hidden state to its original length."
 
     def prepare(self, model: LoadedModel, vectors: Mapping[str, SteeringVector]) -> PreparedEdit:
-        vector = vector_for(vectors, self.vector)
-        deltas = {
-            layer: (self.coefficient * vector.for_layer(layer)).to(model.device, model.dtype)
-            for layer in self.layer_list
-        }
+        deltas = scaled_deltas(vector_for(vectors, self.vector), self.layer_list, self.coefficient, model)
         return _NormPreserving(self.layer_list, deltas, self.scope)
 
 

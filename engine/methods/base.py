@@ -205,6 +205,13 @@ def read_vector_layers_scope(raw: Mapping[str, Any], where: Where) -> tuple[str,
     )
 
 
+def scaled_deltas(
+    vector: SteeringVector, layers: Sequence[int], coefficient: float, model: LoadedModel
+) -> dict[int, torch.Tensor]:
+    """``coefficient * v[layer]`` for each layer, on the model's device and dtype."""
+    return {layer: (coefficient * vector.for_layer(layer)).to(model.device, model.dtype) for layer in layers}
+
+
 def unit_directions(vector: SteeringVector, layers: Sequence[int], model: LoadedModel) -> dict[int, torch.Tensor]:
     """The vector's direction at each layer, normalised to length 1, on the model's device."""
     out = {}

@@ -35,6 +35,7 @@ from engine.methods.base import (
     PreparedEdit,
     SteeringMethod,
     read_vector_layers_scope,
+    scaled_deltas,
     vector_for,
 )
 from engine.models import LoadedModel
@@ -178,11 +179,7 @@ class ConditionalAdd(SteeringMethod):
     def prepare(self, model: LoadedModel, vectors: Mapping[str, SteeringVector]) -> PreparedEdit:
         started = time.perf_counter()
         directions = condition_directions(model, self.condition)
-        vector = vector_for(vectors, self.vector)
-        deltas = {
-            layer: (self.coefficient * vector.for_layer(layer)).to(model.device, model.dtype)
-            for layer in self.layer_list
-        }
+        deltas = scaled_deltas(vector_for(vectors, self.vector), self.layer_list, self.coefficient, model)
         return _Conditional(self, deltas, directions, time.perf_counter() - started)
 
 
