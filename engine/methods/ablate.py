@@ -18,7 +18,7 @@ from engine.methods.base import (
     VECTOR_LAYERS_SCOPE_FIELDS,
     PositionMasks,
     PreparedEdit,
-    SteeringMethod,
+    VectorLayersMethod,
     read_vector_layers_scope,
     unit_directions,
     vector_for,
@@ -28,7 +28,7 @@ from engine.vectors import SteeringVector
 
 
 @dataclass(frozen=True)
-class Ablate(SteeringMethod):
+class Ablate(VectorLayersMethod):
     name = "ablate"
     title = "Directional ablation"
     summary = "Project the vector's direction out of the hidden states at the chosen layers."
@@ -45,13 +45,6 @@ class Ablate(SteeringMethod):
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.name, "vector": self.vector, "layers": list(self.layer_list), "scope": self.scope}
-
-    @property
-    def layers(self) -> tuple[int, ...]:
-        return self.layer_list
-
-    def vector_names(self) -> tuple[str, ...]:
-        return (self.vector,)
 
     def prepare(self, model: LoadedModel, vectors: Mapping[str, SteeringVector]) -> PreparedEdit:
         return _Ablation(

@@ -19,7 +19,7 @@ from engine.methods.base import (
     FieldInfo,
     PositionMasks,
     PreparedEdit,
-    SteeringMethod,
+    VectorLayersMethod,
     scaled_deltas,
     vector_for,
 )
@@ -28,7 +28,7 @@ from engine.vectors import SteeringVector
 
 
 @dataclass(frozen=True)
-class AddVector(SteeringMethod):
+class AddVector(VectorLayersMethod):
     name = "add"
     title = "Vector addition"
     summary = "Add a steering vector, times a coefficient, to the hidden states at the chosen layers."
@@ -62,13 +62,6 @@ class AddVector(SteeringMethod):
             "coefficient": self.coefficient,
             "scope": self.scope,
         }
-
-    @property
-    def layers(self) -> tuple[int, ...]:
-        return self.layer_list
-
-    def vector_names(self) -> tuple[str, ...]:
-        return (self.vector,)
 
     def prepare(self, model: LoadedModel, vectors: Mapping[str, SteeringVector]) -> PreparedEdit:
         deltas = scaled_deltas(vector_for(vectors, self.vector), self.layer_list, self.coefficient, model)

@@ -231,3 +231,17 @@ VECTOR_LAYERS_SCOPE_FIELDS = (
     FieldInfo("layers", "layers", default=[0], help="Decoder layers whose output is edited."),
 )
 SCOPE_FIELD = FieldInfo("scope", "choice", default="all", choices=SCOPES, help="Which tokens are edited.")
+
+
+class VectorLayersMethod(SteeringMethod):
+    """A method that edits with one experiment vector at a list of layers (add, ablate, conditional)."""
+
+    vector: str
+    layer_list: tuple[int, ...]
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return self.layer_list
+
+    def vector_names(self) -> tuple[str, ...]:
+        return (self.vector,)

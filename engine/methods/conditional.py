@@ -33,7 +33,7 @@ from engine.methods.base import (
     ModelFacts,
     PositionMasks,
     PreparedEdit,
-    SteeringMethod,
+    VectorLayersMethod,
     read_vector_layers_scope,
     scaled_deltas,
     vector_for,
@@ -101,7 +101,7 @@ def parse_condition(raw: Any, where: Where) -> Condition:
 
 
 @dataclass(frozen=True)
-class ConditionalAdd(SteeringMethod):
+class ConditionalAdd(VectorLayersMethod):
     name = "conditional"
     title = "Conditional steering (prompt-conditioned mask)"
     summary = "Add the vector only where the prompt resembles the 'applies' examples more than the 'not applies' ones."
@@ -158,15 +158,8 @@ class ConditionalAdd(SteeringMethod):
         }
 
     @property
-    def layers(self) -> tuple[int, ...]:
-        return self.layer_list
-
-    @property
     def condition_layer(self) -> int:
         return self.condition.layer if self.condition.layer is not None else self.layer_list[0]
-
-    def vector_names(self) -> tuple[str, ...]:
-        return (self.vector,)
 
     def check(self, facts: ModelFacts, where: Where) -> None:
         super().check(facts, where)
