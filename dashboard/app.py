@@ -1,6 +1,10 @@
 """SteerLab dashboard: ``streamlit run dashboard/app.py``.
 
-Pages only lay out widgets and call the service layer (no SQL, no torch here).
+Pages only lay out widgets and call the service layer (no SQL, no torch here). This file
+is the frame every page runs in: who is signed in, which experiment is current, and which
+pages their role there allows. The pages live in ``views/``, not ``pages/``: Streamlit
+treats a ``pages/`` folder as old-style pages and would run a linked page (a rater link
+to /rate) without this frame.
 """
 
 from __future__ import annotations
@@ -14,24 +18,40 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `streamlit run` puts only dashboard/ on the path
     sys.path.insert(0, str(ROOT))
 
-from dashboard.common import sidebar  # noqa: E402
+from dashboard.auth import exposed_without_sign_in  # noqa: E402
+from dashboard.common import experiment_names, identity, join_from_link, role_here, sidebar  # noqa: E402
+from service.access import at_least  # noqa: E402
 
 st.set_page_config(page_title="SteerLab", page_icon=":material/tune:", layout="wide")
 
+# (file, title, icon, the least role that may open it)
 PAGES = [
-    st.Page("pages/experiments.py", title="Experiments", icon=":material/science:", default=True),
-    st.Page("pages/variants.py", title="Variants", icon=":material/tune:"),
-    st.Page("pages/run.py", title="Run", icon=":material/play_circle:"),
-    st.Page("pages/playground.py", title="Playground", icon=":material/toggle_on:"),
-    st.Page("pages/sweep.py", title="Sweep", icon=":material/grid_on:"),
-    st.Page("pages/rate.py", title="Rate", icon=":material/thumbs_up_down:"),
-    st.Page("pages/compare.py", title="Compare", icon=":material/bar_chart:"),
-    st.Page("pages/adaptation.py", title="Adaptation", icon=":material/balance:"),
-    st.Page("pages/report.py", title="Report", icon=":material/description:"),
+    ("pages/experiments.py", "Experiments", ":material/science:", "analyst"),
+    ("pages/variants.py", "Variants", ":material/tune:", "owner"),
+    ("pages/run.py", "Run", ":material/play_circle:", "owner"),
+    ("pages/playground.py", "Playground", ":material/toggle_on:", "analyst"),
+    ("pages/sweep.py", "Sweep", ":material/grid_on:", "owner"),
+    ("pages/rate.py", "Rate", ":material/thumbs_up_down:", "rater"),
+    ("pages/compare.py", "Compare", ":material/bar_chart:", "analyst"),
+    ("pages/adaptation.py", "Adaptation", ":material/balance:", "analyst"),
+    ("pages/report.py", "Report", ":material/description:", "analyst"),
 ]
 
-page = st.navigation(PAGES)
-try:
-    page.run()
-finally:
-    sidebar()
+who = identity()
+join_from_link()
+role = role_here()
+if role is None and not experiment_names():
+    role = "owner"  # nothing visible yet: a signed-in user may create their first experiment
+allowed = [p for p in PAGES if at_least(role, p[3])] or [p for p in PAGES if p[1] == "Rate"]
+pages = [st.Page(file, title=title, icon=icon, default=i == 0) for i, (file, title, icon, _) in enumerate(allowed)]
+page = st.navigation(pages)
+if exposed_without_sign_in():
+    st.warning(
+        "This dashboard is reachable from the network and nobody signs in: anyone who can open it can rate, "
+        "export and delete. Configure sign-in (see the README) or serve it on 127.0.0.1.",
+        icon=":material/warning:",
+    )
+# The picker comes first, so every page reads the experiment it shows; a page whose action
+# changes the list of experiments reruns, and the picker then lists the change.
+sidebar()
+page.run()

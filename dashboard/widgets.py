@@ -8,6 +8,7 @@ from typing import Any
 
 import streamlit as st
 
+from dashboard.text import plain_block
 from service.editing import FieldInfo
 
 
@@ -41,10 +42,24 @@ def field_widget(field: FieldInfo, value: Any, key: str, vector_names: Sequence[
     return st.text_input(label, value=str(value or ""), help=help_text, key=key)
 
 
-def output_box(text: str, height: int = 220) -> None:
-    """A model output in a readable bordered box; the text is escaped, never rendered as markup."""
+def output_box(text: str, height: int = 220, lead: str = "") -> None:
+    """A model output in a bordered box, shown as plain text (never rendered as Markdown or HTML).
+
+    ``lead`` is the end of the prompt, shown greyed before the output, so an output that
+    completes a word ("ar was very happy") reads as the continuation it is.
+    """
     with st.container(border=True, height=height):
-        st.markdown(
-            f"<div style='white-space:pre-wrap'>{html.escape(text) or '<i>(empty output)</i>'}</div>",
-            unsafe_allow_html=True,
-        )
+        if lead:
+            st.markdown(
+                f"<div style='color:#8a8f98;white-space:pre-wrap'>{html.escape(lead)}</div>", unsafe_allow_html=True
+            )
+        st.markdown(plain_block(text, css_class="steerlab-output"), unsafe_allow_html=True)
+
+
+def prompt_tail(prompt: str, chars: int = 60) -> str:
+    """The last words of a prompt (about ``chars`` characters), starting at a word boundary."""
+    flat = " ".join(prompt.split())
+    if len(flat) <= chars:
+        return flat
+    cut = flat[-chars:]
+    return "…" + (cut[cut.find(" ") + 1 :] if " " in cut else cut)

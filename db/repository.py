@@ -264,6 +264,16 @@ def variant_compute(session: Session, experiment_id: int) -> dict[int, VariantCo
     return {v: VariantCompute(v, n, int(t or 0), float(s or 0.0), int(m or 0)) for v, n, t, s, m in rows}
 
 
+def generation_keys(session: Session, experiment_id: int) -> list[tuple[int, int, int, int]]:
+    """(generation id, prompt id, sample index, variant position) of every output, without loading rows."""
+    rows = session.execute(
+        select(Generation.id, Generation.prompt_id, Generation.sample_index, Variant.position)
+        .join(Variant, Variant.id == Generation.variant_id)
+        .where(Generation.experiment_id == experiment_id)
+    )
+    return [(g, p, s, v) for g, p, s, v in rows]
+
+
 def generations_of(session: Session, experiment_id: int) -> list[Generation]:
     return list(
         session.scalars(
@@ -331,12 +341,18 @@ def unscored_generations(session: Session, experiment_id: int, metric: str) -> l
 # --- ratings -----------------------------------------------------------------------
 
 
-def add_rating(session: Session, experiment_id: int, rater: str, left_id: int, right_id: int, choice: str) -> Rating:
+def add_rating(
+    session: Session, experiment_id: int, rater: str, left_id: int, right_id: int, choice: str, repeat: int = 0
+) -> Rating:
+    """Insert a vote; a second vote of the rater on the pair raises ``IntegrityError`` (unique key)."""
     rating = Rating(
         experiment_id=experiment_id,
         rater=rater,
         left_generation_id=left_id,
         right_generation_id=right_id,
+        pair_low_id=min(left_id, right_id),
+        pair_high_id=max(left_id, right_id),
+        repeat=repeat,
         choice=choice,
     )
     session.add(rating)
@@ -344,5 +360,64 @@ def add_rating(session: Session, experiment_id: int, rater: str, left_id: int, r
     return rating
 
 
+def vote_pairs(session: Session, experiment_id: int) -> list[tuple[str, int, int]]:
+    """(rater, lower generation id, higher generation id) of every vote, without loading rows."""
+    rows = session.execute(
+        select(Rating.rater, Rating.pair_low_id, Rating.pair_high_id).where(Rating.experiment_id == experiment_id)
+    )
+    return [(r, lo, hi) for r, lo, hi in rows]
+
+
 def ratings_of(session: Session, experiment_id: int) -> list[Rating]:
     return list(session.scalars(select(Rating).where(Rating.experiment_id == experiment_id).order_by(Rating.id)))
+
+
+# --- run phase and output health ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutputHealth:
+    variant_id: int
+    generations: int
+    non_finite: int  # stopped because their logits broke down (an absurd coefficient)
+    empty: int  # text is empty or only whitespace
+
+
+def set_run_phase(session: Session, run_id: int, phase: str) -> None:
+    """What the run is doing now ("generating", "scoring", ...); not a progress tick (updated_at stays)."""
+    session.execute(update(Run).where(Run.id == run_id).values(phase=phase[:32]))
+
+
+def set_run_hardware(session: Session, run_id: int, device: str, dtype: str) -> None:
+    """The device and dtype, once the run has loaded its model (the row is stored before that)."""
+    session.execute(update(Run).where(Run.id == run_id).values(device=device[:32], dtype=dtype[:32]))
+
+
+def mark_non_finite(session: Session, generation_ids: Iterable[int]) -> None:
+    ids = list(generation_ids)
+    if ids:
+        session.execute(update(Generation).where(Generation.id.in_(ids)).values(non_finite=True))
+
+
+def run_generation_time(session: Session, run_id: int) -> tuple[int, float]:
+    """(generations, summed wall seconds of their batches) stored by one run."""
+    count, seconds = session.execute(
+        select(func.count(), func.sum(Generation.seconds)).where(Generation.run_id == run_id)
+    ).one()
+    return int(count or 0), float(seconds or 0.0)
+
+
+def output_health(session: Session, experiment_id: int) -> dict[int, OutputHealth]:
+    """Per variant id: how many outputs broke down (non-finite) and how many are empty."""
+    counts: dict[int, list[int]] = {}
+    rows = session.execute(
+        select(Generation.variant_id, Generation.non_finite, Generation.text).where(
+            Generation.experiment_id == experiment_id
+        )
+    )
+    for variant_id, non_finite, text in rows:
+        c = counts.setdefault(variant_id, [0, 0, 0])
+        c[0] += 1
+        c[1] += bool(non_finite)
+        c[2] += not text.strip()
+    return {v: OutputHealth(v, n, bad, empty) for v, (n, bad, empty) in counts.items()}

@@ -21,12 +21,13 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 1
 RUN_STATES = ("running", "done", "cancelled", "failed", "interrupted")
 CHOICES = ("left", "right", "tie", "both_bad")
+ROLES = ("owner", "analyst", "rater")  # each role can do everything the ones after it can
 
 
 def utcnow() -> datetime:
@@ -54,6 +55,9 @@ class Experiment(Base):
     spec_json: Mapped[str] = mapped_column(Text)
     definition_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # The secret of this experiment's rater link: whoever signs in through it becomes a
+    # rater of this experiment (and of nothing else). None: no link handed out.
+    rater_token: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     prompts: Mapped[list[Prompt]] = relationship(
         back_populates="experiment", order_by="Prompt.position", cascade="all, delete-orphan", passive_deletes=True
@@ -126,6 +130,9 @@ class Run(Base):
     dtype: Mapped[str] = mapped_column(String(32), default="float32")
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     owner: Mapped[str] = mapped_column(String(200), default="")  # host:pid of the process running it
+    # What the run is doing now ("generating", "measuring", "scoring"): the progress bar alone
+    # reads "240/240" for the minute a run spends measuring and scoring after its last batch.
+    phase: Mapped[str] = mapped_column(String(32), default="", server_default="")
     error: Mapped[str] = mapped_column(Text, default="")
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -146,6 +153,9 @@ class Generation(Base):
     token_count: Mapped[int] = mapped_column(Integer)
     seconds: Mapped[float] = mapped_column(Float)  # equal share of its mixed batch's wall time
     peak_memory_bytes: Mapped[int] = mapped_column(Integer)  # peak of its batch
+    # A hidden state or logit of this row became inf/NaN (an absurd coefficient): its text is
+    # whatever the broken logits gave, so pages warn instead of scoring it silently.
+    non_finite: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     variant: Mapped[Variant] = relationship()
     prompt: Mapped[Prompt] = relationship()
@@ -176,16 +186,59 @@ class GenerationMetric(Base):
 
 
 class Rating(Base):
-    """One blind pairwise vote: which generation was shown on which side, and the choice."""
+    """One blind pairwise vote: which generation was shown on which side, and the choice.
+
+    ``pair_low_id``/``pair_high_id`` are the two generations in id order, whatever the sides:
+    with them the database itself guarantees one vote per (experiment, rater, pair), even when
+    one rater votes the same pair from several tabs or processes at the same instant.
+    ``repeat`` numbers a deliberate second showing of a pair to the same rater (to measure
+    self-consistency); ordinary votes are repeat 0.
+    """
 
     __tablename__ = "ratings"
-    __table_args__ = (CheckConstraint(f"choice IN {CHOICES}", name="rating_choice"),)
+    __table_args__ = (
+        CheckConstraint(f"choice IN {CHOICES}", name="rating_choice"),
+        UniqueConstraint(
+            "experiment_id", "rater", "pair_low_id", "pair_high_id", "repeat", name="one_vote_per_rater_and_pair"
+        ),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
     rater: Mapped[str] = mapped_column(String(200))
     left_generation_id: Mapped[int] = mapped_column(ForeignKey("generations.id", ondelete="CASCADE"))
     right_generation_id: Mapped[int] = mapped_column(ForeignKey("generations.id", ondelete="CASCADE"))
+    pair_low_id: Mapped[int] = mapped_column(Integer)
+    pair_high_id: Mapped[int] = mapped_column(Integer)
+    repeat: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     choice: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     left: Mapped[Generation] = relationship(foreign_keys=[left_generation_id])
     right: Mapped[Generation] = relationship(foreign_keys=[right_generation_id])
+
+
+class Membership(Base):
+    """A signed-in user's role in one experiment (used only when sign-in is configured)."""
+
+    __tablename__ = "memberships"
+    __table_args__ = (
+        UniqueConstraint("experiment_id", "user", name="one_role_per_user"),
+        CheckConstraint(f"role IN {ROLES}", name="membership_role"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
+    user: Mapped[str] = mapped_column(String(320))  # the sign-in's e-mail address
+    role: Mapped[str] = mapped_column(String(16))
+    added_by: Mapped[str] = mapped_column(String(320), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AuditEvent(Base):
+    """Who did what to which experiment, and when. Kept when the experiment is deleted."""
+
+    __tablename__ = "audit_events"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(320))
+    action: Mapped[str] = mapped_column(String(32))  # created, changed, deleted, rated, exported, ...
+    experiment: Mapped[str] = mapped_column(String(200), index=True)  # its name, not a key: it outlives the row
+    detail: Mapped[str] = mapped_column(Text, default="")

@@ -7,16 +7,17 @@ The URL comes from the caller (``--db``), else ``STEERLAB_DB``, else a SQLite fi
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.schema import SCHEMA_VERSION, Base, Meta
+from db.migrate import SchemaError, prepare
 
 DEFAULT_DB = "steerlab.db"
 
@@ -32,16 +33,25 @@ def resolve_url(url: str | None = None) -> str:
     return f"sqlite:///{Path(chosen).expanduser()}"
 
 
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``: safe to show on a page or in a message."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
 class Store:
     """An open store: a SQLAlchemy engine and a session factory."""
 
     def __init__(self, url: str | None = None) -> None:
         self.url = resolve_url(url)
+        self.display_url = mask_url(self.url)
         try:
             self.engine: Engine = create_engine(self.url)
         except (ArgumentError, ImportError) as exc:
             raise StoreError(
-                f"Database URL '{self.url}' is not usable ({exc}); give a SQLAlchemy URL or a file path."
+                f"Database URL '{self.display_url}' is not usable ({exc}); give a SQLAlchemy URL or a file path."
             ) from exc
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -63,19 +73,12 @@ class Store:
 
     def _create_schema(self) -> None:
         try:
-            Base.metadata.create_all(self.engine)
-            with self.session() as session:
-                version = session.scalar(select(Meta.value).where(Meta.key == "schema_version"))
-                if version is None:
-                    session.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
-                elif version != str(SCHEMA_VERSION):
-                    raise StoreError(
-                        f"Database '{self.url}' has schema version {version} but this SteerLab uses {SCHEMA_VERSION}; "
-                        "use a SteerLab of that version or a new database file."
-                    )
+            prepare(self.engine, self.display_url)
+        except SchemaError as exc:
+            raise StoreError(f"Database '{self.display_url}' {exc}.") from exc
         except (OperationalError, DatabaseError) as exc:
             raise StoreError(
-                f"Database '{self.url}' cannot be opened as a SteerLab store ({exc.orig}); check the path or URL."
+                f"Database '{self.display_url}' cannot be opened as a SteerLab store ({exc.orig}); check the path or URL."
             ) from exc
 
     def close(self) -> None:

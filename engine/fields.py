@@ -8,27 +8,60 @@ nan; give a finite number.``
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from engine.errors import SteerLabError
 
+# How a form names a list item that a file names by index (interventions[0] -> "edit 1").
+_FORM_ITEMS = {"interventions": "edit", "pairs": "pair", "prompts": "prompt", "variants": "variant"}
+
 
 @dataclass(frozen=True)
 class Where:
-    """A place in an input: the source (file or form) and a dotted field path."""
+    """A place in an input: the source (file or form) and a dotted field path.
+
+    A file's errors name the field path (``variants[1].interventions[0].coefficient``);
+    a form's (``labels`` given) name what the form shows: ``edit 1, 'coefficient'``, with
+    ``labels`` mapping field names to the form's labels where they differ.
+    """
 
     source: str
     path: str = ""
+    labels: Mapping[str, str] | None = None
+
+    @classmethod
+    def form(cls, source: str, labels: Mapping[str, str] | None = None) -> Where:
+        return cls(source, "", dict(labels or {}))
 
     def child(self, key: str | int) -> Where:
         if isinstance(key, int):
-            return Where(self.source, f"{self.path}[{key}]")
-        return Where(self.source, f"{self.path}.{key}" if self.path else key)
+            return Where(self.source, f"{self.path}[{key}]", self.labels)
+        return Where(self.source, f"{self.path}.{key}" if self.path else key, self.labels)
 
     def __str__(self) -> str:
-        return f"{self.source}, field {self.path}" if self.path else self.source
+        if not self.path:
+            return self.source
+        if self.labels is None:
+            return f"{self.source}, field {self.path}"
+        return f"{self.source}, {self._form_words()}"
+
+    def _form_words(self) -> str:
+        assert self.labels is not None
+        words: list[str] = []
+        for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", self.path):
+            if index:
+                item = _FORM_ITEMS.get(words.pop() if words else "", "item")
+                words.append(f"{item} {int(index) + 1}")
+            else:
+                words.append(name)
+        *items, last = words
+        if last in _FORM_ITEMS or any(last.startswith(f"{item} ") for item in _FORM_ITEMS.values()):
+            return " ".join([*items, last]) if not items else f"{', '.join(items)}, {last}"
+        label = self.labels.get(last, last.replace("_", " "))
+        return ", ".join([*items, f"'{label}'"])
 
     def fail(self, problem: str, fix: str) -> NoReturn:
         raise SteerLabError(f"{self}: {problem}; {fix}.")
@@ -58,12 +91,47 @@ def required(raw: Mapping[str, Any], key: str, where: Where) -> Any:
     return raw[key]
 
 
+# Characters that no name, prompt or setting needs: NUL cannot be stored in PostgreSQL or
+# named on a command line, and the other C0/C1 controls hide text or fool a terminal.
+# Tab, newline and carriage return stay allowed (prompts have lines).
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+# Largest steering coefficient accepted anywhere: far above any useful strength, far below
+# where float32 activations overflow to inf. A bound relative to the hidden state's norm is
+# checked against the model (engine.spec.check_against_model).
+MAX_COEFFICIENT = 1e4
+
+
 def as_str(value: Any, where: Where, allow_empty: bool = False) -> str:
     if not isinstance(value, str):
         where.fail(f"expected text, got {_kind(value)}", "write it as text")
     if not allow_empty and not value.strip():
         where.fail("is empty", "give some text")
+    bad = _CONTROL.search(value)
+    if bad is not None:
+        where.fail(
+            f"holds the control character U+{ord(bad.group()):04X} at position {bad.start() + 1}",
+            "remove it (only tabs and line breaks are allowed)",
+        )
     return value
+
+
+MAX_NAME_CHARS = 100
+
+
+def as_name(value: Any, where: Where) -> str:
+    """A name (experiment, variant, vector): one line of text, at most :data:`MAX_NAME_CHARS` characters."""
+    name = as_str(value, where).strip()
+    if any(ch in name for ch in "\t\r\n"):
+        where.fail("holds a tab or line break", "write the name on one line")
+    if len(name) > MAX_NAME_CHARS:
+        where.fail(f"is {len(name)} characters long", f"use at most {MAX_NAME_CHARS}")
+    return name
+
+
+def as_coefficient(value: Any, where: Where) -> float:
+    """A steering strength: finite, and at most :data:`MAX_COEFFICIENT` either way."""
+    return as_float(value, where, -MAX_COEFFICIENT, MAX_COEFFICIENT)
 
 
 def as_bool(value: Any, where: Where) -> bool:
@@ -97,7 +165,7 @@ def as_float(value: Any, where: Where, minimum: float | None = None, maximum: fl
 
 def as_choice(value: Any, choices: Sequence[str], where: Where) -> str:
     if value not in choices:
-        where.fail(f"is {value!r}", f"use one of {', '.join(choices)}")
+        where.fail(f"is {_kind(value)}", f"use one of {', '.join(choices)}")
     return str(value)
 
 
@@ -117,6 +185,15 @@ def _kind(value: Any) -> str:
         return "nothing"
     if isinstance(value, bool):
         return f"the boolean {value}"
-    if isinstance(value, (int, float, str)):
-        return f"{type(value).__name__} {value!r}"
+    if isinstance(value, (int, float)):
+        return f"{type(value).__name__} {short(repr(value))}"
+    if isinstance(value, str):
+        return f"the text {short(repr(value))}"
+    # Never the repr of a list or mapping: a YAML document with aliases can make it
+    # exponentially large (a "billion laughs"), and a message must stay one short sentence.
     return f"a {type(value).__name__}"
+
+
+def short(text: str, limit: int = 60) -> str:
+    """``text`` cut to ``limit`` characters for a message."""
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"

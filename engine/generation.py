@@ -5,6 +5,10 @@ the steering hooks must know which positions are prompt and which are generated 
 every step; each row samples from its own seeded generator, so a row's output does not
 depend on which other rows share its batch (and a resumed run reproduces an
 uninterrupted one); and cancellation is checked between steps.
+
+A row whose logits stop making sense (an absurd steering coefficient) is finished at that
+step with what it generated so far and flagged, instead of sampling from NaN or argmaxing
+over an overflowed, flat distribution: see :func:`broken_rows`.
 """
 
 from __future__ import annotations
@@ -71,6 +75,14 @@ def forward(
     return model.model(**kwargs)
 
 
+@dataclass(frozen=True)
+class Generated:
+    """New tokens per row, and which rows were stopped because their logits broke down."""
+
+    tokens: list[list[int]]
+    non_finite: list[bool]
+
+
 def generate(
     model: LoadedModel,
     prompts: Sequence[Sequence[int]],
@@ -81,8 +93,21 @@ def generate(
     on_step: Callable[[], None] | None = None,
 ) -> list[list[int]]:
     """Generate new tokens for each prompt (token ids, without the prompt, without EOS)."""
+    return generate_checked(model, prompts, decoding, seeds, steering, should_stop, on_step).tokens
+
+
+def generate_checked(
+    model: LoadedModel,
+    prompts: Sequence[Sequence[int]],
+    decoding: Decoding,
+    seeds: Sequence[int] | None = None,
+    steering: BatchSteering | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_step: Callable[[], None] | None = None,
+) -> Generated:
+    """Like :func:`generate`, with a per-row flag: its logits became non-finite (or collapsed)."""
     if not prompts:
-        return []
+        return Generated([], [])
     generators = _generators(model, seeds, len(prompts)) if decoding.do_sample else None
     with model.lock:
         if steering is not None:
@@ -90,6 +115,20 @@ def generate(
         context = steering.attached() if steering is not None else nullcontext()
         with torch.no_grad(), context:
             return _decode(model, prompts, decoding, generators, steering, should_stop, on_step)
+
+
+def broken_rows(logits: torch.Tensor) -> torch.Tensor:
+    """Rows (of ``batch x vocab`` logits) that no token can sensibly be chosen from.
+
+    Either a logit is NaN or +inf (a hidden state overflowed to inf/NaN), or all logits of
+    the row are equal: that happens when a hidden state is finite but so large that its
+    square overflows in a normalisation layer (float32 from about 1e19), which then
+    returns exactly zero, so the row's logits are flat. No working model gives a perfectly
+    flat distribution, so both mean the row's steering broke it. Three reductions per step.
+    """
+    top = logits.amax(dim=-1)
+    healthy = ~logits.isnan().any(dim=-1) & (top < float("inf")) & (top > logits.amin(dim=-1))
+    return ~healthy
 
 
 def _decode(
@@ -100,7 +139,7 @@ def _decode(
     steering: BatchSteering | None,
     should_stop: Callable[[], bool] | None,
     on_step: Callable[[], None] | None,
-) -> list[list[int]]:
+) -> Generated:
     batch = len(prompts)
     ids, mask = left_pad(model, prompts)
     positions = positions_from_mask(mask)
@@ -108,6 +147,7 @@ def _decode(
     eos = torch.tensor(stops or [-1], device=model.device)
     outputs: list[list[int]] = [[] for _ in range(batch)]
     finished = torch.zeros(batch, dtype=torch.bool, device=model.device)
+    non_finite = torch.zeros(batch, dtype=torch.bool, device=model.device)
     if steering is not None:
         steering.masks = PositionMasks.prompt_only(mask)
     result = forward(model, ids, mask, positions)
@@ -116,7 +156,14 @@ def _decode(
             raise RunCancelled()
         if on_step is not None:
             on_step()
-        chosen = choose_tokens(result.logits[:, -1, :], decoding, generators)
+        logits = result.logits[:, -1, :]
+        broken = broken_rows(logits)
+        non_finite |= broken & ~finished
+        finished |= broken
+        # A broken row keeps what it generated before; its (ignored) draw comes from flat
+        # logits, so sampling never sees NaN and the other rows' draws stay their own.
+        logits = torch.where(broken[:, None], torch.zeros_like(logits), logits)
+        chosen = choose_tokens(logits, decoding, generators)
         newly_done = torch.isin(chosen, eos) & ~finished
         for row in (~finished & ~newly_done).nonzero().flatten().tolist():
             outputs[row].append(int(chosen[row]))
@@ -131,7 +178,7 @@ def _decode(
             generated = torch.ones((batch, 1), dtype=torch.bool, device=model.device)
             steering.masks = PositionMasks(torch.zeros_like(generated), generated)
         result = forward(model, step[:, None], mask, positions, past=result.past_key_values)
-    return outputs
+    return Generated(outputs, [bool(flag) for flag in non_finite.tolist()])
 
 
 def choose_tokens(

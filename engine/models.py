@@ -121,11 +121,13 @@ def _load_uncached(model_id: str, device: torch.device, dtype: torch.dtype) -> L
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _check_model_reference(model_id)
+    source = _locate(model_id)
+    local_only = source != "hub"  # never wait on the network for files already on disk
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_id)
-        model: Any = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(model_id, local_files_only=local_only)
+        model: Any = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype, local_files_only=local_only)
     except (OSError, ValueError, KeyError) as exc:
-        raise SteerLabError(_explain_load_failure(model_id, exc)) from exc
+        raise SteerLabError(_explain_load_failure(model_id, source, exc)) from exc
     model = model.to(device)
     return wrap_model(model_id, model, tokenizer)
 
@@ -139,22 +141,90 @@ def _check_model_reference(model_id: str) -> None:
         )
 
 
-def _explain_load_failure(model_id: str, exc: Exception) -> str:
-    text = str(exc)
-    if "Unrecognized configuration class" in text:
+# The hub probe's limit: long enough for a slow network, short enough that an unreachable hub is
+# reported in seconds instead of after huggingface_hub's retries (five, backing off, about a minute).
+HUB_PROBE_TIMEOUT_S = 10.0
+
+
+def _locate(model_id: str) -> str:
+    """Where ``model_id`` loads from: "folder", "cache" (a hub id in the hub cache) or "hub".
+
+    A hub id missing from the cache is looked up once on the hub, with a short timeout and no
+    retries, so that an offline machine fails in seconds with the cache folder and the fix.
+    """
+    if Path(model_id).expanduser().exists():
+        return "folder"
+    from huggingface_hub import constants, model_info, try_to_load_from_cache
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    try:
+        cached = isinstance(try_to_load_from_cache(model_id, "config.json"), str)
+    except ValueError:  # not a valid hub id: transformers says so when loading
+        return "hub"
+    if cached:
+        return "cache"
+    if constants.is_offline_mode():
+        raise SteerLabError(_not_cached(model_id, "downloads are off (HF_HUB_OFFLINE=1)"))
+    try:
+        model_info(model_id, timeout=HUB_PROBE_TIMEOUT_S)
+    except RepositoryNotFoundError as exc:
+        raise SteerLabError(
+            f"Model '{model_id}' is not in the Hugging Face cache at {_cache_folder()} and the hub has no such public "
+            "model; check the hub id (log in with `hf auth login` for a private or gated one), or pass a local folder."
+        ) from exc
+    except HfHubHTTPError as exc:
+        raise SteerLabError(_not_cached(model_id, f"the hub answered with an error ({_first_line(exc)})")) from exc
+    except Exception as exc:  # httpx's connection, proxy, TLS and timeout errors share no narrower base
+        raise SteerLabError(
+            _not_cached(model_id, f"the hub could not be reached ({type(exc).__name__}: {_first_line(exc)})")
+        ) from exc
+    return "hub"
+
+
+def _cache_folder() -> str:
+    """The hub cache folder huggingface_hub searches, and where that setting came from."""
+    from huggingface_hub import constants
+
+    # The same precedence as huggingface_hub.constants, which read these when it was imported.
+    source = next(
+        (f"from {name}" for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME") if os.environ.get(name)),
+        "the default, as HF_HUB_CACHE is not set",
+    )
+    return f"{constants.HF_HUB_CACHE} ({source})"
+
+
+def _not_cached(model_id: str, reason: str) -> str:
+    folder = "models--" + model_id.replace("/", "--")
+    return (
+        f"Model '{model_id}' is not in the Hugging Face cache at {_cache_folder()} and {reason}; "
+        f"set HF_HUB_CACHE=<the folder holding {folder}> and HF_HUB_OFFLINE=1, "
+        f"download it once with `hf download {model_id}` where there is network, or pass a local model folder."
+    )
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _explain_load_failure(model_id: str, source: str, exc: Exception) -> str:
+    if "Unrecognized configuration class" in str(exc):
         return (
             f"Model '{model_id}' is not a causal language model that transformers' AutoModelForCausalLM can load; "
             "pick a text-generation model."
         )
-    if os.environ.get("HF_HUB_OFFLINE") == "1" and not Path(model_id).exists():
-        cache = os.environ.get("HF_HUB_CACHE", "~/.cache/huggingface/hub")
+    if source == "folder":
         return (
-            f"Model '{model_id}' is not in the Hugging Face cache at {cache} and downloads are off (HF_HUB_OFFLINE=1); "
-            f"download it once with `hf download {model_id}` on a machine with network, or pass a local folder."
+            f"Folder '{model_id}' does not hold a loadable model ({_first_line(exc)}); "
+            "point to a folder with config.json and weights."
         )
-    if Path(model_id).exists():
-        return f"Folder '{model_id}' does not hold a loadable model ({text.splitlines()[0]}); point to a folder with config.json and weights."
+    if source == "cache":
+        return (
+            f"Model '{model_id}' is only partly in the Hugging Face cache at {_cache_folder()} ({_first_line(exc)}); "
+            f"download it again with `hf download {model_id}` where there is network, "
+            "or set HF_HUB_CACHE to a folder holding all of its files."
+        )
     return (
-        f"Model '{model_id}' could not be loaded ({text.splitlines()[0] if text else type(exc).__name__}); "
-        "check the hub id, or set HF_HUB_OFFLINE=1 with the model in your Hugging Face cache."
+        f"Model '{model_id}' could not be loaded ({_first_line(exc)}); "
+        "check the hub id, or set HF_HUB_CACHE to a folder holding the model and HF_HUB_OFFLINE=1."
     )

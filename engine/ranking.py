@@ -19,6 +19,13 @@ SCALE = 400.0
 BASE = 10.0
 CENTRE = 1000.0
 
+# A variant's rating is shown only from this many decisive battles (won or lost, against any
+# other variant; ties and both-bad votes do not count). With fewer, the maximum-likelihood
+# fit is dominated by a handful of outcomes (a variant that won its 3 battles gets an
+# arbitrarily high rating) and the bootstrap interval spans thousands of points, e.g.
+# 1665 [−3962, 8189] from 14 votes: pages say "too few votes (n=…)" instead of a number.
+MIN_DECISIVE_BATTLES = 10
+
 
 @dataclass(frozen=True)
 class Battle:
@@ -35,7 +42,13 @@ class Rating:
     rating: float
     low: float
     high: float
-    battles: int
+    battles: int  # every battle of the player, ties included
+    decisive: int = 0  # battles the player won or lost
+
+    @property
+    def enough_votes(self) -> bool:
+        """Whether the rating rests on enough decisive battles to be shown (see MIN_DECISIVE_BATTLES)."""
+        return self.decisive >= MIN_DECISIVE_BATTLES and math.isfinite(self.rating)
 
 
 def fit_bradley_terry(battles: Sequence[Battle], players: Sequence[str], ridge: float = 1e-8) -> dict[str, float]:
@@ -81,6 +94,7 @@ def bradley_terry_with_intervals(
 ) -> list[Rating]:
     point = fit_bradley_terry(battles, players)
     counts = Counter(p for b in battles for p in (b.first, b.second))
+    decisive = Counter(p for b in battles if b.outcome in (0.0, 1.0) for p in (b.first, b.second))
     rng = np.random.default_rng(seed)
     samples = []
     if battles:
@@ -92,7 +106,7 @@ def bradley_terry_with_intervals(
     lows, highs = np.percentile(table, 2.5, axis=0), np.percentile(table, 97.5, axis=0)
     # A player with no battles has no rating to speak of (its fitted value is only the centre).
     return [
-        Rating(p, point[p], float(lows[i]), float(highs[i]), counts[p])
+        Rating(p, point[p], float(lows[i]), float(highs[i]), counts[p], decisive[p])
         if counts.get(p, 0)
         else Rating(p, math.nan, math.nan, math.nan, 0)
         for i, p in enumerate(players)

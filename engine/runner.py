@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from engine.errors import RunCancelled
-from engine.generation import generate, row_seed
+from engine.generation import generate_checked, row_seed
 from engine.measure import PeakMemory
 from engine.methods.base import PreparedEdit
 from engine.models import LoadedModel
@@ -50,6 +50,7 @@ class RowOutput:
     text: str
     seconds: float  # this row's equal share of its batch's wall time
     peak_memory_bytes: int  # peak of the batch it ran in
+    non_finite: bool = False  # its logits broke down (inf/NaN, or flat from an overflow): stopped there
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ def run_batch(
     own_before = {key: e.cost().get("seconds", 0.0) for key, e in edits.items()}
     with PeakMemory(model.device) as memory:
         started = time.perf_counter()
-        outputs = generate(
+        generated = generate_checked(
             model,
             prompts,
             generation.decoding,
@@ -141,6 +142,7 @@ def run_batch(
     own = {key: e.cost().get("seconds", 0.0) - own_before[key] for key, e in edits.items()}
     rows_of = {key: sum(1 for u in batch if any(id(e) == key for e in variants[u.variant].edits)) for key in edits}
     shared = max(seconds - sum(own.values()), 0.0) / len(batch)
+    outputs = generated.tokens
     texts = model.tokenizer.batch_decode(outputs, skip_special_tokens=True)
     return [
         RowOutput(
@@ -149,6 +151,7 @@ def run_batch(
             text,
             shared + sum(own[id(e)] / rows_of[id(e)] for e in variants[unit.variant].edits),
             memory.peak_bytes,
+            broken,
         )
-        for unit, ids, text in zip(batch, outputs, texts, strict=True)
+        for unit, ids, text, broken in zip(batch, outputs, texts, generated.non_finite, strict=True)
     ]

@@ -16,9 +16,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from engine import methods
+from engine import limits, methods
 from engine.extract import EXTRACTION_METHODS, READ_POSITIONS
 from engine.fields import (
+    MAX_NAME_CHARS,
     Where,
     as_bool,
     as_choice,
@@ -26,6 +27,7 @@ from engine.fields import (
     as_int,
     as_list,
     as_mapping,
+    as_name,
     as_str,
     check_keys,
     required,
@@ -38,6 +40,9 @@ from engine.training import TrainingSpec, parse_training
 VARIANT_KINDS = ("baseline", "prompting", "steering", "lora", "finetune")
 CHAT_TEMPLATE_MODES = ("auto", "off")
 DEFAULT_PROBE = "Once upon a time, there was a"
+MIN_TEMPERATURE = 0.01
+DEFAULT_RATING_QUESTION = "Which output is better?"
+DEFAULT_RATING_OVERLAP = 0.2
 # Plain openings for measuring side effects (how far a variant moves ordinary text).
 DEFAULT_NEUTRAL_PROMPTS = (
     "Once upon a time",
@@ -140,7 +145,11 @@ class ExperimentSpec:
     description: str = ""
     chat_template: str = "auto"
     probe_prompt: str = DEFAULT_PROBE
-    reveal_after_vote: bool = True
+    reveal_after_vote: bool = False  # raters never learn the variants unless the owner says so
+    # What raters answer on the Rate page, so "better" means the same thing to all of them.
+    rating_question: str = DEFAULT_RATING_QUESTION
+    # Share of the pairs that every rater is shown, so that rater agreement can be measured.
+    rating_overlap: float = DEFAULT_RATING_OVERLAP
     neutral_prompts: tuple[str, ...] = DEFAULT_NEUTRAL_PROMPTS
     sweep: dict[str, Any] | None = None  # a layer/strength sweep, validated by engine.sweep
     references: tuple[tuple[str, ...], ...] = ()  # acceptable outputs per prompt, for reference scorers
@@ -154,6 +163,8 @@ class ExperimentSpec:
             "chat_template": self.chat_template,
             "probe_prompt": self.probe_prompt,
             "reveal_after_vote": self.reveal_after_vote,
+            "rating_question": self.rating_question,
+            "rating_overlap": self.rating_overlap,
             "neutral_prompts": list(self.neutral_prompts),
             "prompts": list(self.prompts),
             "generation": self.generation.to_dict(),
@@ -170,6 +181,8 @@ class ExperimentSpec:
         data = self.to_dict()
         data.pop("description")
         data.pop("reveal_after_vote")
+        data.pop("rating_question")
+        data.pop("rating_overlap")
         data.pop("scorers")
         data.pop("neutral_prompts")
         data.pop("sweep", None)
@@ -188,6 +201,8 @@ EXPERIMENT_KEYS = (
     "chat_template",
     "probe_prompt",
     "reveal_after_vote",
+    "rating_question",
+    "rating_overlap",
     "neutral_prompts",
     "prompts",
     "prompts_file",
@@ -209,12 +224,16 @@ def parse_experiment(raw: Any, where: Where, prompts: Sequence[str] | None = Non
     """
     data = as_mapping(raw, where)
     check_keys(data, EXPERIMENT_KEYS, where)
-    name = as_str(required(data, "name", where), where.child("name")).strip()
-    if prompts is None:
-        prompt_list = as_list(required(data, "prompts", where), where.child("prompts"))
-        prompts = [as_str(p, where.child("prompts").child(i)) for i, p in enumerate(prompt_list)]
+    name = as_name(required(data, "name", where), where.child("name"))
+    prompt_list = (
+        list(prompts) if prompts is not None else as_list(required(data, "prompts", where), where.child("prompts"))
+    )
+    limits.check(limits.MAX_PROMPTS, len(prompt_list), str(where))
+    prompts = [as_str(p, where.child("prompts").child(i)) for i, p in enumerate(prompt_list)]
     if not prompts:
         where.child("prompts").fail("is an empty list", "give at least one prompt")
+    longest = max(range(len(prompts)), key=lambda i: len(prompts[i]))
+    limits.check(limits.MAX_PROMPT_CHARS, len(prompts[longest]), str(where.child("prompts").child(longest)))
     vectors = _parse_vectors(data.get("vectors") or {}, where.child("vectors"))
     variants = _parse_variants(data.get("variants"), where.child("variants"), {v.name for v in vectors})
     scorers_raw = as_list(data.get("scorers") or [], where.child("scorers"))
@@ -227,7 +246,13 @@ def parse_experiment(raw: Any, where: Where, prompts: Sequence[str] | None = Non
         model=as_str(required(data, "model", where), where.child("model")).strip(),
         chat_template=as_choice(data.get("chat_template", "auto"), CHAT_TEMPLATE_MODES, where.child("chat_template")),
         probe_prompt=as_str(data.get("probe_prompt", DEFAULT_PROBE), where.child("probe_prompt")),
-        reveal_after_vote=as_bool(data.get("reveal_after_vote", True), where.child("reveal_after_vote")),
+        reveal_after_vote=as_bool(data.get("reveal_after_vote", False), where.child("reveal_after_vote")),
+        rating_question=as_str(
+            data.get("rating_question", DEFAULT_RATING_QUESTION), where.child("rating_question")
+        ).strip(),
+        rating_overlap=as_float(
+            data.get("rating_overlap", DEFAULT_RATING_OVERLAP), where.child("rating_overlap"), minimum=0.0, maximum=1.0
+        ),
         neutral_prompts=_parse_texts(
             data.get("neutral_prompts", list(DEFAULT_NEUTRAL_PROMPTS)), where.child("neutral_prompts")
         ),
@@ -236,6 +261,12 @@ def parse_experiment(raw: Any, where: Where, prompts: Sequence[str] | None = Non
         vectors=vectors,
         variants=variants,
         scorers=scorers,
+    )
+    limits.check(limits.MAX_VARIANTS, len(spec.variants), str(where))
+    limits.check(
+        limits.MAX_GENERATIONS,
+        len(spec.prompts) * len(spec.variants) * spec.generation.samples_per_prompt,
+        str(where),
     )
     if data.get("references") is not None:
         spec = replace(spec, references=_parse_references(data["references"], where.child("references"), len(prompts)))
@@ -288,8 +319,12 @@ def _parse_generation(raw: Any, where: Where) -> GenerationSpec:
             f"is {samples} with greedy decoding, which gives the same output every time", "set do_sample: true or use 1"
         )
     temperature = as_float(data.get("temperature", 1.0), where.child("temperature"), 0.0, 100.0)
-    if temperature == 0.0:
-        where.child("temperature").fail("is 0", "give a positive temperature, or do_sample: false for greedy decoding")
+    if temperature < MIN_TEMPERATURE:
+        # Below this, logits / temperature overflow to inf and sampling breaks.
+        where.child("temperature").fail(
+            f"is {temperature:g}, below {MIN_TEMPERATURE}",
+            f"give {MIN_TEMPERATURE} or more, or do_sample: false for greedy decoding",
+        )
     decoding = Decoding(
         max_new_tokens=as_int(data.get("max_new_tokens", 48), where.child("max_new_tokens"), 1, 4096),
         do_sample=do_sample,
@@ -306,7 +341,10 @@ def _parse_vectors(raw: Any, where: Where) -> tuple[VectorSpec, ...]:
     data = as_mapping(raw, where)
     out = []
     for name, entry in data.items():
-        here = where.child(str(name))
+        here = where.child(str(name)[:MAX_NAME_CHARS])
+        name = as_name(
+            str(name), Where(here.source, f"{where.path} name" if where.path else "vector name", here.labels)
+        )
         spec = as_mapping(entry, here)
         check_keys(spec, ("method", "read", "pairs", "pair_index", "file"), here)
         if "file" in spec:
@@ -368,7 +406,7 @@ def parse_variant(raw: Any, where: Where, vector_names: set[str]) -> VariantSpec
                     "define it under 'vectors' or fix the name",
                 )
     variant = VariantSpec(
-        name=as_str(required(data, "name", where), where.child("name")).strip(),
+        name=as_name(required(data, "name", where), where.child("name")),
         description=as_str(data.get("description", ""), where.child("description"), allow_empty=True),
         prefix=as_str(data.get("prefix", ""), where.child("prefix"), allow_empty=True),
         system=as_str(data.get("system", ""), where.child("system"), allow_empty=True),
@@ -387,6 +425,12 @@ def parse_variant(raw: Any, where: Where, vector_names: set[str]) -> VariantSpec
         )
     if "kind" in data:
         kind = as_choice(data["kind"], VARIANT_KINDS, where.child("kind"))
+        if kind == "prompting" and not (variant.system.strip() or variant.prefix.strip()):
+            where.child("system").fail(
+                "and the prefix are both empty", "write a system prompt or a prefix (or make it a baseline)"
+            )
+        if kind == "steering" and not variant.interventions:
+            where.child("interventions").fail("is empty", "add at least one steering edit")
         if kind != variant.kind:
             where.child("kind").fail(
                 f"says {kind!r} but the fields given make a {variant.kind!r} variant",

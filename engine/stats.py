@@ -13,6 +13,13 @@ import numpy as np
 
 Z95 = 1.959963984540054
 
+# A win rate between two variants is shown only from this many decisive votes (wins plus
+# losses; ties and both-bad votes do not count) between them. Below it a point estimate
+# means little (0% or 100% from one vote) and an even split's 95% Wilson interval is 0.70
+# wide ([0.15, 0.85] from 2 of 4; at 5 votes about 0.65), so pages say "too few votes
+# (n=…)" instead of a number. Counts of wins, losses, ties and both-bad votes are always shown.
+MIN_DECISIVE_VOTES = 5
+
 
 @dataclass(frozen=True)
 class Estimate:
@@ -23,6 +30,10 @@ class Estimate:
 
     def describe(self, digits: int = 3) -> str:
         return f"{self.value:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}] (n={self.n})"
+
+    def enough(self, minimum: int) -> bool:
+        """Whether the estimate rests on at least ``minimum`` observations and has a value."""
+        return self.n >= minimum and math.isfinite(self.value)
 
 
 def bootstrap_mean(

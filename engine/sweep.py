@@ -14,7 +14,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from engine.fields import Where, as_float, as_int, as_int_list, as_list, as_mapping, as_str, check_keys, required
+from engine.fields import (
+    Where,
+    as_coefficient,
+    as_float,
+    as_int,
+    as_int_list,
+    as_list,
+    as_mapping,
+    as_str,
+    check_keys,
+    required,
+)
 from engine.methods.add import AddVector
 from engine.spec import ExperimentSpec, VariantSpec
 
@@ -61,7 +72,7 @@ def parse_sweep(raw: Any, where: Where, spec: ExperimentSpec) -> SweepConfig:
     items = as_list(required(data, "coefficients", where), where.child("coefficients"))
     if not items:
         where.child("coefficients").fail("is an empty list", "list at least one coefficient")
-    coefficients = tuple(as_float(c, where.child("coefficients").child(i)) for i, c in enumerate(items))
+    coefficients = tuple(as_coefficient(c, where.child("coefficients").child(i)) for i, c in enumerate(items))
     if len(set(coefficients)) != len(coefficients):
         where.child("coefficients").fail("repeats a coefficient", "list each coefficient once")
     layers = as_int_list(data["layers"], where.child("layers")) if "layers" in data else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,14 +90,27 @@ class SteeringVector:
                     f"{source} holds no tensor named 'directions'; save it with SteerLab or hold exactly one tensor."
                 )
             directions = next(iter(tensors.values()))
-        directions = directions.to(torch.float32)
         if directions.ndim == 1:
             directions = directions[None, :]
-        layers_text = metadata.get("layers")
-        layers = tuple(json.loads(layers_text)) if layers_text else tuple(range(directions.shape[0]))
-        if len(layers) != directions.shape[0]:
+        if directions.ndim != 2 or directions.shape[0] == 0 or directions.shape[1] == 0:
             raise SteerLabError(
-                f"{source} lists {len(layers)} layers for {directions.shape[0]} directions; save it again."
+                f"{source} holds a tensor of shape {list(directions.shape)}, not [layers, hidden size]; "
+                "save one direction per layer with SteerLab."
+            )
+        if not directions.dtype.is_floating_point:
+            raise SteerLabError(f"{source} holds {directions.dtype} numbers, not floating point; save it as float32.")
+        directions = directions.to(torch.float32)
+        if not bool(torch.isfinite(directions).all()):
+            raise SteerLabError(f"{source} holds NaN or infinite numbers; extract or save the vector again.")
+        layers = _metadata_layers(metadata.get("layers"), directions.shape[0], source)
+        seconds_text = metadata.get("extraction_seconds", "0") or "0"
+        try:
+            seconds = float(seconds_text)
+        except ValueError:
+            seconds = math.nan
+        if not math.isfinite(seconds) or seconds < 0:
+            raise SteerLabError(
+                f"{source} has extraction_seconds {seconds_text[:40]!r} in its metadata, not a duration; save it again."
             )
         return cls(
             name=name or metadata.get("name", "") or Path(source).stem,
@@ -106,7 +120,7 @@ class SteeringVector:
             method=metadata.get("method", ""),
             read=metadata.get("read", ""),
             pairs_hash=metadata.get("pairs_hash", ""),
-            extraction_seconds=float(metadata.get("extraction_seconds", "0") or 0),
+            extraction_seconds=seconds,
             extra={k[len("extra.") :]: v for k, v in metadata.items() if k.startswith("extra.")},
         )
 
@@ -141,3 +155,24 @@ def hash_pairs(pairs: Sequence[tuple[str, str]]) -> str:
     """A stable fingerprint of contrastive pairs, stored with every extracted vector."""
     digest = hashlib.sha256(json.dumps([list(p) for p in pairs], ensure_ascii=False).encode())
     return digest.hexdigest()[:16]
+
+
+def _metadata_layers(text: str | None, count: int, source: str) -> tuple[int, ...]:
+    """The ``layers`` metadata: a JSON list of distinct non-negative layer numbers, one per direction."""
+    if not text:
+        return tuple(range(count))
+    try:
+        layers = json.loads(text)
+    except json.JSONDecodeError:
+        layers = None
+    if (
+        not isinstance(layers, list)
+        or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in layers)
+        or len(set(layers)) != len(layers)
+    ):
+        raise SteerLabError(
+            f"{source} has layers {text[:40]!r} in its metadata, not a list of distinct layer numbers; save it again."
+        )
+    if len(layers) != count:
+        raise SteerLabError(f"{source} lists {len(layers)} layers for {count} directions; save it again.")
+    return tuple(layers)

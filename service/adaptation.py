@@ -7,6 +7,11 @@ vector extraction or training; inference time per token against the baseline), m
 95% interval) and the share of fine-tuning's gain, (method − baseline) / (fine-tune −
 baseline), with a 95% interval from a paired bootstrap over prompts. Nothing is typed in:
 every number comes from a stored run.
+
+Inference time is a share of mixed batches' wall time, so it compares with the baseline's
+only when both were generated in the same runs: a variant added later and run alone (on a
+quieter or busier machine) gets ``speed_comparable=False``, and the decision helper does
+not judge it on its inference time.
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ class MethodRow:
     examples: int
     performance: Estimate
     share_of_finetune_gain: Estimate | None
+    # False when this variant's generations came from other runs than the baseline's: its
+    # inference time was measured under other conditions and says nothing against the baseline's.
+    speed_comparable: bool = True
 
     @property
     def scope(self) -> str:
@@ -114,13 +122,20 @@ def adaptation_table(
                 examples=examples,
                 performance=s.scores.get(metric, Estimate(math.nan, math.nan, math.nan, 0)),
                 share_of_finetune_gain=share,
+                speed_comparable=s.timing_comparable,
             )
         )
     return rows
 
 
 def decide(rows: list[MethodRow], constraints: Constraints) -> list[MethodRow]:
-    """Measured methods that meet the constraints, best task performance first."""
+    """Measured methods that meet the constraints, best task performance first.
+
+    Ranking is on task performance only. The inference-time budget is checked only where the
+    time is comparable with the baseline's (same runs); a method whose time is not comparable
+    is neither ruled out nor let in on it: it stays in the list, and :func:`unchecked_speed`
+    names it so that a page can say its inference time was not judged.
+    """
     fitting = [
         r
         for r in rows
@@ -128,9 +143,20 @@ def decide(rows: list[MethodRow], constraints: Constraints) -> list[MethodRow]:
         and (constraints.max_examples is None or r.examples <= constraints.max_examples)
         and (constraints.max_setup_seconds is None or r.setup_seconds <= constraints.max_setup_seconds)
         and (not constraints.must_be_reversible or r.reversible)
-        and (constraints.max_inference_overhead is None or r.inference_overhead <= constraints.max_inference_overhead)
+        and (
+            constraints.max_inference_overhead is None
+            or not r.speed_comparable
+            or r.inference_overhead <= constraints.max_inference_overhead
+        )
     ]
     return sorted(fitting, key=lambda r: -r.performance.value if math.isfinite(r.performance.value) else math.inf)
+
+
+def unchecked_speed(rows: list[MethodRow], constraints: Constraints) -> list[MethodRow]:
+    """Rows whose inference time the budget could not be checked against (measured in other runs)."""
+    if constraints.max_inference_overhead is None:
+        return []
+    return [r for r in rows if r.kind != "baseline" and not r.speed_comparable]
 
 
 def _seconds_per_token(summary: object) -> float:

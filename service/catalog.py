@@ -19,6 +19,7 @@ from db.store import Store
 from engine.errors import SteerLabError
 from engine.fields import Where
 from engine.spec import ExperimentSpec, parse_experiment
+from service import audit
 
 # Fields whose change makes every stored generation stale.
 _DEFINING = ("model", "prompts", "generation", "chat_template", "probe_prompt")
@@ -102,10 +103,13 @@ def import_experiment(
         old = json.loads(existing.spec_json)
         conflict = _conflict(old, spec.to_dict())
         if conflict is None:
-            # Keep stored variants (and their order) and append the file's new ones.
-            new_variants = [v for v in spec.variants if v.name not in {x["name"] for x in old["variants"]}]
-            merged = stored_spec(existing).variants + tuple(new_variants)
-            return save_spec(session, existing, _with(spec, variants=merged), vector_files)
+            # Keep the stored vectors and variants (and their order), also those the file does not
+            # list (added on the dashboard, say), and append the file's new ones.
+            stored = stored_spec(existing)
+            vectors = stored.vectors + tuple(v for v in spec.vectors if v.name not in old["vectors"])
+            names = {x["name"] for x in old["variants"]}
+            variants = stored.variants + tuple(v for v in spec.variants if v.name not in names)
+            return save_spec(session, existing, _with(spec, vectors=vectors, variants=variants), vector_files)
         if not replace_existing:
             raise SteerLabError(
                 f"{source}: experiment '{spec.name}' is already stored with a different {conflict}; "
@@ -124,12 +128,16 @@ def _conflict(old: dict[str, Any], new: dict[str, Any]) -> str | None:
     for key in _DEFINING:
         if old.get(key) != new.get(key):
             return key.replace("_", " ")
-    old_vectors, new_vectors = old.get("vectors", {}), new.get("vectors", {})
-    if any(new_vectors.get(name) != value for name, value in old_vectors.items()):
-        return "vector definition"
+    # A stored vector or variant the new definition does not list is kept, not a conflict;
+    # one it lists with another definition would make stored outputs stale.
+    new_vectors = new.get("vectors", {})
+    for name, value in old.get("vectors", {}).items():
+        if name in new_vectors and new_vectors[name] != value:
+            return f"definition of vector '{name}'"
     new_variants = {v["name"]: v for v in new.get("variants", [])}
-    if any(new_variants.get(v["name"]) != v for v in old.get("variants", [])):
-        return "variant definition (a stored variant was changed or removed)"
+    for variant in old.get("variants", []):
+        if variant["name"] in new_variants and new_variants[variant["name"]] != variant:
+            return f"definition of variant '{variant['name']}'"
     return None
 
 
@@ -153,6 +161,10 @@ def load_spec(store: Store, name: str) -> ExperimentSpec:
         return stored_spec(get_experiment(session, name))
 
 
-def delete_experiment(store: Store, name: str) -> None:
+def delete_experiment(store: Store, name: str, actor: str) -> None:
+    """Delete the experiment with everything it owns; the caller has checked the actor may."""
     with store.session() as session:
-        repo.delete_experiment(session, get_experiment(session, name))
+        experiment = get_experiment(session, name)
+        counts = next(s for s in repo.experiment_summaries(session) if s.name == name)
+        repo.delete_experiment(session, experiment)
+        audit.record(session, actor, "deleted", name, f"with {counts.generations} outputs and {counts.ratings} votes")

@@ -1,6 +1,10 @@
-"""Altair charts of a comparison, shared by the dashboard and the HTML report.
+"""Altair charts and display tables of a comparison, shared by the dashboard and the HTML report.
 
-Every chart of an estimate draws its 95% interval and labels its sample size.
+Every chart of an estimate draws its 95% interval and labels its sample size; a figure from
+fewer votes than its minimum is drawn as "too few votes (n=…)" rather than as a number.
+Charts are sized by their number of variants (a fixed height per row), so they read the
+same on the Compare page and in the report; the ``*_table`` functions give the same figures
+as text rounded to what is meaningful, for ``st.dataframe`` and the report's tables.
 """
 
 from __future__ import annotations
@@ -11,32 +15,145 @@ from typing import Any
 import altair as alt
 import pandas as pd
 
-from engine.stats import Estimate
+from engine.ranking import MIN_DECISIVE_BATTLES
+from engine.stats import MIN_DECISIVE_VOTES, Estimate
 from service.adaptation import MethodRow
-from service.comparison import Comparison
+from service.comparison import Comparison, too_few_votes
 from service.sweeps import SweepResult
 
-WIDTH = 520
+WIDTH = 640  # width of a single chart in the report (the page stretches it to the page's width)
+ROW = 26  # pixels per variant row: room for a label and its interval
+PANEL_WIDTH = 250  # plot width of one panel of a grid of small charts: three fit in ~1100 px
+LABEL_LIMIT = 170  # longest variant label (pixels) before it is cut with "…"
+# Charts a page stretches to its width fit that width, but keep their own height (rows x ROW);
+# Streamlit's default "fit" would squeeze every row into what is left after the axes.
+FIT_WIDTH = alt.AutoSizeParams(type="fit-x", contains="padding")
+NATURAL = alt.AutoSizeParams(type="pad", contains="padding")
+NOT_COMPARABLE = "measured in a different run than the baseline: not comparable"
+GREY = "#9e9e9e"
 
 
-def _finite(value: float) -> float | None:
-    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
+# --- numbers as text -------------------------------------------------------------------
+
+
+def _finite(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def sig(value: Any, digits: int = 3, trim: bool = False) -> str:
+    """``value`` to ``digits`` significant digits, with thousands separators; "–" when there is none.
+
+    ``trim`` drops trailing zeros (0.0100 -> 0.01), for a lone label rather than a table column.
+    """
+    number = _finite(value)
+    if number is None:
+        return "–"
+    if number == 0:
+        return "0"
+    decimals = digits - 1 - math.floor(math.log10(abs(number)))
+    text = f"{round(number, decimals):,.{max(0, decimals)}f}"
+    return text.rstrip("0").rstrip(".") if trim and "." in text else text
+
+
+def round_sig(value: Any, digits: int = 3) -> float | None:
+    """``value`` rounded to ``digits`` significant digits (a number, for tables that sort)."""
+    number = _finite(value)
+    if number is None or number == 0:
+        return number
+    return round(number, digits - 1 - math.floor(math.log10(abs(number))))
+
+
+def interval_text(e: Estimate, percent: bool = False) -> str:
+    """``value [low, high]`` with as many decimals as the interval's width makes meaningful."""
+    scale = 100.0 if percent else 1.0
+    value, low, high = (_finite(x) for x in (e.value, e.low, e.high))
+    if value is None:
+        return "–"
+    unit = "%" if percent else ""
+    if low is None or high is None:
+        return sig(value * scale) + unit
+    width = (high - low) * scale
+    if width <= 0:
+        text = sig(value * scale)
+        return f"{text}{unit} [{sig(low * scale)}{unit}, {sig(high * scale)}{unit}]"
+    # Two significant digits of the width: 0.018 -> 3 decimals, 3.3 -> 1, 52 (%) -> 0.
+    decimals = min(6, max(0, 1 - math.floor(math.log10(width))))
+    return (
+        f"{value * scale:,.{decimals}f}{unit} [{low * scale:,.{decimals}f}{unit}, {high * scale:,.{decimals}f}{unit}]"
+    )
+
+
+def _rows_height(rows: int) -> int:
+    return max(2, rows) * ROW
+
+
+def _variant_axis(order: list[str] | None, title: str | None = None) -> alt.Y:
+    return alt.Y("variant:N", sort=order, title=title, axis=alt.Axis(labelLimit=LABEL_LIMIT, labelOverlap=False))
+
+
+def _label_column(base: alt.Chart, field: str) -> alt.Chart:
+    """Labels in a column just right of the plot, each on the middle of its row."""
+    return base.mark_text(align="left", baseline="middle", dx=8, fontSize=11, color="#444").encode(
+        x=alt.value("width"), text=f"{field}:N"
+    )
+
+
+# --- votes -----------------------------------------------------------------------------
 
 
 def win_rate_frame(c: Comparison) -> pd.DataFrame:
+    """Win rates against the baseline, as numbers; ``win rate``/``low``/``high`` are empty with too few votes."""
+    rows = []
+    for w in c.against_baseline:
+        enough = w.enough_votes
+        n = w.estimate.n
+        rest = f"ties {w.ties}, both bad {w.both_bad}"
+        rows.append(
+            {
+                "variant": w.variant,
+                "win rate": _finite(w.estimate.value) if enough else None,
+                "low": w.estimate.low if enough else None,
+                "high": w.estimate.high if enough else None,
+                "decisive votes": n,
+                "wins": w.wins,
+                "losses": w.losses,
+                "ties": w.ties,
+                "both bad": w.both_bad,
+                "enough votes": enough,
+                "label": f"n={n} ({rest})" if enough else f"too few votes (n={n}; needs {MIN_DECISIVE_VOTES})",
+            }
+        )
+    return pd.DataFrame(rows, columns=[*_WIN_RATE_COLUMNS, "label"])
+
+
+_WIN_RATE_COLUMNS = [
+    "variant",
+    "win rate",
+    "low",
+    "high",
+    "decisive votes",
+    "wins",
+    "losses",
+    "ties",
+    "both bad",
+    "enough votes",
+]
+
+
+def win_rate_table(c: Comparison) -> pd.DataFrame:
+    """Win rates against the baseline as text: a percentage with its interval, or "too few votes"."""
     return pd.DataFrame(
         [
             {
                 "variant": w.variant,
-                "win rate": _finite(w.estimate.value),
-                "low": w.estimate.low,
-                "high": w.estimate.high,
+                f"win rate against {c.baseline} [95% CI]": interval_text(w.estimate, percent=True)
+                if w.enough_votes
+                else too_few_votes(w.estimate.n, MIN_DECISIVE_VOTES),
                 "decisive votes": w.estimate.n,
                 "wins": w.wins,
                 "losses": w.losses,
                 "ties": w.ties,
                 "both bad": w.both_bad,
-                "label": f"n={w.estimate.n} (ties {w.ties}, both bad {w.both_bad})",
             }
             for w in c.against_baseline
         ]
@@ -45,75 +162,201 @@ def win_rate_frame(c: Comparison) -> pd.DataFrame:
 
 def win_rate_chart(c: Comparison) -> alt.LayerChart:
     data = win_rate_frame(c)
-    base = alt.Chart(data).encode(y=alt.Y("variant:N", sort=None, title=None))
-    rule = base.mark_rule(strokeWidth=2).encode(
-        x=alt.X("low:Q", scale=alt.Scale(domain=[0, 1]), title=f"win rate against {c.baseline} (95% Wilson)"),
-        x2="high:Q",
+    base = alt.Chart(data).encode(y=_variant_axis(list(data["variant"])))
+    x = alt.X(
+        "low:Q",
+        scale=alt.Scale(domain=[0, 1]),
+        title=f"win rate against {c.baseline} (95% Wilson)",
+        axis=alt.Axis(format=".0%", values=[0, 0.25, 0.5, 0.75, 1]),
     )
-    point = base.mark_point(filled=True, size=80).encode(x="win rate:Q", tooltip=list(data.columns))
-    text = base.mark_text(align="left", dx=6, dy=-9, fontSize=10).encode(x="high:Q", text="label:N")
+    rule = base.mark_rule(strokeWidth=2).encode(x=x, x2="high:Q")
+    point = base.mark_point(filled=True, size=80).encode(
+        x=alt.X("win rate:Q", scale=alt.Scale(domain=[0, 1])), tooltip=list(data.columns)
+    )
     even = alt.Chart(pd.DataFrame({"x": [0.5]})).mark_rule(strokeDash=[4, 4], color="gray").encode(x="x:Q")
-    return (rule + point + text + even).properties(width=WIDTH, title="Win rate against the baseline")
+    return (rule + point + even + _label_column(base, "label")).properties(
+        width=WIDTH,
+        height=_rows_height(len(data)),
+        autosize=FIT_WIDTH,
+        title=alt.Title(
+            "Win rate against the baseline",
+            subtitle=f"decisive votes only; shown from {MIN_DECISIVE_VOTES} decisive votes per variant",
+        ),
+    )
 
 
 def bradley_terry_frame(c: Comparison) -> pd.DataFrame:
+    """Ratings as numbers, best first; ``rating``/``low``/``high`` are empty with too few decisive battles."""
+    rows = [
+        {
+            "variant": r.player,
+            "rating": _finite(r.rating) if r.enough_votes else None,
+            "low": _finite(r.low) if r.enough_votes else None,
+            "high": _finite(r.high) if r.enough_votes else None,
+            "decisive battles": r.decisive,
+            "battles": r.battles,
+            "enough votes": r.enough_votes,
+            "label": f"n={r.decisive}"
+            if r.enough_votes
+            else f"too few votes (n={r.decisive}; needs {MIN_DECISIVE_BATTLES})",
+        }
+        for r in c.bradley_terry
+    ]
+    frame = pd.DataFrame(
+        rows, columns=["variant", "rating", "low", "high", "decisive battles", "battles", "enough votes", "label"]
+    )
+    return frame.sort_values(["rating", "decisive battles"], ascending=[False, False], na_position="last")
+
+
+def bradley_terry_table(c: Comparison) -> pd.DataFrame:
+    data = bradley_terry_frame(c)
     return pd.DataFrame(
-        [
-            {
-                "variant": r.player,
-                "rating": _finite(r.rating),
-                "low": _finite(r.low),
-                "high": _finite(r.high),
-                "battles": r.battles,
-            }
-            for r in c.bradley_terry
-        ]
-    ).sort_values("rating", ascending=False, na_position="last")
+        {
+            "variant": data["variant"],
+            "rating [95% CI]": [
+                interval_text(Estimate(r["rating"], r["low"], r["high"], int(r["decisive battles"])))
+                if r["enough votes"]
+                else too_few_votes(int(r["decisive battles"]), MIN_DECISIVE_BATTLES, "decisive battles")
+                for _, r in data.iterrows()
+            ],
+            "decisive battles": data["decisive battles"],
+            "battles (ties included)": data["battles"],
+        }
+    )
 
 
-def bradley_terry_chart(c: Comparison) -> alt.LayerChart:
-    data = bradley_terry_frame(c).dropna(subset=["rating"])  # variants without votes have no rating
-    base = alt.Chart(data).encode(y=alt.Y("variant:N", sort=list(data["variant"]), title=None))
+def bradley_terry_chart(c: Comparison) -> alt.LayerChart | None:
+    """Ratings with intervals; variants below the minimum are listed with their count. None when no variant has enough."""
+    data = bradley_terry_frame(c)
+    data = data[data["battles"] > 0]
+    if not data["enough votes"].any():
+        return None
+    base = alt.Chart(data).encode(y=_variant_axis(list(data["variant"])))
     rule = base.mark_rule(strokeWidth=2).encode(
-        x=alt.X("low:Q", scale=alt.Scale(zero=False), title="Bradley–Terry rating (95% bootstrap)"), x2="high:Q"
+        x=alt.X(
+            "low:Q",
+            scale=alt.Scale(zero=False),
+            title="Bradley–Terry rating (95% bootstrap)",
+            axis=alt.Axis(labelOverlap="greedy", labelSeparation=6),
+        ),
+        x2="high:Q",
     )
     point = base.mark_point(filled=True, size=80, color="#d62728").encode(x="rating:Q", tooltip=list(data.columns))
-    text = base.mark_text(align="left", dx=6, dy=-9, fontSize=10).encode(
-        x="high:Q", text=alt.Text("battles:Q", format="d")
+    return (rule + point + _label_column(base, "label")).properties(
+        width=WIDTH,
+        height=_rows_height(len(data)),
+        autosize=FIT_WIDTH,
+        title=alt.Title(
+            "Bradley–Terry ratings",
+            subtitle=f"shown from {MIN_DECISIVE_BATTLES} decisive battles per variant; label: decisive battles",
+        ),
     )
-    return (rule + point + text).properties(width=WIDTH, title="Bradley–Terry ratings (label: battles)")
+
+
+def bradley_terry_note(c: Comparison) -> str | None:
+    """Why some or all ratings are not shown, or None when all are."""
+    short = [r for r in c.bradley_terry if not r.enough_votes]
+    if not short:
+        return None
+    most = max(c.bradley_terry, key=lambda r: r.decisive, default=None)
+    if len(short) == len(c.bradley_terry):
+        return (
+            f"Bradley–Terry ratings: too few votes. A rating is shown from {MIN_DECISIVE_BATTLES} decisive battles "
+            f"(won or lost) per variant; the most any variant has is {most.decisive if most else 0}."
+        )
+    return (
+        f"{len(short)} of {len(c.bradley_terry)} variants have fewer than {MIN_DECISIVE_BATTLES} decisive battles, "
+        "so their ratings are not shown (too few votes)."
+    )
 
 
 def matrix_frame(c: Comparison) -> pd.DataFrame:
-    return pd.DataFrame(
-        [
+    rows = []
+    for w in c.pairwise:
+        n = w.estimate.n
+        enough = w.enough_votes
+        rows.append(
             {
                 "variant": w.variant,
                 "opponent": w.opponent,
-                "win rate": _finite(w.estimate.value),
-                "n": w.estimate.n,
-                "label": "-" if w.estimate.n == 0 else f"{w.estimate.value:.2f} (n={w.estimate.n})",
+                "win rate": _finite(w.estimate.value) if enough else None,
+                "low": w.estimate.low if enough else None,
+                "high": w.estimate.high if enough else None,
+                "n": n,
+                "enough votes": enough,
+                "label": f"{w.estimate.value:.0%}\nn={n}" if enough else ("too few\n" if n else "") + f"n={n}",
             }
-            for w in c.pairwise
-        ]
-    )
+        )
+    return pd.DataFrame(rows, columns=["variant", "opponent", "win rate", "low", "high", "n", "enough votes", "label"])
 
 
 def matrix_chart(c: Comparison) -> alt.LayerChart:
+    """Row variant's win rate against each column variant, one readable cell per pair.
+
+    Cells have a fixed size (wide enough for "100%" and "n=123", narrower with many
+    variants so that 15 still fit ~1100 px), so the chart grows with the variants instead
+    of squeezing them; pages show it at its own width.
+    """
     data = matrix_frame(c)
+    n = max(1, len(c.variants))
+    cell_width = max(44, min(80, 800 // n))
     base = alt.Chart(data).encode(
-        x=alt.X("opponent:N", sort=c.variants, title="against"), y=alt.Y("variant:N", sort=c.variants, title="row wins")
+        x=alt.X(
+            "opponent:N",
+            sort=c.variants,
+            title="against",
+            # Every label, always: rotated labels' boxes overlap, and Vega would then drop every other one.
+            axis=alt.Axis(orient="top", labelAngle=-40, labelLimit=140, labelOverlap=False),
+        ),
+        y=alt.Y(
+            "variant:N", sort=c.variants, title="row wins", axis=alt.Axis(labelLimit=LABEL_LIMIT, labelOverlap=False)
+        ),
     )
-    rect = base.mark_rect().encode(
+    rect = base.mark_rect(stroke="white", strokeWidth=1).encode(
         color=alt.Color(
             "win rate:Q", scale=alt.Scale(domain=[0, 1], scheme="redblue"), legend=alt.Legend(title="win rate")
         ),
-        tooltip=list(data.columns),
+        tooltip=["variant", "opponent", "win rate", "low", "high", "n"],
     )
-    text = base.mark_text(fontSize=9).encode(text="label:N")
-    return (rect + text).properties(
-        width=WIDTH, height=max(120, 34 * len(c.variants)), title="Pairwise win rates (decisive votes)"
+    text = base.mark_text(fontSize=10, lineBreak="\n", lineHeight=12).encode(
+        text="label:N",
+        # Readable on the cell's colour: grey without a rate, white on the dark ends of the scale.
+        color=alt.value(
+            "black",
+            condition=[
+                {"test": "!datum['enough votes']", "value": "#888"},
+                {"test": "abs(datum['win rate'] - 0.5) > 0.3", "value": "white"},
+            ],
+        ),
     )
+    return (
+        (rect + text)
+        .resolve_scale(color="independent")
+        .properties(
+            width=alt.Step(cell_width),
+            height=alt.Step(36),
+            autosize=NATURAL,
+            title=alt.Title(
+                "Pairwise win rates (decisive votes)",
+                subtitle=f"cell: the row's win rate against the column and its decisive votes; "
+                f"shown from {MIN_DECISIVE_VOTES} votes",
+            ),
+        )
+    )
+
+
+# --- compute and reversibility -------------------------------------------------------------
+
+TIMING = ("latency per generation (ms)", "tokens per second", "peak memory (MB)")
+COMPUTE_MEASURES = (
+    "tokens per second",
+    "peak memory (MB)",
+    "steering parameters",
+    "extraction time (s)",
+    "nudging ms per row",
+    "KL on neutral prompts",
+)
+REVERSIBILITY_MEASURES = ("logit diff after removal", "toggle (ms)")
 
 
 def compute_frame(c: Comparison) -> pd.DataFrame:
@@ -125,13 +368,17 @@ def compute_frame(c: Comparison) -> pd.DataFrame:
                 "variant": s.name,
                 "kind": s.kind,
                 "generations": s.generations,
-                "latency per generation (s)": _finite(comp["wall_seconds"] / s.generations) if s.generations else None,
+                "runs": ", ".join(str(r) if r is not None else "?" for r in sorted(s.run_ids, key=lambda r: r or 0)),
+                "same runs as baseline": s.same_runs_as_baseline,
+                "latency per generation (ms)": _finite(1000 * comp["wall_seconds"] / s.generations)
+                if s.generations
+                else None,
                 "tokens per second": _finite(comp["tokens_per_second"]),
-                "peak memory (MB)": comp["peak_memory_bytes"] / 2**20,
+                "peak memory (MB)": comp["peak_memory_bytes"] / 2**20 if s.generations else None,
                 "steering parameters": _finite(comp["steering_parameters"]),
                 "extraction time (s)": _finite(comp["extraction_seconds"]),
                 "KL on neutral prompts": _finite(comp["side_effect_kl"]),
-                "nudging ms per row": comp["nudge_ms_per_row"],
+                "nudging ms per row": _finite(comp["nudge_ms_per_row"]),
                 "logit diff after removal": _finite(rev["max_abs_logit_diff_after_removal"]),
                 "toggle (ms)": _finite(rev["toggle_ms"]),
             }
@@ -139,55 +386,129 @@ def compute_frame(c: Comparison) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def compute_chart(c: Comparison) -> alt.VConcatChart:
+def compute_table(c: Comparison) -> pd.DataFrame:
+    """Compute figures as text (3 significant digits); timings from other runs than the baseline's are marked."""
     data = compute_frame(c)
-    measures = [
-        "tokens per second",
-        "peak memory (MB)",
-        "steering parameters",
-        "extraction time (s)",
-        "nudging ms per row",
-        "KL on neutral prompts",
+    if data.empty:
+        return data
+    out = pd.DataFrame({"variant": data["variant"], "kind": data["kind"], "generations": data["generations"]})
+    out["runs"] = data["runs"]
+    out["timed with the baseline"] = [
+        "–" if same is None else "yes" if same else "no: different run, not comparable"
+        for same in data["same runs as baseline"]
     ]
-    charts = [
-        alt.Chart(data)
-        .mark_bar()
-        .encode(y=alt.Y("variant:N", sort=None, title=None), x=alt.X(f"{m}:Q"), tooltip=["variant", m, "generations"])
-        .properties(width=230, height=max(80, 20 * len(data)), title=m)
-        for m in measures
+    for column in data.columns[5:]:
+        out[column] = [
+            sig(v) + (" (not comparable)" if column in TIMING and same is False and _finite(v) is not None else "")
+            for v, same in zip(data[column], data["same runs as baseline"], strict=True)
+        ]
+    return out
+
+
+def hidden_measures(c: Comparison) -> tuple[list[str], list[str]]:
+    """Measures not drawn: (zero for every variant, measured for no variant)."""
+    data = compute_frame(c)
+    zero, missing = [], []
+    for measure in (*COMPUTE_MEASURES, *REVERSIBILITY_MEASURES):
+        values = [v for v in data.get(measure, []) if _finite(v) is not None]
+        if not values:
+            missing.append(measure)
+        elif all(v == 0 for v in values):
+            zero.append(measure)
+    return zero, missing
+
+
+def compute_notes(c: Comparison, measures: tuple[str, ...] = COMPUTE_MEASURES) -> list[str]:
+    """Captions for what the compute charts leave out (all zero, unmeasured) or mark (other runs' timings)."""
+    zero, missing = ([m for m in found if m in measures] for found in hidden_measures(c))
+    notes = []
+    if zero:
+        exact = (
+            " (0 means removing the edit restores the original model exactly)"
+            if "logit diff after removal" in zero
+            else ""
+        )
+        notes.append(f"All zero for every variant, so not drawn: {', '.join(zero)}{exact}.")
+    if missing:
+        notes.append(f"Not measured for any variant: {', '.join(missing)}.")
+    if measures != COMPUTE_MEASURES:
+        return notes
+    other = [s.name for s in c.summaries if s.same_runs_as_baseline is False]
+    if other:
+        notes.append(
+            f"Timings (latency, tokens per second, peak memory) of {', '.join(other)} were {NOT_COMPARABLE} "
+            "(mixed batches share their wall time, so only variants generated in the same runs compare); "
+            "run them again together with the baseline to compare."
+        )
+    return notes
+
+
+def _bar_panel(data: pd.DataFrame, measure: str, color: str | None = None) -> alt.LayerChart:
+    """One measure per variant as bars with their values; other-run timings in grey, marked."""
+    frame = data[["variant", "generations", "same runs as baseline", measure]].copy()
+    frame["other run"] = (frame["same runs as baseline"] == False) & (measure in TIMING)  # noqa: E712
+    frame["text"] = [
+        sig(v) + (" · not comparable" if other else "") if _finite(v) is not None else "–"
+        for v, other in zip(frame[measure], frame["other run"], strict=True)
     ]
-    return alt.vconcat(*(alt.hconcat(*charts[i : i + 2]) for i in range(0, len(charts), 2))).properties(
-        title="Compute and side effects per variant"
+    base = alt.Chart(frame).encode(y=_variant_axis(list(frame["variant"])))
+    bars = base.mark_bar(color=color or "#4c78a8").encode(
+        x=alt.X(f"{measure}:Q", title=None, scale=alt.Scale(zero=True)),
+        tooltip=["variant", alt.Tooltip(f"{measure}:Q", format=",.3~g"), "generations", "other run"],
+    )
+    if frame["other run"].any():
+        bars = bars.encode(
+            color=alt.condition("datum['other run']", alt.value(GREY), alt.value(color or "#4c78a8")),
+        )
+    labels = base.mark_text(align="left", baseline="middle", dx=3, fontSize=10, color="#333").encode(
+        x=alt.X(f"{measure}:Q"), text="text:N"
+    )
+    return (bars + labels).properties(width=PANEL_WIDTH, height=_rows_height(len(frame)), title=measure)
+
+
+def _grid(panels: list[Any], title: str) -> alt.VConcatChart:
+    return alt.vconcat(*(alt.hconcat(*panels[i : i + 2]) for i in range(0, len(panels), 2))).properties(
+        title=title, autosize=NATURAL
     )
 
 
-def reversibility_chart(c: Comparison) -> alt.HConcatChart:
+def compute_chart(c: Comparison) -> alt.VConcatChart | None:
+    """Compute and side-effect measures per variant; measures zero (or unmeasured) for every variant are left out."""
     data = compute_frame(c)
-    diff = (
-        alt.Chart(data)
-        .mark_bar()
-        .encode(
-            y=alt.Y("variant:N", sort=None, title=None),
-            x=alt.X("logit diff after removal:Q", scale=alt.Scale(domainMin=0)),
-        )
-    )
-    diff_text = (
-        alt.Chart(data)
-        .mark_text(align="left", dx=4)
-        .encode(
-            y=alt.Y("variant:N", sort=None),
-            x="logit diff after removal:Q",
-            text=alt.Text("logit diff after removal:Q", format=".1f"),
-        )
-    )
-    toggle = (
-        alt.Chart(data).mark_bar(color="#2ca02c").encode(y=alt.Y("variant:N", sort=None, title=None), x="toggle (ms):Q")
-    )
-    size = {"width": 230, "height": max(80, 20 * len(data))}
-    return alt.hconcat(
-        (diff + diff_text).properties(title="Largest logit difference after removal (0 = exact)", **size),
-        toggle.properties(title="Attach + detach time (ms)", **size),
-    )
+    if data.empty:
+        return None
+    zero, missing = hidden_measures(c)
+    shown = [m for m in COMPUTE_MEASURES if m not in zero and m not in missing]
+    if not shown:
+        return None
+    title = "Compute and side effects per variant"
+    if (data["same runs as baseline"] == False).any():  # noqa: E712
+        title += f" (grey: {NOT_COMPARABLE})"
+    return _grid([_bar_panel(data, m) for m in shown], title)
+
+
+def reversibility_notes(c: Comparison) -> list[str]:
+    return compute_notes(c, REVERSIBILITY_MEASURES)
+
+
+def reversibility_chart(c: Comparison) -> alt.VConcatChart | None:
+    data = compute_frame(c)
+    if data.empty:
+        return None
+    zero, missing = hidden_measures(c)
+    titles = {
+        "logit diff after removal": "Largest logit difference after removal (0 = exact)",
+        "toggle (ms)": "Attach + detach time (ms)",
+    }
+    panels = [
+        _bar_panel(data, m, "#2ca02c").properties(title=titles[m])
+        for m in REVERSIBILITY_MEASURES
+        if m not in zero and m not in missing
+    ]
+    return _grid(panels, "Reversibility per variant") if panels else None
+
+
+# --- automatic scores --------------------------------------------------------------------
 
 
 def scores_frame(c: Comparison) -> pd.DataFrame:
@@ -200,11 +521,35 @@ def scores_frame(c: Comparison) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["variant", "scorer", "mean", "low", "high", "n"])
 
 
+def scores_table(c: Comparison) -> pd.DataFrame:
+    """One row per variant, one column per scorer: mean [95% CI], with n (generations scored)."""
+    scorers = list(dict.fromkeys(scorer for s in c.summaries for scorer in s.scores))
+    rows = []
+    for s in c.summaries:
+        counts = {e.n for e in s.scores.values()}
+        n = max(counts) if counts else 0
+        row: dict[str, Any] = {"variant": s.name, "n (generations scored)": n}
+        for scorer in scorers:
+            e = s.scores.get(scorer)
+            if e is None:
+                row[f"{scorer} [95% CI]"] = "–"
+            else:
+                row[f"{scorer} [95% CI]"] = interval_text(e) + (f" (n={e.n})" if e.n != n else "")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def scores_chart(c: Comparison) -> alt.FacetChart | None:
+    """Mean score per variant with its 95% interval, one panel per scorer, wrapped three to a row."""
     data = scores_frame(c)
     if data.empty:
         return None
-    base = alt.Chart().encode(y=alt.Y("variant:N", sort=c.variants, title=None))
+    titles = {}
+    for scorer, group in data.groupby("scorer", sort=False):
+        low, high = int(group["n"].min()), int(group["n"].max())
+        titles[scorer] = f"{scorer} (n={low} per variant)" if low == high else f"{scorer} (n={low}–{high} per variant)"
+    data["panel"] = data["scorer"].map(titles)
+    base = alt.Chart().encode(y=_variant_axis(c.variants))
     layered = alt.layer(
         base.mark_rule(strokeWidth=2).encode(
             x=alt.X("low:Q", title="mean score (95% bootstrap over prompts)"), x2="high:Q"
@@ -213,8 +558,18 @@ def scores_chart(c: Comparison) -> alt.FacetChart | None:
             x="mean:Q", tooltip=["variant", "scorer", "mean", "low", "high", "n"]
         ),
         data=data,
-    ).properties(width=WIDTH // 2 + 40)
-    return layered.facet(column=alt.Column("scorer:N", title=None)).resolve_scale(x="independent")
+    ).properties(width=PANEL_WIDTH, height=_rows_height(len(c.variants)))
+    return (
+        layered.facet(
+            facet=alt.Facet("panel:N", title=None, sort=list(titles.values()), header=alt.Header(labelFontSize=12)),
+            columns=min(3, len(titles)),
+        )
+        .resolve_scale(x="independent")
+        .properties(autosize=NATURAL)
+    )
+
+
+# --- sweeps ------------------------------------------------------------------------------
 
 
 def sweep_frame(result: SweepResult) -> pd.DataFrame:
@@ -226,10 +581,10 @@ def sweep_frame(result: SweepResult) -> pd.DataFrame:
                 "cell": c.name,
                 "layer": c.layer,
                 "coefficient": c.coefficient,
-                result.config.scorer: _finite(c.behaviour),
-                "low": _finite(c.behaviour_low),
-                "high": _finite(c.behaviour_high),
-                "perplexity": _finite(c.perplexity),
+                result.config.scorer: round_sig(c.behaviour),
+                "low": round_sig(c.behaviour_low),
+                "high": round_sig(c.behaviour_high),
+                "perplexity": round_sig(c.perplexity),
                 "n": c.n,
                 "pareto": c.name in front,
                 "recommended": c.name == chosen,
@@ -259,6 +614,8 @@ def sweep_heatmaps(result: SweepResult) -> alt.HConcatChart:
 
 def pareto_chart(result: SweepResult) -> alt.LayerChart:
     data = sweep_frame(result)
+    data["front"] = ["Pareto front" if p else "other cells" for p in data["pareto"]]
+    data["pick"] = ["recommended" if r else "other cells" for r in data["recommended"]]
     scorer = result.config.scorer
     base = alt.Chart(data).encode(
         x=alt.X("perplexity:Q", scale=alt.Scale(type="log"), title="perplexity (lower = more fluent)"),
@@ -267,13 +624,15 @@ def pareto_chart(result: SweepResult) -> alt.LayerChart:
     bars = base.mark_rule(opacity=0.5).encode(y="low:Q", y2="high:Q")
     points = base.mark_point(filled=True, size=80).encode(
         color=alt.Color(
-            "pareto:N", title="on the Pareto front", scale=alt.Scale(domain=[False, True], range=["#9e9e9e", "#d62728"])
+            "front:N",
+            title=None,
+            scale=alt.Scale(domain=["Pareto front", "other cells"], range=["#d62728", GREY]),
         ),
         shape=alt.Shape(
-            "recommended:N", title="recommended", scale=alt.Scale(domain=[False, True], range=["circle", "diamond"])
+            "pick:N", title=None, scale=alt.Scale(domain=["recommended", "other cells"], range=["diamond", "circle"])
         ),
-        size=alt.Size("recommended:N", scale=alt.Scale(domain=[False, True], range=[70, 260]), legend=None),
-        tooltip=list(data.columns),
+        size=alt.Size("pick:N", scale=alt.Scale(domain=["recommended", "other cells"], range=[260, 70]), legend=None),
+        tooltip=["cell", "layer", "coefficient", scorer, "low", "high", "perplexity", "n", "front", "pick"],
     )
     labels = base.mark_text(align="left", dx=6, fontSize=9).encode(text="cell:N")
     baseline = (
@@ -286,11 +645,22 @@ def pareto_chart(result: SweepResult) -> alt.LayerChart:
     )
 
 
+# --- adaptation ------------------------------------------------------------------------------
+
+
 def adaptation_frame(rows: list[MethodRow]) -> pd.DataFrame:
+    """The adaptation comparison as text, rounded to what is meaningful."""
+
     def est(e: Estimate | None) -> str:
-        if e is None or not math.isfinite(e.value):
+        if e is None or _finite(e.value) is None:
             return "–"
-        return f"{e.value:.3f} [{e.low:.3f}, {e.high:.3f}] (n={e.n})"
+        return f"{interval_text(e)} (n={e.n})"
+
+    def overhead(r: MethodRow) -> str:
+        if _finite(r.inference_overhead) is None:
+            return "–"
+        text = f"{r.inference_overhead:.2f}×"
+        return text if r.speed_comparable else f"{text} ({NOT_COMPARABLE})"
 
     return pd.DataFrame(
         [
@@ -299,11 +669,11 @@ def adaptation_frame(rows: list[MethodRow]) -> pd.DataFrame:
                 "method": r.kind,
                 "scope": r.scope,
                 "can be undone": "yes" if r.reversible else "only from a saved copy",
-                "logit diff after undo": _finite(r.undo_logit_diff),
-                "set-up seconds": _finite(r.setup_seconds),
-                "inference time vs baseline": _finite(r.inference_overhead),
-                "extra parameters": r.extra_parameters,
-                "extra bytes": r.extra_bytes,
+                "logit diff after undo": sig(r.undo_logit_diff),
+                "set-up seconds": sig(r.setup_seconds),
+                "inference time vs baseline": overhead(r),
+                "extra parameters": f"{r.extra_parameters:,}",
+                "extra bytes": _bytes(r.extra_bytes),
                 "examples used": r.examples,
                 "task performance [95% CI]": est(r.performance),
                 "share of fine-tuning's gain [95% CI]": est(r.share_of_finetune_gain),
@@ -313,35 +683,79 @@ def adaptation_frame(rows: list[MethodRow]) -> pd.DataFrame:
     )
 
 
+def _bytes(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    for unit in ("KB", "MB", "GB"):
+        n_units = n / 1024 ** (("KB", "MB", "GB").index(unit) + 1)
+        if n_units < 1024 or unit == "GB":
+            return f"{sig(n_units)} {unit}"
+    return f"{n} B"  # pragma: no cover
+
+
 def adaptation_chart(rows: list[MethodRow], scorer: str) -> alt.VConcatChart:
-    long = []
-    for r in rows:
-        for criterion, value in (
-            (f"task performance ({scorer})", r.performance.value),
-            ("set-up seconds (log)", max(r.setup_seconds, 1e-4)),
-            ("inference time vs baseline", r.inference_overhead),
-            ("extra bytes (log)", max(r.extra_bytes, 1)),
-            ("examples used", r.examples),
-            ("layers touched", r.layers_touched),
-        ):
-            long.append(
-                {"variant": r.variant, "method": r.kind, "criterion": criterion, "value": _finite(float(value))}
-            )
-    data = pd.DataFrame(long)
-    charts = []
-    for criterion in data["criterion"].unique():
-        # Bars cannot start at 0 on a log axis: log-scaled criteria are drawn as dots.
-        log = "(log)" in criterion
-        chart = alt.Chart(data[data["criterion"] == criterion])
-        mark = chart.mark_point(filled=True, size=90) if log else chart.mark_bar()
-        charts.append(
-            mark.encode(
-                y=alt.Y("variant:N", sort=None, title=None, axis=alt.Axis(labelLimit=160)),
-                x=alt.X("value:Q", title=None, scale=alt.Scale(type="log") if log else alt.Scale(zero=True)),
-                color=alt.Color("method:N"),
-                tooltip=["variant", "method", "value"],
-            ).properties(width=230, height=max(100, 26 * len(rows)), title=criterion)
-        )
-    return alt.vconcat(*(alt.hconcat(*charts[i : i + 2]) for i in range(0, len(charts), 2))).properties(
-        title="The study's criteria, measured per method"
+    """The study's criteria per variant; costs spanning orders of magnitude use a symlog axis that keeps 0 at 0."""
+    criteria: list[tuple[str, bool, list[tuple[MethodRow, float | None, str]]]] = []
+
+    def add(name: str, spread: bool, values: list[tuple[MethodRow, float | None, str]]) -> None:
+        criteria.append((name, spread, values))
+
+    add(
+        f"task performance ({scorer})",
+        False,
+        [(r, _finite(r.performance.value), sig(r.performance.value, trim=True)) for r in rows],
     )
+    add("set-up seconds", True, [(r, _finite(r.setup_seconds), sig(r.setup_seconds, trim=True) + " s") for r in rows])
+    add(
+        "inference time vs baseline",
+        False,
+        [
+            (r, _finite(r.inference_overhead) if r.speed_comparable else None,
+             (f"{r.inference_overhead:.2f}×" if _finite(r.inference_overhead) is not None else "–")
+             if r.speed_comparable else "not comparable: different run")
+            for r in rows
+        ],
+    )  # fmt: skip
+    add("extra bytes", True, [(r, float(r.extra_bytes), _bytes(r.extra_bytes)) for r in rows])
+    add("examples used", False, [(r, float(r.examples), str(r.examples)) for r in rows])
+    add("layers touched", False, [(r, float(r.layers_touched), str(r.layers_touched)) for r in rows])
+    charts = []
+    for name, spread, values in criteria:
+        data = pd.DataFrame(
+            [{"variant": r.variant, "method": r.kind, "value": v, "text": t} for r, v, t in values],
+            columns=["variant", "method", "value", "text"],
+        )
+        positive = [v for v in data["value"] if v is not None and v > 0]
+        if spread and positive:
+            # Symlog is linear near 0 and logarithmic beyond ``constant``: a zero cost sits at 0 (not
+            # at an invented 0.0001), and the smallest non-zero cost is still told apart from it.
+            scale = alt.Scale(type="symlog", constant=min(positive))
+            title = f"{name} (symlog: 0 at 0)"
+            # Ticks at 0 and at the powers of ten within the data (in the log part of the axis).
+            low, high = math.ceil(math.log10(min(positive))), math.floor(math.log10(max(positive)))
+            powers = [10.0**k for k in range(low, high + 1)]
+            label = "format(datum.value, '~s') + 'B'" if "bytes" in name else "format(datum.value, ',~g')"
+            axis = alt.Axis(values=[0.0, *powers[:: max(1, math.ceil(len(powers) / 5))]], labelExpr=label)
+        else:
+            scale = alt.Scale(zero=True)
+            title = name
+            axis = alt.Axis()
+        base = alt.Chart(data).encode(y=alt.Y("variant:N", sort=None, title=None, axis=alt.Axis(labelLimit=160)))
+        bars = base.mark_bar().encode(
+            x=alt.X("value:Q", title=None, scale=scale, axis=axis),
+            color=alt.Color("method:N"),
+            tooltip=["variant", "method", "text"],
+        )
+        labels = base.mark_text(align="left", baseline="middle", dx=3, fontSize=10, color="#333").encode(
+            x=alt.X("value:Q", scale=scale), text="text:N"
+        )
+        missing = data.assign(value=0.0)[data["value"].isna()]
+        marks = [bars, labels]
+        if not missing.empty:
+            marks.append(
+                alt.Chart(missing)
+                .mark_text(align="left", baseline="middle", dx=3, fontSize=10, color="#888")
+                .encode(y=alt.Y("variant:N", sort=None), x=alt.X("value:Q", scale=scale), text="text:N")
+            )
+        charts.append(alt.layer(*marks).properties(width=PANEL_WIDTH, height=_rows_height(len(rows)), title=title))
+    return _grid(charts, "The study's criteria, measured per method")

@@ -1,4 +1,4 @@
-"""The command line: ``python -m engine run|list|export|bench``.
+"""The command line: ``python -m engine run|list|export|report|sweep|calibrate|suite|score|bench``.
 
 Exit codes: 0 success, 2 bad input (one sentence on stderr), 130 interrupted.
 """
@@ -98,8 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.command == "list":
             return _list(args)
-        if args.command in ("export", "report"):
+        if args.command == "export":
             return _export(args)
+        if args.command == "report":
+            return _report(args)
         if args.command == "sweep":
             return _sweep(args)
         if args.command == "calibrate":
@@ -329,15 +331,40 @@ def _list(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     store = Store(args.db)
+    target = _output_path(args.output, "export")
     text = export_json(store, args.name) if args.format == "json" else export_csv(store, args.name)
-    target = Path(args.output)
-    if target.parent and not target.parent.exists():
-        raise SteerLabError(
-            f"Folder '{target.parent}' for the export does not exist; create it or pick another -o path."
-        )
-    target.write_text(text, encoding="utf-8")
-    print(f"Wrote {args.format.upper()} {args.command} of '{args.name}' to {target}.")
+    _write(target, text, "export")
+    print(f"Wrote {args.format.upper()} export of '{args.name}' to {target}.")
     return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    # The same self-contained, escaped page the dashboard's Report page serves.
+    from service.report import html_report  # imports altair and vl_convert: only when asked for
+
+    store = Store(args.db)
+    target = _output_path(args.output, "report")
+    _write(target, html_report(store, args.name), "report")
+    print(f"Wrote HTML report of '{args.name}' to {target}.")
+    return 0
+
+
+def _output_path(output: str, what: str) -> Path:
+    target = Path(output)
+    if not target.parent.is_dir():
+        raise SteerLabError(
+            f"Folder '{target.parent}' for the {what} does not exist; create it or pick another -o path."
+        )
+    return target
+
+
+def _write(target: Path, text: str, what: str) -> None:
+    try:
+        target.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise SteerLabError(
+            f"The {what} could not be written to '{target}' ({exc.strerror or exc}); pick another -o path."
+        ) from exc
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -1,21 +1,23 @@
 """Everything the Compare page and the report show, as plain data.
 
 Win rates are decisive votes only (wins / (wins + losses)) with a 95% Wilson interval;
-ties and both-bad votes are counted apart. Every figure carries its vote count.
+ties and both-bad votes are counted apart. Every figure carries its vote count, and a figure
+from fewer votes than its minimum (``MIN_DECISIVE_VOTES`` for a win rate,
+``MIN_DECISIVE_BATTLES`` for a Bradley–Terry rating) is shown as "too few votes (n=…)".
 """
 
 from __future__ import annotations
 
 import difflib
-import html
 import math
+import re
 from dataclasses import dataclass, field
 
 from db import repository as repo
 from db.schema import Rating as RatingRow
 from db.store import Store
 from engine.ranking import Battle, Rating, bradley_terry_with_intervals, cohen_kappa, fleiss_kappa
-from engine.stats import Estimate, wilson_interval
+from engine.stats import MIN_DECISIVE_VOTES, Estimate, wilson_interval
 from service.catalog import get_experiment
 from service.summary import VariantSummary, variant_summaries
 
@@ -34,13 +36,42 @@ class WinRate:
     def votes(self) -> int:
         return self.wins + self.losses + self.ties + self.both_bad
 
+    @property
+    def enough_votes(self) -> bool:
+        """Whether the win rate rests on enough decisive votes to be shown (see MIN_DECISIVE_VOTES)."""
+        return self.estimate.enough(MIN_DECISIVE_VOTES)
+
+
+def too_few_votes(n: int, minimum: int, what: str = "decisive votes") -> str:
+    """What a page shows instead of a figure from fewer than ``minimum`` votes."""
+    return f"too few votes (n={n} {what}; needs {minimum})"
+
 
 @dataclass(frozen=True)
 class Agreement:
     statistic: str  # "Cohen's kappa", "Fleiss' kappa" or "none"
     value: float
-    items: int
-    raters: int
+    items: int  # shared pairs: pairs of outputs rated by two or more raters
+    raters: int  # raters with a vote on a shared pair
+    rated_pairs: int = 0  # pairs of outputs with any vote
+
+    @property
+    def shared_pairs(self) -> int:
+        return self.items
+
+    def describe(self) -> str:
+        """One sentence for a page or the report: the figure with its shared pairs, or why there is none."""
+        if not self.items:
+            return (
+                f"not measurable yet: none of the {self.rated_pairs} rated pairs was rated by two or more raters "
+                "(shared pairs); raters need overlapping pairs"
+            )
+        if not math.isfinite(self.value):
+            return (
+                f"{self.statistic} is not defined on the {self.items} shared pairs (rated by two or more of "
+                f"{self.raters} raters): every vote there has the same verdict"
+            )
+        return f"{self.statistic} = {self.value:.2f} on {self.items} shared pairs (rated by two or more of {self.raters} raters)"
 
 
 @dataclass(frozen=True)
@@ -64,7 +95,20 @@ def compare(store: Store, name: str, bootstrap_rounds: int = 1000, seed: int = 0
         experiment = get_experiment(session, name)
         variants = [v.name for v in experiment.variants]
         baseline = next((v.name for v in experiment.variants if v.kind == "baseline"), None)
-        votes = [_Vote.of(r) for r in repo.ratings_of(session, experiment.id)]
+        votes = [Vote.of(r) for r in repo.ratings_of(session, experiment.id)]
+    return from_votes(name, variants, baseline, votes, summaries, bootstrap_rounds, seed)
+
+
+def from_votes(
+    name: str,
+    variants: list[str],
+    baseline: str | None,
+    votes: list[Vote],
+    summaries: list[VariantSummary] | None = None,
+    bootstrap_rounds: int = 1000,
+    seed: int = 0,
+) -> Comparison:
+    """The comparison of these votes (and per-variant summaries), without a store."""
     battles = [v.battle() for v in votes if v.choice != "both_bad"]
     pairwise = [_win_rate(votes, a, b) for a in variants for b in variants if a != b]
     decisive = [v for v in votes if v.choice in ("left", "right")]
@@ -79,12 +123,14 @@ def compare(store: Store, name: str, bootstrap_rounds: int = 1000, seed: int = 0
         bradley_terry=bradley_terry_with_intervals(battles, variants, bootstrap_rounds, seed),
         left_wins=wilson_interval(sum(v.choice == "left" for v in decisive), len(decisive)),
         agreement=_agreement(votes),
-        summaries=summaries,
+        summaries=list(summaries or []),
     )
 
 
 @dataclass(frozen=True)
-class _Vote:
+class Vote:
+    """One stored vote, in terms of variant names and generation ids."""
+
     rater: str
     left_variant: str
     right_variant: str
@@ -93,8 +139,8 @@ class _Vote:
     choice: str
 
     @staticmethod
-    def of(r: RatingRow) -> _Vote:
-        return _Vote(
+    def of(r: RatingRow) -> Vote:
+        return Vote(
             r.rater, r.left.variant.name, r.right.variant.name, r.left_generation_id, r.right_generation_id, r.choice
         )
 
@@ -110,7 +156,7 @@ class _Vote:
         return "lower id won" if winner == min(self.left_id, self.right_id) else "higher id won"
 
 
-def _win_rate(votes: list[_Vote], variant: str, opponent: str) -> WinRate:
+def _win_rate(votes: list[Vote], variant: str, opponent: str) -> WinRate:
     wins = losses = ties = both_bad = 0
     for v in votes:
         if {v.left_variant, v.right_variant} != {variant, opponent}:
@@ -126,14 +172,14 @@ def _win_rate(votes: list[_Vote], variant: str, opponent: str) -> WinRate:
     return WinRate(variant, opponent, wins, losses, ties, both_bad, wilson_interval(wins, wins + losses))
 
 
-def _agreement(votes: list[_Vote]) -> Agreement:
+def _agreement(votes: list[Vote]) -> Agreement:
     by_item: dict[frozenset[int], dict[str, str]] = {}
     for v in votes:
         by_item.setdefault(frozenset((v.left_id, v.right_id)), {})[v.rater] = v.label()
     shared = {item: labels for item, labels in by_item.items() if len(labels) >= 2}
     raters = {r for labels in shared.values() for r in labels}
     if not shared:
-        return Agreement("none", math.nan, 0, len(raters))
+        return Agreement("none", math.nan, 0, len(raters), len(by_item))
     if len(raters) == 2:
         first, second = sorted(raters)
         return Agreement(
@@ -141,9 +187,14 @@ def _agreement(votes: list[_Vote]) -> Agreement:
             cohen_kappa([labels[first] for labels in shared.values()], [labels[second] for labels in shared.values()]),
             len(shared),
             2,
+            len(by_item),
         )
     return Agreement(
-        "Fleiss' kappa", fleiss_kappa([list(labels.values()) for labels in shared.values()]), len(shared), len(raters)
+        "Fleiss' kappa",
+        fleiss_kappa([list(labels.values()) for labels in shared.values()]),
+        len(shared),
+        len(raters),
+        len(by_item),
     )
 
 
@@ -185,16 +236,58 @@ def word_diff(a: str, b: str) -> list[tuple[str, str]]:
     return out
 
 
+_TOKENS = re.compile(r"\S+|\s+")
+# Besides HTML's own characters, every character that Markdown or Streamlit's Markdown
+# extensions could act on ($ math, :colour[...] and :emoji: directives, emphasis, links,
+# code, tables) becomes a numeric entity: the snippet shows the literal text even if it
+# ever ends up parsed as Markdown rather than as a raw HTML block.
+_ENTITIES = {c: f"&#{ord(c)};" for c in "&<>\"'`*_[]()~$:|#!\\{}=+-"}
+
+
+def escape_text(text: str) -> str:
+    """``text`` as HTML that shows exactly these characters: entities for markup, ``<br>`` for line breaks."""
+    escaped = "".join(_ENTITIES.get(c, c) for c in text.replace("\r\n", "\n").replace("\r", "\n"))
+    return escaped.replace("\n", "<br>")
+
+
 def diff_html(a: str, b: str) -> tuple[str, str]:
-    """Two escaped HTML snippets: ``a`` with removed words marked, ``b`` with added words marked."""
-    left, right = [], []
-    for kind, text in word_diff(a, b):
-        safe = html.escape(text)
-        if kind == "same":
-            left.append(safe)
-            right.append(safe)
-        elif kind == "removed":
-            left.append(f'<mark class="removed">{safe}</mark>')
-        else:
-            right.append(f'<mark class="added">{safe}</mark>')
-    return " ".join(left), " ".join(right)
+    """Two escaped HTML snippets: ``a`` with removed words marked, ``b`` with added words marked.
+
+    The words are compared; the texts keep their own spacing and line breaks (shown as
+    ``<br>``), and every character is escaped (see :func:`escape_text`), so a prompt or
+    output full of Markdown, HTML or links shows literally.
+    """
+    ta, tb = _TOKENS.findall(a), _TOKENS.findall(b)
+    wa = [i for i, t in enumerate(ta) if not t.isspace()]
+    wb = [i for i, t in enumerate(tb) if not t.isspace()]
+    changed_a: set[int] = set()
+    changed_b: set[int] = set()
+    matcher = difflib.SequenceMatcher(a=[ta[i] for i in wa], b=[tb[i] for i in wb], autojunk=False)
+    for op, i1, i2, j1, j2 in matcher.get_opcodes():
+        if op != "equal":
+            changed_a.update(wa[i1:i2])
+            changed_b.update(wb[j1:j2])
+    return _marked(ta, wa, changed_a, "removed"), _marked(tb, wb, changed_b, "added")
+
+
+def _marked(tokens: list[str], words: list[int], changed: set[int], mark: str) -> str:
+    """The tokens escaped, each run of changed words (with the spaces between them) in one <mark>."""
+    out: list[str] = []
+    open_run = False
+    last_word = words[-1] if words else -1
+    for i, token in enumerate(tokens):
+        if i in changed and not open_run:
+            out.append(f'<mark class="{mark}">')
+            open_run = True
+        elif token.isspace() and open_run:
+            # Keep the run open over the space only if the next word is changed too.
+            if i + 1 > last_word or (i + 1) not in changed:
+                out.append("</mark>")
+                open_run = False
+        elif not token.isspace() and open_run and i not in changed:
+            out.append("</mark>")
+            open_run = False
+        out.append(escape_text(token))
+    if open_run:
+        out.append("</mark>")
+    return "".join(out)

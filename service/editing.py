@@ -21,6 +21,8 @@ from engine.models import load_model
 from engine.prompt_files import PROMPT_FILE_TYPES, parse_prompts
 from engine.spec import ExperimentSpec, VariantSpec, check_against_model, parse_experiment, parse_variant
 from engine.vectors import SteeringVector
+from service import audit, catalog
+from service.access import LOCAL, Identity, make_owner, require
 from service.catalog import get_experiment, save_spec, stored_spec
 
 
@@ -46,33 +48,46 @@ def steering_methods() -> dict[str, type[SteeringMethod]]:
 __all__ = ["FieldInfo", "steering_methods"]  # FieldInfo: what the dashboard builds method forms from
 
 
-def create_experiment(store: Store, raw: dict[str, Any], source: str = "the new experiment form") -> ExperimentSpec:
+# The new-experiment form's labels for fields whose names differ from them.
+NEW_EXPERIMENT_LABELS = {
+    "max_new_tokens": "Max new tokens",
+    "samples_per_prompt": "Samples per prompt",
+    "do_sample": "Sample",
+    "top_k": "Top-k",
+    "top_p": "Top-p",
+    "model": "Model",
+    "name": "Name",
+}
+
+
+def create_experiment(
+    store: Store, raw: dict[str, Any], source: str = "the new experiment form", who: Identity = LOCAL
+) -> ExperimentSpec:
     """From plain data (a form). Adds a baseline variant when none is given."""
     data = dict(raw)
     data.setdefault("variants", [{"name": "baseline"}])
-    spec = parse_experiment(data, Where(source))
-    return _store_new(store, spec, source)
+    spec = parse_experiment(data, Where.form(source, NEW_EXPERIMENT_LABELS))
+    return _store_new(store, spec, source, who)
 
 
-def create_experiment_from_yaml(store: Store, text: str, filename: str) -> ExperimentSpec:
-    spec = parse_experiment_text(text, filename, Path.cwd())
-    if any(v.file for v in spec.vectors):
-        raise SteerLabError(
-            f"{filename} names vector files, which an upload cannot carry; run it with `python -m engine run` instead."
-        )
-    return _store_new(store, spec, filename)
+def create_experiment_from_yaml(store: Store, text: str, filename: str, who: Identity = LOCAL) -> ExperimentSpec:
+    """An uploaded experiment file: it comes without a folder, so it may not name other files."""
+    spec = parse_experiment_text(text, f"Uploaded file '{filename}'", None)
+    return _store_new(store, spec, filename, who)
 
 
-def _store_new(store: Store, spec: ExperimentSpec, source: str) -> ExperimentSpec:
+def _store_new(store: Store, spec: ExperimentSpec, source: str, who: Identity) -> ExperimentSpec:
     check_against_model(spec, model_facts(spec.model), source)
     with store.session() as session:
         if repo.find_experiment(session, spec.name) is not None:
             raise SteerLabError(f"{source}: an experiment named '{spec.name}' already exists; pick another name.")
-        save_spec(session, None, spec)
+        experiment = save_spec(session, None, spec)
+        make_owner(session, experiment, who)
+        audit.record(session, who.user, "created", spec.name, f"from {source}")
     return spec
 
 
-def duplicate_experiment(store: Store, name: str, new_name: str) -> None:
+def duplicate_experiment(store: Store, name: str, new_name: str, who: Identity = LOCAL) -> str:
     """Copy the definition and extracted vectors (not outputs or votes) under a new name."""
     new_name = new_name.strip()
     if not new_name:
@@ -84,6 +99,8 @@ def duplicate_experiment(store: Store, name: str, new_name: str) -> None:
         spec = replace(stored_spec(source), name=new_name)
         vector_data = {v.name: v.data for v in source.vectors if v.data is not None}
         copy = save_spec(session, None, spec, vector_data)
+        make_owner(session, copy, who)
+        audit.record(session, who.user, "created", new_name, f"as a copy of '{name}'")
         for target in copy.vectors:
             original = next(v for v in source.vectors if v.name == target.name)
             target.model_id, target.hidden_size, target.method = (
@@ -92,16 +109,18 @@ def duplicate_experiment(store: Store, name: str, new_name: str) -> None:
                 original.method,
             )
             target.pairs_hash, target.extraction_seconds = original.pairs_hash, original.extraction_seconds
+    return new_name
 
 
 def save_variant(
-    store: Store, experiment_name: str, raw: dict[str, Any], original_name: str | None = None
+    store: Store, experiment_name: str, raw: dict[str, Any], original_name: str | None = None, who: Identity = LOCAL
 ) -> VariantSpec:
     """Add a variant, or replace ``original_name`` (its stored outputs are dropped if it changed)."""
+    require(store, who, experiment_name, "owner", "changing variants")
     with store.session() as session:
         experiment = get_experiment(session, experiment_name)
         spec = stored_spec(experiment)
-        where = Where(f"variant '{raw.get('name') or original_name or 'new'}'")
+        where = Where.form(f"Variant '{raw.get('name') or original_name or 'new'}'")
         variant = parse_variant(raw, where, {v.name for v in spec.vectors})
         others = [v for v in spec.variants if v.name != (original_name or variant.name)]
         if original_name is None and len(others) != len(spec.variants):
@@ -118,10 +137,13 @@ def save_variant(
         new_spec = replace(spec, variants=tuple(variants))
         check_against_model(new_spec, model_facts(spec.model), where.source)
         save_spec(session, experiment, new_spec)
+        action = f"variant '{variant.name}' " + (f"changed (was '{original_name}')" if original_name else "added")
+        audit.record(session, who.user, "changed", experiment_name, action)
         return variant
 
 
-def delete_variant(store: Store, experiment_name: str, variant_name: str) -> None:
+def delete_variant(store: Store, experiment_name: str, variant_name: str, who: Identity = LOCAL) -> None:
+    require(store, who, experiment_name, "owner", "deleting variants")
     with store.session() as session:
         experiment = get_experiment(session, experiment_name)
         spec = stored_spec(experiment)
@@ -131,22 +153,58 @@ def delete_variant(store: Store, experiment_name: str, variant_name: str) -> Non
         if not remaining:
             raise SteerLabError("An experiment needs at least one variant; add another before deleting this one.")
         save_spec(session, experiment, replace(spec, variants=remaining))
+        audit.record(session, who.user, "changed", experiment_name, f"variant '{variant_name}' deleted")
 
 
-def save_vector(store: Store, experiment_name: str, name: str, raw: dict[str, Any]) -> None:
-    """Add or change a vector defined by contrastive pairs (it is re-extracted on the next run)."""
+def save_vector(store: Store, experiment_name: str, name: str, raw: dict[str, Any], who: Identity = LOCAL) -> None:
+    """Add or change a vector defined by contrastive pairs (it is re-extracted on the next run).
+
+    ``raw["pairs"]`` are the rows of the form's table as they come: empty rows are skipped,
+    a row with only one text is an error naming the row, and nothing is saved then.
+    """
+    if not name.strip():
+        raise SteerLabError("The vector name is empty; type a name.")
+    raw = {**raw, "pairs": _form_pairs(name.strip(), raw.get("pairs") or [])}
+    require(store, who, experiment_name, "owner", "changing vectors")
     with store.session() as session:
         experiment = get_experiment(session, experiment_name)
         data = stored_spec(experiment).to_dict()
         data["vectors"][name.strip()] = raw
-        spec = parse_experiment(data, Where(f"vector '{name}'"))
-        if not name.strip():
-            raise SteerLabError("The vector name is empty; type a name.")
+        spec = parse_experiment(data, Where.form(f"Vector '{name.strip()}'"))
         save_spec(session, experiment, spec)
+        audit.record(session, who.user, "changed", experiment_name, f"vector '{name.strip()}' saved from pairs")
 
 
-def upload_vector(store: Store, experiment_name: str, name: str, content: bytes, filename: str) -> SteeringVector:
+def _form_pairs(name: str, rows: list[Any]) -> list[list[str]]:
+    """The filled rows of a pairs table; a half-filled row raises, naming its row and column."""
+    pairs: list[list[str]] = []
+    for number, row in enumerate(rows, start=1):
+        positive, negative = (_cell(x) for x in [*list(row), None, None][:2])
+        if not positive.strip() and not negative.strip():
+            continue
+        if not positive.strip() or not negative.strip():
+            empty = "negative" if positive.strip() else "positive"
+            raise SteerLabError(
+                f"Vector '{name}', row {number}: the {empty} text is empty; fill in both texts or delete the row."
+            )
+        pairs.append([positive, negative])
+    if not pairs:
+        raise SteerLabError(f"Vector '{name}' has no filled pair; write at least one positive and negative text.")
+    return pairs
+
+
+def _cell(value: Any) -> str:
+    # An empty cell of the dashboard's table arrives as None or NaN, never as "nan" text.
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    return str(value)
+
+
+def upload_vector(
+    store: Store, experiment_name: str, name: str, content: bytes, filename: str, who: Identity = LOCAL
+) -> SteeringVector:
     """Add a vector from a safetensors file; its hidden size must match the model."""
+    require(store, who, experiment_name, "owner", "adding vectors")
     vector = SteeringVector.from_bytes(content, source=f"Uploaded file '{filename}'", name=name)
     with store.session() as session:
         experiment = get_experiment(session, experiment_name)
@@ -154,12 +212,14 @@ def upload_vector(store: Store, experiment_name: str, name: str, content: bytes,
         vector.check_fits(model_facts(spec.model).hidden_size, spec.model, f"Uploaded file '{filename}'")
         data = spec.to_dict()
         data["vectors"][name.strip()] = {"file": filename}
-        new_spec = parse_experiment(data, Where(f"vector '{name}'"))
+        new_spec = parse_experiment(data, Where.form(f"Vector '{name}'"))
         save_spec(session, experiment, new_spec, {name.strip(): content})
+        audit.record(session, who.user, "changed", experiment_name, f"vector '{name.strip()}' uploaded from {filename}")
     return vector
 
 
-def delete_vector(store: Store, experiment_name: str, name: str) -> None:
+def delete_vector(store: Store, experiment_name: str, name: str, who: Identity = LOCAL) -> None:
+    require(store, who, experiment_name, "owner", "deleting vectors")
     with store.session() as session:
         experiment = get_experiment(session, experiment_name)
         spec = stored_spec(experiment)
@@ -169,3 +229,10 @@ def delete_vector(store: Store, experiment_name: str, name: str) -> None:
                 f"Vector '{name}' is used by variant(s) {', '.join(users)}; change or delete them first."
             )
         save_spec(session, experiment, replace(spec, vectors=tuple(v for v in spec.vectors if v.name != name)))
+        audit.record(session, who.user, "changed", experiment_name, f"vector '{name}' deleted")
+
+
+def delete_experiment(store: Store, name: str, who: Identity = LOCAL) -> None:
+    """Delete an experiment with all its outputs and votes (owners only)."""
+    require(store, who, name, "owner", "deleting the experiment")
+    catalog.delete_experiment(store, name, who.user)

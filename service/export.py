@@ -10,8 +10,25 @@ from typing import Any
 
 from db import repository as repo
 from db.store import Store
+from service import audit
+from service.access import LOCAL, Identity, require
 from service.catalog import get_experiment, stored_spec
 from service.summary import variant_summaries
+
+
+def _exporting(store: Store, who: Identity, name: str, what: str) -> None:
+    """Exports un-blind the votes (they name the variants): check the role, and log it."""
+    require(store, who, name, "analyst", f"downloading the {what} export")
+    with store.session() as session:
+        audit.record(session, who.user, "exported", name, what)
+
+
+def html_report_for(store: Store, name: str, who: Identity = LOCAL) -> str:
+    """The HTML report, for roles allowed to un-blind (it names the variants); logged."""
+    from service.report import html_report  # the report itself is built from export_data
+
+    _exporting(store, who, name, "HTML report")
+    return html_report(store, name)
 
 
 def export_data(store: Store, name: str) -> dict[str, Any]:
@@ -80,11 +97,15 @@ def export_data(store: Store, name: str) -> dict[str, Any]:
         }
 
 
-def export_json(store: Store, name: str) -> str:
+def export_json(store: Store, name: str, who: Identity = LOCAL) -> str:
+    """Everything about the experiment, variant names included (analysts and owners only)."""
+    _exporting(store, who, name, "JSON")
     return json.dumps(export_data(store, name), indent=2, ensure_ascii=False)
 
 
-def export_csv(store: Store, name: str) -> str:
+def export_csv(store: Store, name: str, who: Identity = LOCAL) -> str:
+    """Generations with their rating tallies, spreadsheet-safe (analysts and owners only)."""
+    _exporting(store, who, name, "CSV")
     data = export_data(store, name)
     score_names = sorted({k for g in data["generations"] for k in g["scores"]})
     tallies: dict[int, dict[str, int]] = {}
@@ -101,7 +122,7 @@ def export_csv(store: Store, name: str) -> str:
             else:
                 t["both_bad"] += 1
     out = io.StringIO()
-    writer = csv.writer(out)
+    writer = _FormulaSafeWriter(csv.writer(out))
     rating_cols = ["shown", "wins", "losses", "ties", "both_bad"]
     writer.writerow(
         [
@@ -143,3 +164,24 @@ def _num(value: float) -> float | None:
 
 def _clean(values: dict[str, float]) -> dict[str, float | None]:
     return {k: _num(float(v)) for k, v in values.items()}
+
+
+# A spreadsheet runs a cell that begins with one of these as a formula (=HYPERLINK(...),
+# =cmd|' /C calc'!A0). As OWASP advises for CSV injection, such text cells get a leading
+# apostrophe, which spreadsheets show as text. Numbers are written as numbers: a negative
+# number is not a formula.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
+
+
+def neutralise(value: object) -> object:
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+class _FormulaSafeWriter:
+    def __init__(self, writer: Any) -> None:
+        self._writer = writer
+
+    def writerow(self, row: list[object]) -> None:
+        self._writer.writerow([neutralise(v) for v in row])

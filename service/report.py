@@ -12,17 +12,19 @@ import pandas as pd
 import vl_convert
 
 from db.store import Store
+from engine.stats import MIN_DECISIVE_VOTES
 from service import charts
 from service.adaptation import adaptation_table
 from service.catalog import load_spec
-from service.comparison import Comparison, compare, drill_down
+from service.comparison import Comparison, compare, drill_down, too_few_votes
 from service.export import export_data
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
 h1{margin-bottom:.2rem} h2{border-bottom:1px solid #ddd;padding-bottom:.3rem;margin-top:2.2rem}
 table{border-collapse:collapse;margin:.6rem 0;font-size:.9rem} th,td{border:1px solid #ddd;padding:.3rem .5rem;text-align:left;vertical-align:top}
-th{background:#f5f5f5} .muted{color:#666} .chart{margin:1rem 0} .output{white-space:pre-wrap}
+th{background:#f5f5f5} .muted{color:#666} .chart{margin:1rem 0;overflow-x:auto} .output{white-space:pre-wrap}
+.scroll{overflow-x:auto}
 """
 
 
@@ -42,7 +44,7 @@ def _table(frame: pd.DataFrame) -> str:
     body = "".join(
         "<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in frame.itertuples(index=False)
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 
 
 def html_report(store: Store, name: str, bootstrap_rounds: int = 1000) -> str:
@@ -71,15 +73,19 @@ def html_report(store: Store, name: str, bootstrap_rounds: int = 1000) -> str:
         _adaptation_section(store, name),
         "<h2>Automatic scores</h2>",
         _svg(charts.scores_chart(comparison)) or "<p class='muted'>No scorers in this experiment.</p>",
-        _table(charts.scores_frame(comparison)),
+        _table(charts.scores_table(comparison)),
         "<h2>Compute</h2>",
+        "<p>Timings (latency, tokens per second, peak memory) are shares of mixed batches: they compare variants "
+        "generated in the same runs only.</p>",
         _svg(charts.compute_chart(comparison)),
-        _table(charts.compute_frame(comparison)),
+        _notes(charts.compute_notes(comparison)),
+        _table(charts.compute_table(comparison)),
         "<h2>Reversibility</h2>",
         "<p>Largest absolute logit difference between the untouched model and the model after the variant's edit was "
         "attached, used on a probe prompt and removed (0.0 means exactly the original model), and the time to attach "
         "and detach the edit.</p>",
         _svg(charts.reversibility_chart(comparison)),
+        _notes(charts.reversibility_notes(comparison)),
         "<h2>Outputs</h2>",
         _outputs(store, name),
         "</body></html>",
@@ -99,28 +105,43 @@ def _adaptation_section(store: Store, name: str) -> str:
             f"<p>Steering against prompting, a LoRA adapter and fine-tuning on the same prompts; task performance is "
             f"'{html.escape(scorer)}'. Every figure is measured in this experiment's runs.</p>",
             _svg(charts.adaptation_chart(rows, scorer)),
+            _notes(
+                [
+                    f"Inference time of {', '.join(r.variant for r in rows if not r.speed_comparable)}: "
+                    f"{charts.NOT_COMPARABLE}."
+                ]
+                if any(not r.speed_comparable for r in rows)
+                else []
+            ),
             _table(charts.adaptation_frame(rows)),
         ]
     )
 
 
+def _notes(lines: list[str]) -> str:
+    return "".join(f"<p class='muted'>{html.escape(line)}</p>" for line in lines)
+
+
 def _ratings_section(c: Comparison) -> str:
     if c.votes == 0:
         return "<h2>Ratings</h2><p class='muted'>No votes yet.</p>"
-    agreement = (
-        f"{c.agreement.statistic} = {c.agreement.value:.3f} on {c.agreement.items} pairs rated by several of {c.agreement.raters} raters"
-        if c.agreement.items
-        else "no pair was rated by more than one rater, so agreement cannot be measured"
+    lw = c.left_wins
+    position = (
+        f"Left side won {lw.value:.0%} of {lw.n} decisive votes (95% CI {lw.low:.0%}–{lw.high:.0%}; 50% means no "
+        "position bias)"
+        if lw.enough(MIN_DECISIVE_VOTES)
+        else f"Position bias (left side's share of wins): {too_few_votes(lw.n, MIN_DECISIVE_VOTES)}"
     )
+    note = charts.bradley_terry_note(c)
     return "\n".join(
         [
             "<h2>Ratings</h2>",
-            f"<p>{c.votes} blind pairwise votes. Left side won {c.left_wins.value:.0%} of {c.left_wins.n} decisive votes "
-            f"(95% CI {c.left_wins.low:.0%}–{c.left_wins.high:.0%}; 50% means no position bias). Rater agreement: {agreement}.</p>",
+            f"<p>{c.votes} blind pairwise votes. {position}. Rater agreement: {html.escape(c.agreement.describe())}.</p>",
             _svg(charts.win_rate_chart(c)) if c.baseline else "",
-            _table(charts.win_rate_frame(c).drop(columns=["label"])) if c.baseline else "",
+            _table(charts.win_rate_table(c)) if c.baseline else "",
             _svg(charts.bradley_terry_chart(c)),
-            _table(charts.bradley_terry_frame(c)),
+            _notes([note] if note else []),
+            _table(charts.bradley_terry_table(c)),
             _svg(charts.matrix_chart(c)),
         ]
     )

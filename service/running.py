@@ -8,6 +8,7 @@ the units still missing; the unique (variant, prompt, sample) key rules out dupl
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import threading
@@ -20,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from db import repository as repo
 from db.schema import Experiment, Run
-from db.store import Store
+from db.store import Store, StoreError
 from engine.errors import RunCancelled, SteerLabError
 from engine.experiment_file import load_experiment_file
 from engine.extract import extract_vector
@@ -117,31 +118,19 @@ def run_stored(
     progress: Callable[[Progress], None] | None = None,
     cancel: CancelFlag | None = None,
     model: LoadedModel | None = None,
+    started: Callable[[int], None] | None = None,
 ) -> RunResult:
-    """Run (or resume) a stored experiment's missing generations."""
+    """Run (or resume) a stored experiment's missing generations.
+
+    The run row is stored first (``started`` is then called with its id), so every later
+    step is watched through it: its phase (``PHASES``) while it works, and its status and
+    error message when it ends. Errors before that (another process holds the experiment)
+    are only raised.
+    """
     _check_batch_size(options.batch_size)
     with store.session() as session:
         experiment = get_experiment(session, name)
         spec = stored_spec(experiment)
-    model = model or load_model(spec.model, options.device, options.dtype)
-    check_against_model(spec, ModelFacts.of(model), f"stored experiment '{name}'")
-    vectors = ensure_vectors(store, name, spec, model)
-    adapted = {
-        v.name: adapt(model, training_texts(spec, v.train), v.train, f"variant '{v.name}'")
-        for v in spec.variants
-        if v.train is not None
-    }
-    variants = [
-        PreparedVariant(
-            v.name,
-            tuple(tuple(render_prompt(model, p, v, spec.chat_template)) for p in spec.prompts),
-            tuple(i.prepare(model, vectors) for i in v.interventions),
-            adapted[v.name].loaded if v.name in adapted else None,
-        )
-        for v in spec.variants
-    ]
-    with store.session() as session:
-        experiment = get_experiment(session, name)
         _claim(session, experiment)
         variant_ids = [v.id for v in experiment.variants]
         prompt_ids = [p.id for p in experiment.prompts]
@@ -159,15 +148,25 @@ def run_stored(
             total=len(all_units),
             done=len(all_units) - len(pending),
             batch_size=options.batch_size,
-            device=str(model.device),
-            dtype=str(model.dtype).removeprefix("torch."),
+            device=str(model.device) if model is not None else options.device,
+            dtype=_dtype_name(model) if model is not None else options.dtype,
             owner=_owner(),
         )
+        repo.set_run_phase(session, run.id, LOADING if model is None else PREPARING)
         experiment_id, run_id = experiment.id, run.id
+    if started is not None:
+        started(run_id)
+    stop = _StoreCancel(store, run_id, cancel)
+
+    def phase(name: str) -> None:
+        if stop.is_set():
+            raise RunCancelled()
+        with store.session() as session:
+            repo.set_run_phase(session, run_id, name)
 
     def store_batch(rows: list[RowOutput]) -> None:
         with store.session() as session:
-            repo.record_batch(
+            ids = repo.record_batch(
                 session,
                 experiment_id,
                 run_id,
@@ -184,9 +183,35 @@ def run_stored(
                     for r in rows
                 ],
             )
+            repo.mark_non_finite(session, (i for i, r in zip(ids, rows, strict=True) if r.non_finite))
 
-    status = "failed"
+    status, error = "failed", ""
     try:
+        if model is None:
+            model = load_model(spec.model, options.device, options.dtype)
+            with store.session() as session:
+                repo.set_run_hardware(session, run_id, str(model.device), _dtype_name(model))
+        check_against_model(spec, ModelFacts.of(model), f"stored experiment '{name}'")
+        if spec.vectors:
+            phase(EXTRACTING)
+        vectors = ensure_vectors(store, name, spec, model)
+        if any(v.train is not None for v in spec.variants):
+            phase(TRAINING)
+        adapted = {
+            v.name: adapt(model, training_texts(spec, v.train), v.train, f"variant '{v.name}'")
+            for v in spec.variants
+            if v.train is not None
+        }
+        variants = [
+            PreparedVariant(
+                v.name,
+                tuple(tuple(render_prompt(model, p, v, spec.chat_template)) for p in spec.prompts),
+                tuple(i.prepare(model, vectors) for i in v.interventions),
+                adapted[v.name].loaded if v.name in adapted else None,
+            )
+            for v in spec.variants
+        ]
+        phase(GENERATING)
         run_units(
             model,
             variants,
@@ -195,10 +220,12 @@ def run_stored(
             options.batch_size,
             store_batch,
             progress,
-            _StoreCancel(store, run_id, cancel),
+            stop,
             already_done=len(all_units) - len(pending),
         )
+        phase(MEASURING)
         _store_variant_figures(store, experiment_id, run_id, spec, model, variants, vectors, adapted)
+        phase(SCORING)
         score_experiment(store, name)
         score_fluency(store, name, model)
         status = "done"
@@ -207,10 +234,38 @@ def run_stored(
     except KeyboardInterrupt:
         status = "interrupted"
         raise
+    except Exception as exc:
+        error = describe_error(exc)
+        raise
     finally:
         with store.session() as session:
-            repo.finish_run(session, run_id, status)
+            repo.finish_run(session, run_id, status, error)
+            if status == "done":
+                repo.set_run_phase(session, run_id, "")
     return RunResult(name, run_id, status, len(pending), len(all_units))
+
+
+# What a run is doing, stored in ``Run.phase`` (a finished run keeps the phase it stopped in,
+# except a run that is done, whose phase is empty).
+LOADING = "loading model"
+PREPARING = "preparing"
+EXTRACTING = "extracting vectors"
+TRAINING = "training baselines"
+GENERATING = "generating"
+MEASURING = "measuring side effects"
+SCORING = "scoring"
+PHASES = (LOADING, PREPARING, EXTRACTING, TRAINING, GENERATING, MEASURING, SCORING)
+
+
+def describe_error(exc: Exception) -> str:
+    """The stored error of a failed run: a user error's sentence, else the exception's type too."""
+    if isinstance(exc, SteerLabError | StoreError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _dtype_name(model: LoadedModel) -> str:
+    return str(model.dtype).removeprefix("torch.")
 
 
 def _training_figures(adapted: AdaptedModel, base: LoadedModel, probe: list[int]) -> dict[str, float]:
@@ -370,7 +425,7 @@ def _store_variant_figures(
                     session,
                     row.id,
                     run_id,
-                    {**_training_figures(adapted[variant_spec.name], model, probe), "side_effect_kl": kl},
+                    _finite({**_training_figures(adapted[variant_spec.name], model, probe), "side_effect_kl": kl}),
                 )
                 continue
             figures = measure_reversibility(model, prepared.edits, probe)
@@ -379,15 +434,23 @@ def _store_variant_figures(
                 session,
                 row.id,
                 run_id,
-                {
-                    "reversibility_max_abs_logit_diff": figures.max_abs_logit_diff,
-                    "probe_max_abs_logit_shift": figures.steered_max_abs_logit_diff,
-                    "toggle_ms": figures.toggle_ms,
-                    "steering_parameters": float(sum(e.parameter_count for e in prepared.edits)),
-                    "layers_touched": float(len({layer for e in prepared.edits for layer in e.layers})),
-                    "extraction_seconds": float(sum(vectors[n].extraction_seconds for n in used)),
-                    "prompt_tokens_mean": sum(len(t) for t in prepared.prompt_tokens) / len(prepared.prompt_tokens),
-                    "side_effect_kl": kl,
-                    **costs,
-                },
+                _finite(
+                    {
+                        "reversibility_max_abs_logit_diff": figures.max_abs_logit_diff,
+                        "probe_max_abs_logit_shift": figures.steered_max_abs_logit_diff,
+                        "toggle_ms": figures.toggle_ms,
+                        "steering_parameters": float(sum(e.parameter_count for e in prepared.edits)),
+                        "layers_touched": float(len({layer for e in prepared.edits for layer in e.layers})),
+                        "extraction_seconds": float(sum(vectors[n].extraction_seconds for n in used)),
+                        "prompt_tokens_mean": sum(len(t) for t in prepared.prompt_tokens) / len(prepared.prompt_tokens),
+                        "side_effect_kl": kl,
+                        **costs,
+                    }
+                ),
             )
+
+
+def _finite(values: dict[str, float]) -> dict[str, float]:
+    """The figures that are numbers: an absurd coefficient makes some inf/NaN, which are left out
+    (pages show a missing figure as missing), so the store never holds NaN."""
+    return {k: v for k, v in values.items() if math.isfinite(v)}

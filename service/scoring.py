@@ -1,4 +1,8 @@
-"""Apply an experiment's scorers to its generations that have no score yet."""
+"""Apply an experiment's scorers to its generations that have no score yet.
+
+Only finite values are stored: an empty output's perplexity (NaN), or a scorer's NaN, leaves
+that output without the metric, and summaries count the scored outputs only.
+"""
 
 from __future__ import annotations
 
@@ -24,8 +28,11 @@ def score_experiment(store: Store, name: str) -> int:
             generations = repo.unscored_generations(session, experiment.id, scorer.name)
             references = [spec.references[positions[g.prompt_id]] for g in generations] if spec.references else None
             values = scorer.score([g.text for g in generations], references)
+            # A score that is not a number (a scorer given an empty output) is not stored: the
+            # output stays unscored, and summaries count only the scored ones (their n says so).
             repo.set_generation_metrics(
-                session, ((g.id, scorer.name, v) for g, v in zip(generations, values, strict=True))
+                session,
+                ((g.id, scorer.name, v) for g, v in zip(generations, values, strict=True) if math.isfinite(v)),
             )
             added += len(generations)
     return added

@@ -1,11 +1,21 @@
-"""Per-variant summaries: compute, reversibility and scores with 95% intervals."""
+"""Per-variant summaries: compute, reversibility and scores with 95% intervals.
+
+Timing figures (seconds, tokens per second, peak memory) are shares of mixed batches, so
+they compare variants only when measured in the same runs: a variant added later and run
+alone, on a quieter (or busier) machine, is not comparable with the baseline. Each summary
+keeps the runs its generations came from and whether those were the baseline's runs.
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
 from db import repository as repo
+from db.schema import Generation
 from db.store import Store
 from engine.stats import Estimate, bootstrap_mean
 from service.catalog import get_experiment, stored_spec
@@ -22,6 +32,17 @@ class VariantSummary:
     peak_memory_bytes: int
     figures: dict[str, float]
     scores: dict[str, Estimate] = field(default_factory=dict)
+    # The runs that produced this variant's generations (None: a run since deleted).
+    run_ids: frozenset[int | None] = frozenset()
+    # Whether every one of those runs also produced baseline generations, i.e. the timings were
+    # measured in the same mixed batches' runs as the baseline's. None: no baseline, or nothing
+    # generated yet, so there is nothing to compare with.
+    same_runs_as_baseline: bool | None = None
+
+    @property
+    def timing_comparable(self) -> bool:
+        """False only when the timings are known to come from other runs than the baseline's."""
+        return self.same_runs_as_baseline is not False
 
     @property
     def tokens_per_second(self) -> float:
@@ -63,6 +84,9 @@ def variant_summaries(store: Store, name: str, bootstrap_rounds: int = 1000) -> 
         figures = repo.variant_metrics(session, experiment.id)
         scores = repo.generation_metrics(session, experiment.id)
         generations = repo.generations_of(session, experiment.id)
+        runs = _run_ids(session, experiment.id)
+        baseline = next((v for v in experiment.variants if v.kind == "baseline"), None)
+        baseline_runs = runs.get(baseline.id, frozenset()) if baseline is not None else frozenset()
         out = []
         for variant in experiment.variants:
             c = compute.get(variant.id, repo.VariantCompute(variant.id, 0, 0, 0.0, 0))
@@ -85,9 +109,31 @@ def variant_summaries(store: Store, name: str, bootstrap_rounds: int = 1000) -> 
                     c.peak_memory_bytes,
                     figures.get(variant.id, {}),
                     estimates,
+                    runs.get(variant.id, frozenset()),
+                    _same_runs(runs.get(variant.id, frozenset()), baseline_runs),
                 )
             )
         return out
+
+
+def _same_runs(mine: frozenset[int | None], baseline: frozenset[int | None]) -> bool | None:
+    if not mine or not baseline:
+        return None
+    if mine == baseline:
+        return True
+    # A generation whose run was deleted (None) cannot be placed: it is not the baseline's run.
+    return None not in mine and mine <= baseline
+
+
+def _run_ids(session: Session, experiment_id: int) -> dict[int, frozenset[int | None]]:
+    """Per variant id, the runs that produced its stored generations."""
+    rows = session.execute(
+        select(Generation.variant_id, Generation.run_id).where(Generation.experiment_id == experiment_id).distinct()
+    )
+    out: dict[int, set[int | None]] = {}
+    for variant_id, run_id in rows:
+        out.setdefault(variant_id, set()).add(run_id)
+    return {v: frozenset(r) for v, r in out.items()}
 
 
 def generation_counts(store: Store, name: str) -> dict[str, int]:

@@ -6,6 +6,7 @@ import html
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -45,11 +46,21 @@ def open_page(page: str) -> AppTest:
 
 def outputs(at: AppTest) -> list[str]:
     """Model outputs shown in output boxes, unescaped."""
-    return [html.unescape(re.sub(r"<[^>]+>", "", m.value)) for m in at.markdown if "pre-wrap" in m.value]
+    return [
+        html.unescape(re.sub(r"<[^>]+>", "", m.value.replace("<br>", "\n")))
+        for m in at.markdown
+        if "steerlab-output" in m.value
+    ]
 
 
 def texts(at: AppTest) -> str:
-    return " ".join(str(e.value) for e in [*at.error, *at.success, *at.info, *at.warning])
+    """Every message on the page, as the reader sees it (Markdown escapes removed)."""
+    raw = " ".join(str(e.value) for e in [*at.error, *at.success, *at.info, *at.warning, *at.toast])
+    return re.sub(r"\\(.)", r"\1", raw)
+
+
+def button(at: AppTest, label: str) -> Any:
+    return next(b for b in at.button if b.label == label)
 
 
 def test_experiments_page_lists_creates_and_validates(db: Path) -> None:
@@ -58,25 +69,30 @@ def test_experiments_page_lists_creates_and_validates(db: Path) -> None:
     at.text_input[0].set_value("")
     at.text_area[1].set_value("Once upon a time")
     at.button(key="FormSubmitter:new_experiment-Create experiment").click().run()
-    assert "field name: is empty" in texts(at)
+    assert "new experiment form, 'Name': is empty" in texts(at)
     at.text_input[0].set_value("fresh")
     at.text_area[1].set_value("Once upon a time\nThe dog")
     at.button(key="FormSubmitter:new_experiment-Create experiment").click().run()
     assert not at.exception
     assert "fresh" in at.dataframe[0].value["experiment"].tolist()
-    assert at.session_state["experiment_picker"] == "fresh", "the new experiment becomes the current one"
+    assert at.session_state["current_experiment"] == "fresh", "the new experiment becomes the current one"
+    assert at.query_params["experiment"] == "fresh", "and is in the page's link"
+    assert "Created 'fresh' with 2 prompts" in texts(at)
+    assert at.text_input[0].value == "" and at.text_area[1].value == "", "the form starts empty again"
 
 
 def test_experiments_page_duplicates_and_deletes(db: Path) -> None:
     at = open_page("experiments")
-    at.text_input[2].set_value("mood_copy")
-    at.button[1].click().run()  # Duplicate
+    at.text_input(key="copy_name:tinystories_mood").set_value("mood_copy")
+    button(at, "Duplicate").click().run()
     assert "mood_copy" in at.dataframe[0].value["experiment"].tolist()
-    at.selectbox(key="delete_target").set_value("mood_copy")
-    at.checkbox(key="delete_confirm").check()
-    at.run()
-    next(b for b in at.button if b.label == "Delete experiment").click().run()
-    assert "mood_copy" not in at.dataframe[0].value["experiment"].tolist()
+    at.selectbox(key="delete_target").set_value("mood_copy").run()
+    at.checkbox(key="delete_confirm:mood_copy").check().run()
+    button(at, "Delete experiment").click().run()
+    assert at.dataframe[0].value["experiment"].tolist() == ["tinystories_mood"]
+    assert "Deleted 'mood_copy'" in texts(at)
+    assert at.selectbox(key="delete_target").value is None, "the delete form is reset"
+    assert not any(b.label == "Delete experiment" for b in at.button)
 
 
 def test_variants_page_adds_a_steering_variant_and_rejects_bad_input(db: Path) -> None:
@@ -84,13 +100,17 @@ def test_variants_page_adds_a_steering_variant_and_rejects_bad_input(db: Path) -
     assert len(at.dataframe[0].value) == 7
     save = next(b for b in at.button if b.label == "Save variant")
     save.click().run()
-    assert "field name: is empty" in texts(at)
+    assert "'name': is empty" in texts(at)
     at.text_input(key="name:tinystories_mood:(new variant)").set_value("sad_layer1_x1")
     at.multiselect(key="layers:tinystories_mood:(new variant):0:add").set_value([1])
     at.number_input(key="coefficient:tinystories_mood:(new variant):0:add").set_value(1.0)
     next(b for b in at.button if b.label == "Save variant").click().run()
     assert not at.exception
     assert "sad_layer1_x1" in at.dataframe[0].value["variant"].tolist()
+    assert "Saved variant 'sad_layer1_x1'" in texts(at)
+    assert at.selectbox(key="variant_choice").value == "sad_layer1_x1", "the editor shows what was saved"
+    at.selectbox(key="variant_choice").set_value("(new variant)").run()
+    assert at.text_input(key="name:tinystories_mood:(new variant)").value == "", "the new-variant form is empty again"
     # A name that exists already is refused and nothing changes.
     at.text_input(key="name:tinystories_mood:(new variant)").set_value("baseline")
     at.radio(key="kind:tinystories_mood:(new variant)").set_value("baseline")
@@ -116,7 +136,8 @@ def test_playground_steers_and_toggles_back(db: Path) -> None:
 def test_rate_page_records_a_vote_with_its_side(db: Path) -> None:
     at = open_page("rate")
     at.text_input[0].set_value("ann")
-    at.button[0].click().run()
+    button(at, "Start rating").click().run()
+    assert at.query_params["rater"] == "ann"
     left, right = outputs(at)
     next(b for b in at.button if b.label == "A is better").click().run()
     assert not at.exception
@@ -179,6 +200,7 @@ def test_variants_page_builds_forms_for_every_registered_method(db: Path) -> Non
     assert not at.exception, at.exception
     assert "Saved variant 'nudged'" in texts(at)
     assert "nudged" in at.dataframe[0].value["variant"].tolist()
+    at.selectbox(key="variant_choice").set_value("(new variant)").run()
     at.text_input(key=f"name:{k}").set_value("gated")
     at.selectbox(key=f"method:{k}:0").set_value("conditional").run()
     at.text_area(key=f"condition.applies:{k}:0:conditional").set_value("a sad day")
@@ -198,6 +220,5 @@ def test_variants_page_adds_a_lora_baseline(db: Path) -> None:
     assert not at.exception, at.exception
     table = at.dataframe[0].value
     assert table[table["variant"] == "lora_sad"]["kind"].tolist() == ["lora"]
-    at.run()  # the editor's list of variants is drawn before the save, so it shows the new one next time
-    at.selectbox(key="variant_choice").set_value("lora_sad").run()
-    assert not at.exception, "an existing LoRA variant opens in the editor"
+    assert at.selectbox(key="variant_choice").value == "lora_sad", "the saved LoRA variant opens in the editor"
+    assert at.radio(key="kind:tinystories_mood:lora_sad").value == "lora"

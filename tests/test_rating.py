@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import random
 import sqlite3
 import threading
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -107,3 +109,48 @@ def test_votes_from_many_raters_at_once_are_all_kept(tmp_path: Path, rated_db: P
         t.join()
     assert not errors
     assert len(export_data(Store(str(db)), "tinystories_mood")["ratings"]) == 24
+
+
+def _vote_at_the_barrier(db: str, left: int, right: int, choice: str, barrier: Any, results: Any) -> None:
+    store = Store(db)  # its own connection, like another tab's server session
+    barrier.wait()
+    try:
+        record_vote(store, "tinystories_mood", "erin", left, right, choice)
+        results.put("stored")
+    except SteerLabError as exc:
+        results.put(str(exc))
+
+
+def test_one_rater_voting_one_pair_from_four_processes_at_once_stores_one_vote(tmp_path: Path, rated_db: Path) -> None:
+    db = copy_db(rated_db, tmp_path / "copy.db")
+    store = Store(str(db))
+    items = []
+    for _ in range(3):  # three pairs, each voted by the same rater from four processes at the same instant
+        item = next_item(store, "tinystories_mood", "erin")
+        assert item is not None and item not in items
+        items.append(item)
+        ctx = multiprocessing.get_context("spawn")
+        barrier, results = ctx.Barrier(4), ctx.Queue()
+        workers = [
+            ctx.Process(
+                target=_vote_at_the_barrier,
+                args=(
+                    str(db),
+                    *((item.left_id, item.right_id) if i % 2 else (item.right_id, item.left_id)),
+                    "left",
+                    barrier,
+                    results,
+                ),
+            )
+            for i in range(4)
+        ]
+        for w in workers:
+            w.start()
+        outcomes = [results.get(timeout=120) for _ in workers]
+        for w in workers:
+            w.join(timeout=60)
+        assert outcomes.count("stored") == 1, outcomes
+        assert all("already rated this pair" in o for o in outcomes if o != "stored")
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT rater, pair_low_id, pair_high_id FROM ratings").fetchall()
+    assert sorted(rows) == sorted(("erin", min(i.left_id, i.right_id), max(i.left_id, i.right_id)) for i in items)

@@ -6,10 +6,14 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from db import repository as repo
+from db.migrate import head_revision, schema_version
+from db.schema import Base
 from db.store import Store, StoreError, resolve_url
 
 
@@ -38,7 +42,9 @@ def test_sqlite_is_wal_with_foreign_keys_and_versioned(store: Store) -> None:
     with store.engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
-        assert conn.execute(text("SELECT value FROM meta WHERE key='schema_version'")).scalar() == "1"
+        version = conn.execute(text("SELECT value FROM meta WHERE key='schema_version'")).scalar()
+        assert version == str(schema_version()) == "3"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == head_revision()
 
 
 def test_deleting_an_experiment_deletes_everything_it_owns(store: Store) -> None:
@@ -80,9 +86,70 @@ def test_urls_and_bad_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     junk.write_bytes(b"this is not a database" * 100)
     with pytest.raises(StoreError, match="cannot be opened as a SteerLab store"):
         Store(str(junk))
-    other = tmp_path / "other.db"
-    Store(str(other)).close()
-    with sqlite3.connect(other) as conn:
+    newer = tmp_path / "newer.db"
+    Store(str(newer)).close()
+    with sqlite3.connect(newer) as conn:
+        conn.execute("UPDATE alembic_version SET version_num='9999'")
+    with pytest.raises(StoreError, match=r"written by a newer SteerLab \(schema revision 9999"):
+        Store(str(newer))
+    odd = tmp_path / "odd.db"
+    Store(str(odd)).close()
+    with sqlite3.connect(odd) as conn:
+        conn.execute("DROP TABLE alembic_version")
         conn.execute("UPDATE meta SET value='99'")
     with pytest.raises(StoreError, match="schema version 99"):
-        Store(str(other))
+        Store(str(odd))
+
+
+def legacy_store(path: Path) -> Path:
+    """A store as SteerLab 0.1 left it, from the SQL text kept in tests/data."""
+    with sqlite3.connect(path) as conn:
+        conn.executescript((Path(__file__).parent / "data" / "store_v1.sql").read_text())
+    return path
+
+
+def table_counts(path: Path) -> dict[str, int]:
+    tables = ("experiments", "prompts", "variants", "vectors", "runs", "generations", "variant_metrics",
+              "generation_metrics", "ratings")  # fmt: skip
+    with sqlite3.connect(path) as conn:
+        return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
+
+
+def test_a_store_of_steerlab_0_1_is_upgraded_in_place_with_a_backup(tmp_path: Path) -> None:
+    db = legacy_store(tmp_path / "old.db")
+    before = table_counts(db)
+    store = Store(str(db))
+    after = table_counts(db)
+    # Everything kept, except the second copy of a vote that 0.1 stored twice (one rater, two tabs).
+    assert after == {**before, "ratings": before["ratings"] - 1}
+    with sqlite3.connect(db) as conn:
+        votes = conn.execute(
+            "SELECT rater, pair_low_id, pair_high_id, repeat, choice FROM ratings ORDER BY id"
+        ).fetchall()
+        assert votes == [("erin", 1, 3, 0, "left"), ("sam", 2, 4, 0, "tie")], "the first of the duplicates is kept"
+        assert conn.execute("SELECT count(*) FROM generations WHERE non_finite").fetchone() == (0,)
+        assert conn.execute("SELECT phase FROM runs").fetchone() == ("",)
+    backups = list(tmp_path.glob("old.db.before-upgrade-r0001-*"))
+    assert len(backups) == 1 and table_counts(backups[0]) == before
+    # The upgraded tables are exactly those the models declare.
+    with store.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    with store.session() as s:
+        e = repo.find_experiment(s, "legacy_mood")
+        assert e is not None and [v.name for v in e.variants] == ["baseline", "prompt_sad"]
+    store.close()
+    Store(str(db)).close()  # opening it again changes nothing and makes no second backup
+    assert len(list(tmp_path.glob("old.db.before-upgrade-*"))) == 1
+    assert table_counts(db) == after
+
+
+def test_the_database_refuses_a_second_vote_on_a_pair(store: Store) -> None:
+    experiment_id = make_experiment(store)
+    with store.session() as s:
+        (low, high), *_ = [(r.pair_low_id, r.pair_high_id) for r in repo.ratings_of(s, experiment_id)]
+    with pytest.raises(IntegrityError), store.session() as s:
+        repo.add_rating(s, experiment_id, "ann", high, low, "right")  # same pair, sides swapped
+    with store.session() as s:
+        repo.add_rating(s, experiment_id, "bob", high, low, "right")  # another rater may
+        repo.add_rating(s, experiment_id, "ann", high, low, "right", repeat=1)  # a deliberate repeat may
+        assert len(repo.ratings_of(s, experiment_id)) == 3

@@ -7,8 +7,10 @@ import math
 import streamlit as st
 
 from dashboard.common import chosen_experiment, store
+from dashboard.text import md, plain_block
+from engine.stats import MIN_DECISIVE_VOTES
 from service import charts
-from service.comparison import compare, diff_html, drill_down
+from service.comparison import compare, diff_html, drill_down, escape_text, too_few_votes
 
 st.title("Compare")
 name = chosen_experiment()
@@ -16,8 +18,10 @@ name = chosen_experiment()
 
 c = compare(store(), name)
 st.caption(
-    f"Experiment **{name}** · {c.votes} votes from {c.raters} rater{'s' if c.raters != 1 else ''} · baseline: {c.baseline or 'none'}. "
-    "Intervals are 95%; n is the number of votes or generations behind each figure."
+    f"Experiment **{md(name)}** · {c.votes} votes from {c.raters} rater{'s' if c.raters != 1 else ''} · "
+    f"baseline: {md(c.baseline) if c.baseline else 'none'}. "
+    "Intervals are 95%; n is the number of votes or generations behind each figure; a figure from too few "
+    "votes is shown as “too few votes” with its count."
 )
 
 votes_tab, scores_tab, compute_tab, drill_tab = st.tabs(["Votes", "Scores", "Compute & reversibility", "Per prompt"])
@@ -28,25 +32,47 @@ with votes_tab:
     else:
         if c.baseline:
             st.altair_chart(charts.win_rate_chart(c), width="stretch")
-            st.dataframe(charts.win_rate_frame(c).drop(columns=["label"]), hide_index=True, width="stretch")
-        st.altair_chart(charts.bradley_terry_chart(c), width="stretch")
-        st.dataframe(charts.bradley_terry_frame(c), hide_index=True, width="stretch")
-        st.altair_chart(charts.matrix_chart(c), width="stretch")
+            st.dataframe(charts.win_rate_table(c), hide_index=True, width="stretch")
+        bt_chart = charts.bradley_terry_chart(c)
+        if bt_chart is not None:
+            st.altair_chart(bt_chart, width="stretch")
+        note = charts.bradley_terry_note(c)
+        if note:
+            st.caption(note)
+        st.dataframe(charts.bradley_terry_table(c), hide_index=True, width="stretch")
+        # The matrix has a fixed cell size (readable labels whatever the number of variants).
+        st.altair_chart(charts.matrix_chart(c), width="content")
         left, right = st.columns(2)
         lw = c.left_wins
+        enough = lw.enough(MIN_DECISIVE_VOTES)
         left.metric(
             "Left side won (position bias check)",
-            "–" if lw.n == 0 else f"{lw.value:.0%}",
+            f"{lw.value:.0%}" if enough else "too few votes",
             help="Share of decisive votes won by the output shown on the left; about 50% means no position bias.",
         )
-        left.caption("–" if lw.n == 0 else f"95% CI {lw.low:.0%}–{lw.high:.0%}, n={lw.n} decisive votes")
-        a = c.agreement
-        right.metric(a.statistic if a.items else "Rater agreement", "–" if math.isnan(a.value) else f"{a.value:.2f}")
-        right.caption(
-            f"on {a.items} pairs rated by several of {a.raters} raters"
-            if a.items
-            else "no pair has votes from two raters yet"
+        left.caption(
+            f"95% CI {lw.low:.0%}–{lw.high:.0%}, n={lw.n} decisive votes"
+            if enough
+            else too_few_votes(lw.n, MIN_DECISIVE_VOTES)
         )
+        a = c.agreement
+        right.metric(
+            a.statistic if a.items else "Rater agreement",
+            f"{a.value:.2f}" if a.items and math.isfinite(a.value) else "–",
+            help="Agreement between raters on the same pair of outputs, beyond chance (1 = always agree, "
+            "0 = chance). It needs shared pairs: pairs rated by two or more raters.",
+        )
+        shared = f"{a.items} shared pairs (rated by two or more raters) of {a.rated_pairs} rated pairs"
+        if not a.items:
+            shared += (
+                ". Agreement needs overlapping pairs: raters must rate some of the same pairs (the rating "
+                "queue's overlap share) before it can be measured."
+            )
+        elif not math.isfinite(a.value):
+            shared += f"; {a.statistic} is not defined there: every vote on them has the same verdict."
+        else:
+            shared += f", from {a.raters} raters."
+        right.caption(shared)
 
 with scores_tab:
     chart = charts.scores_chart(c)
@@ -54,12 +80,24 @@ with scores_tab:
         st.info("This experiment has no automatic scorers.")
     else:
         st.altair_chart(chart)
-        st.dataframe(charts.scores_frame(c), hide_index=True, width="stretch")
+        st.dataframe(charts.scores_table(c), hide_index=True, width="stretch")
 
 with compute_tab:
-    st.altair_chart(charts.compute_chart(c))
-    st.altair_chart(charts.reversibility_chart(c))
-    st.dataframe(charts.compute_frame(c), hide_index=True, width="stretch")
+    compute_chart = charts.compute_chart(c)
+    if compute_chart is not None:
+        st.altair_chart(compute_chart)
+    reversibility = charts.reversibility_chart(c)
+    if reversibility is not None:
+        st.altair_chart(reversibility)
+    for line in [*charts.compute_notes(c), *charts.reversibility_notes(c)]:
+        st.caption(md(line))
+    wide = ["timed with the baseline", *charts.TIMING]  # room for "(not comparable)" marks
+    st.dataframe(
+        charts.compute_table(c),
+        hide_index=True,
+        width="stretch",
+        column_config={column: st.column_config.TextColumn(width="medium") for column in wide},
+    )
 
 with drill_tab:
     rows = drill_down(store(), name)
@@ -68,12 +106,15 @@ with drill_tab:
     else:
         labels = [f"Prompt {r.prompt_index + 1}, sample {r.sample + 1}: {r.prompt[:60]}" for r in rows]
         picked = rows[st.selectbox("Prompt", range(len(rows)), format_func=lambda i: labels[i])]
+        st.markdown(plain_block(picked.prompt, empty="(empty prompt)"), unsafe_allow_html=True)
         variants = list(picked.texts)
         c1, c2 = st.columns(2)
         first = c1.selectbox("Variant", variants, index=0)
         second = c2.selectbox("against", variants, index=min(1, len(variants) - 1))
         left_html, right_html = diff_html(picked.texts[first], picked.texts[second])
         style = "<style>mark.removed{background:#ffd6d6} mark.added{background:#d6f5d6}</style>"
-        c1.markdown(style + f"<div style='white-space:pre-wrap'>{left_html}</div>", unsafe_allow_html=True)
-        c2.markdown(style + f"<div style='white-space:pre-wrap'>{right_html}</div>", unsafe_allow_html=True)
+        box = "<div class='steerlab-text' style='white-space:pre-wrap;overflow-wrap:anywhere'>{}</div>"
+        empty = f"<i>{escape_text('(empty output)')}</i>"
+        c1.markdown(style + box.format(left_html or empty), unsafe_allow_html=True)
+        c2.markdown(style + box.format(right_html or empty), unsafe_allow_html=True)
         st.caption("Red: words only in the left output; green: words only in the right output.")

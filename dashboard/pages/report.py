@@ -1,21 +1,42 @@
-"""Report: download the HTML report, the CSV of generations with ratings, and the JSON export."""
+"""Report: download the HTML report, the CSV of generations with ratings, and the JSON export.
+
+All three name the variants behind every vote, so they are for analysts and owners only.
+Each file is made when its button is pressed (not on every view of the page), and each
+download is written to the audit log.
+"""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from dashboard.common import chosen_experiment, store
-from service.export import export_csv, export_json
-from service.report import html_report
+from dashboard.common import chosen_experiment, identity, page_header, store
+from dashboard.text import md
+from service.export import export_csv, export_json, html_report_for
 
-st.title("Report")
-name = chosen_experiment()
+page_header("Report")
+name = chosen_experiment("analyst", "downloading reports and exports")
+who = identity()
 st.caption(
-    "The HTML report is self-contained: it opens offline, charts included. "
-    f"The same report comes from `python -m engine report {name} --format html -o report.html`."
+    "The HTML report is self-contained: it opens offline, charts included. The same report comes from "
+    f"`python -m engine report {md(name)} --format html -o report.html`. Each file is prepared when you press "
+    "its button."
 )
 c1, c2, c3 = st.columns(3)
-with st.spinner("Preparing the report…"):
-    c1.download_button("HTML report", html_report(store(), name), f"{name}_report.html", "text/html", type="primary")
-c2.download_button("CSV of generations and ratings", export_csv(store(), name), f"{name}_generations.csv", "text/csv")
-c3.download_button("Full JSON export", export_json(store(), name), f"{name}.json", "application/json")
+c1.download_button(
+    "HTML report",
+    lambda: html_report_for(store(), name, who),
+    f"{name}_report.html",
+    "text/html",
+    type="primary",
+    on_click="ignore",
+)
+c2.download_button(
+    "CSV of generations and ratings",
+    lambda: export_csv(store(), name, who),
+    f"{name}_generations.csv",
+    "text/csv",
+    on_click="ignore",
+)
+c3.download_button(
+    "Full JSON export", lambda: export_json(store(), name, who), f"{name}.json", "application/json", on_click="ignore"
+)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard.common import attempt, chosen_experiment, run_manager, store
+from dashboard.run_status import health_warnings, run_status
 from service import charts
 from service.catalog import list_experiments, load_spec
 from service.editing import model_facts
 from service.jobs import status
+from service.running import RunOptions
 from service.sweeps import analyse, promote_cells, start_sweep
 
 st.title("Sweep")
@@ -28,6 +30,7 @@ st.caption(
     "and on fluency (perplexity under the unsteered model), and recommends the strongest cell that stays fluent."
 )
 sweep_name = f"{name}__sweep"
+SWEEP_BATCH = 32
 with st.form("sweep_form"):
     c1, c2 = st.columns(2)
     vector = c1.selectbox("Vector", [v.name for v in spec.vectors])
@@ -53,20 +56,23 @@ with st.form("sweep_form"):
                 "coefficients": coefficients,
                 "max_cells": int(max_cells),
             }
-            attempt(lambda: start_sweep(store(), run_manager(), name, raw), "Sweep started.")
+            attempt(lambda: start_sweep(store(), run_manager(), name, raw, SWEEP_BATCH), "Sweep started.")
 
 
-@st.fragment(run_every=1.0)
-def sweep_progress() -> None:
-    if sweep_name not in {e.name for e in list_experiments(store())}:
-        st.caption("No sweep run yet for this experiment.")
-        return
-    s = status(store(), sweep_name)
-    st.progress(s.fraction, text=f"{s.done} / {s.total} generations · {s.state}")
-
-
-sweep_progress()
-if sweep_name in {e.name for e in list_experiments(store())} and status(store(), sweep_name).state != "running":
+sweep_stored = sweep_name in {e.name for e in list_experiments(store())}
+if not sweep_stored:
+    st.caption("No sweep run yet for this experiment.")
+else:
+    # Its results appear once the run ends: the status reruns the page when it sees that.
+    run_status(
+        sweep_name,
+        key="sweep",
+        options=lambda: RunOptions(batch_size=SWEEP_BATCH),
+        noun="sweep",
+        resume_only=True,
+    )
+# A sweep just started may not have stored its run yet: its thread tells it is under way.
+if sweep_stored and status(store(), sweep_name).state != "running" and not run_manager().is_alive(sweep_name):
     result = attempt(lambda: analyse(store(), sweep_name))
     if result is not None and result.cells:
         st.altair_chart(charts.sweep_heatmaps(result))
@@ -88,3 +94,4 @@ if sweep_name in {e.name for e in list_experiments(store())} and status(store(),
             added = attempt(lambda: promote_cells(store(), name, sweep_name, chosen))
             if added:
                 st.success(f"Added {', '.join(added)}; run the experiment to generate their outputs.")
+    health_warnings(sweep_name)

@@ -12,7 +12,8 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from dashboard.common import attempt, chosen_experiment, store
+from dashboard.common import attempt, chosen_experiment, flash, identity, page_header, store, succeeded
+from dashboard.text import md
 from dashboard.widgets import field_widget
 from service.catalog import load_spec
 from service.editing import (
@@ -26,15 +27,39 @@ from service.editing import (
 )
 from service.summary import generation_counts
 
-st.title("Variants")
-name = chosen_experiment()
+page_header("Variants")
+name = chosen_experiment("owner", "editing variants and vectors")
+who = identity()
 
 spec = load_spec(store(), name)
 facts = attempt(lambda: model_facts(spec.model))
 if facts is None:
     st.stop()
 counts = generation_counts(store(), name)
-st.caption(f"Experiment **{name}** · model `{spec.model}` · {facts.n_layers} layers · hidden size {facts.hidden_size}")
+st.caption(
+    f"Experiment **{md(name)}** · model {md(spec.model)} · {facts.n_layers} layers · hidden size {facts.hidden_size}"
+)
+
+
+def _done(message: str, form_prefix: str, select: tuple[str, str] | None = None) -> None:
+    """After a save or delete: forget the form's typed values, pick what to show next, rerun.
+
+    Widget values are kept per key, so without this a saved "(new variant)" form would
+    still show the old values and a deleted variant would still offer "Delete".
+    """
+    for key in [
+        k for k in st.session_state if isinstance(k, str) and (k.endswith(form_prefix) or f"{form_prefix}:" in k)
+    ]:
+        del st.session_state[key]
+    if select is not None:
+        st.session_state[f"_next:{select[0]}"] = select[1]
+    flash(message)
+    st.rerun()
+
+
+for picker in ("variant_choice", "vector_choice"):  # set before the pickers are drawn
+    if f"_next:{picker}" in st.session_state:
+        st.session_state[picker] = st.session_state.pop(f"_next:{picker}")
 
 
 def describe(variant: Any) -> str:
@@ -56,7 +81,7 @@ k = f"{name}:{choice}"  # widget keys per edited variant, so switching loads its
 kinds = ["baseline", "prompting", "steering", "lora", "finetune"]
 kind = st.radio("Kind", kinds, index=kinds.index(existing.kind) if existing else 2, horizontal=True, key=f"kind:{k}")
 variant_name = st.text_input("Name", value=existing.name if existing else "", key=f"name:{k}")
-raw: dict[str, Any] = {"name": variant_name}
+raw: dict[str, Any] = {"name": variant_name, "kind": kind}
 if kind == "prompting":
     raw["system"] = st.text_area(
         "System prompt (chat models)", value=existing.system if existing else "", key=f"system:{k}"
@@ -132,12 +157,15 @@ if existing is not None and counts.get(existing.name, 0):
     )
 save_col, delete_col = st.columns([1, 1])
 if save_col.button("Save variant", type="primary", key=f"save:{k}"):
-    attempt(
-        lambda: save_variant(store(), name, raw, existing.name if existing else None),
-        f"Saved variant '{variant_name}'.",
-    )
-if existing is not None and delete_col.button(f"Delete '{existing.name}'", key=f"delete:{k}"):
-    attempt(partial(delete_variant, store(), name, existing.name), f"Deleted variant '{existing.name}'.")
+    saved = attempt(lambda: save_variant(store(), name, raw, existing.name if existing else None, who))
+    if saved is not None:
+        _done(f"Saved variant '{md(saved.name)}'.", f":{k}", ("variant_choice", saved.name))
+if (
+    existing is not None
+    and delete_col.button(f"Delete '{md(existing.name)}'", key=f"delete:{k}")
+    and succeeded(partial(delete_variant, store(), name, existing.name, who))
+):
+    _done(f"Deleted variant '{md(existing.name)}'.", f":{k}", ("variant_choice", "(new variant)"))
 
 # --- vectors ----------------------------------------------------------------------------
 st.subheader("Vectors")
@@ -167,20 +195,31 @@ with pairs_tab:
         key=f"pairs:{vk}",
     )
     if st.button("Save vector", type="primary", key=f"vsave:{vk}"):
-        pairs = [[str(p), str(n)] for p, n in table.itertuples(index=False) if str(p).strip() or str(n).strip()]
-        attempt(
-            lambda: save_vector(store(), name, vname, {"method": vmethod, "read": vread, "pairs": pairs}),
-            f"Saved vector '{vname}'; it is extracted at the next run.",
-        )
-    if current is not None and st.button(f"Delete vector '{current.name}'", key=f"vdelete:{vk}"):
-        attempt(partial(delete_vector, store(), name, current.name), f"Deleted vector '{current.name}'.")
+        rows = [list(row) for row in table.itertuples(index=False)]  # empty cells as they come (None/NaN)
+        if succeeded(lambda: save_vector(store(), name, vname, {"method": vmethod, "read": vread, "pairs": rows}, who)):
+            _done(
+                f"Saved vector '{md(vname.strip())}'; it is extracted at the next run.",
+                f":{vk}",
+                ("vector_choice", vname.strip()),
+            )
+    if (
+        current is not None
+        and st.button(f"Delete vector '{md(current.name)}'", key=f"vdelete:{vk}")
+        and succeeded(partial(delete_vector, store(), name, current.name, who))
+    ):
+        _done(f"Deleted vector '{md(current.name)}'.", f":{vk}", ("vector_choice", "(new vector)"))
 with upload_tab:
     up_name = st.text_input("Vector name", key="upload_vector_name")
     file = st.file_uploader("Vector file (.safetensors)", type=["safetensors"], key="upload_vector_file")
-    if file is not None and st.button("Add vector from file", type="primary"):
-        attempt(
-            partial(upload_vector, store(), name, up_name, file.getvalue(), file.name), f"Added vector '{up_name}'."
-        )
+    if (
+        file is not None
+        and st.button("Add vector from file", type="primary")
+        and attempt(partial(upload_vector, store(), name, up_name, file.getvalue(), file.name, who)) is not None
+    ):
+        for key in ("upload_vector_name", "upload_vector_file"):
+            st.session_state.pop(key, None)
+        flash(f"Added vector '{md(up_name.strip())}'.")
+        st.rerun()
 
 
 # Re-read the experiment: the tables show the result of whatever was saved above.

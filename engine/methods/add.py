@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from engine.fields import Where, as_choice, as_float, as_int_list, as_str, check_keys, required
+from engine.fields import Where, as_choice, as_coefficient, as_int_list, as_str, check_keys, required
 from engine.methods.base import (
     SCOPES,
     FieldInfo,
@@ -50,7 +50,7 @@ class AddVector(VectorLayersMethod):
         return cls(
             vector=as_str(required(raw, "vector", where), where.child("vector")),
             layer_list=as_int_list(required(raw, "layers", where), where.child("layers")),
-            coefficient=as_float(required(raw, "coefficient", where), where.child("coefficient")),
+            coefficient=as_coefficient(required(raw, "coefficient", where), where.child("coefficient")),
             scope=as_choice(raw.get("scope", "all"), SCOPES, where.child("scope")),
         )
 

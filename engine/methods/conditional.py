@@ -25,7 +25,18 @@ import torch
 
 from engine.errors import SteerLabError
 from engine.extract import READ_POSITIONS, read_activations
-from engine.fields import Where, as_choice, as_float, as_int, as_list, as_mapping, as_str, check_keys, required
+from engine.fields import (
+    Where,
+    as_choice,
+    as_coefficient,
+    as_float,
+    as_int,
+    as_list,
+    as_mapping,
+    as_str,
+    check_keys,
+    required,
+)
 from engine.methods.base import (
     SCOPE_FIELD,
     VECTOR_LAYERS_SCOPE_FIELDS,
@@ -143,7 +154,7 @@ class ConditionalAdd(VectorLayersMethod):
             vector,
             layers,
             scope,
-            as_float(required(data, "coefficient", where), where.child("coefficient")),
+            as_coefficient(required(data, "coefficient", where), where.child("coefficient")),
             parse_condition(required(data, "condition", where), where.child("condition")),
         )
 

@@ -1,0 +1,88 @@
+"""Shared pieces of the browser tests: Debian's Chromium, a dashboard server, page helpers.
+
+The server is a real ``streamlit run`` of the dashboard bound to 127.0.0.1 on a free port,
+with its own store; every wait is on a condition (the health endpoint, a text on the page),
+never a fixed sleep, so the tests hold on a loaded machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+WAIT_MS = 60_000  # a cold model load on a slow, loaded machine takes a while
+
+
+def require_chromium() -> None:
+    """Skip the module without Chromium, except in CI, where the browser tests must run."""
+    if Path(CHROMIUM).exists():
+        return
+    if os.environ.get("CI"):
+        raise RuntimeError("CI must run the browser tests: install Debian's chromium package (.ci/run does)")
+    pytest.skip(
+        "Chromium is not installed (apt-get install chromium); the browser tests cannot run", allow_module_level=True
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def dashboard(
+    db: Path, workdir: Path, extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None, port: int = 0
+) -> Iterator[str]:
+    """Serve the dashboard on ``db``; yields its URL. No address is given on the command line:
+    the project's own .streamlit/config.toml must bind it to 127.0.0.1."""
+    port = port or free_port()
+    env = {**os.environ, **(env or {}), "STEERLAB_DB": str(db), "PYTHONPATH": str(ROOT)}
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"),
+        "--server.port", str(port), *extra_args,
+    ]  # fmt: skip
+    log_path = workdir / f"streamlit-{port}.log"
+    with log_path.open("w") as log:
+        # The project root is the working directory, as with scripts/run.sh, so its config applies.
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 90
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                        if response.status == 200:
+                            break
+                except OSError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise RuntimeError(log_path.read_text()) from None
+                    time.sleep(0.3)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()

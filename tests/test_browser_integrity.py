@@ -1,0 +1,263 @@
+"""The dashboard in a real browser on a store with several experiments: nothing lost or misfiled.
+
+Each test reproduces a reported failure: repeated delete clicks, votes after switching
+experiments and pages, two raters in two tabs, reloads and new tabs, half-filled
+contrastive pairs, model text full of Markdown/HTML/links, and horizontal overflow.
+Every vote and delete is checked in the store, against the experiment the page showed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from db.store import Store
+from service.running import RunOptions, run_experiment_file
+from tests.browser import CHROMIUM, LAUNCH_ARGS, WAIT_MS, dashboard, require_chromium
+from tests.conftest import MOOD_FILE, needs_models
+
+require_chromium()
+pytestmark = needs_models
+
+EXPERIMENTS = ("tinystories_mood", "mood_cli", "csv_prompts")
+HOSTILE = "hostile_[link](http://evil.example)"
+HOSTILE_PROMPT = "**bold prompt** <img src=http://evil.example/p.png> [click](http://evil.example) :red[alarm]"
+HOSTILE_OUTPUT = (
+    "Sure <script>alert(1)</script><img src=x onerror=alert(2)>\n\n**not bold** [a link](http://evil.example) "
+    "![pic](http://evil.example/i.png) $x^2$ <b>tag</b>\n\n# not a heading"
+)
+PAGES = ("", "variants", "run", "playground", "sweep", "rate", "compare", "adaptation", "report")
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three small experiments and a hostile one, each run (2 prompts x 3 variants, greedy)."""
+    folder = tmp_path_factory.mktemp("integrity")
+    data = yaml.safe_load(MOOD_FILE.read_text())
+    data["generation"].update(samples_per_prompt=1, max_new_tokens=8)
+    data["prompts"] = data["prompts"][:2]
+    data["variants"] = data["variants"][:3]
+    store = Store(str(folder / "team.db"))
+    for name in (*EXPERIMENTS, HOSTILE):
+        if name == HOSTILE:
+            data["prompts"] = [HOSTILE_PROMPT, "Once upon a time"]
+        path = folder / "exp.yaml"
+        path.write_text(yaml.safe_dump({**data, "name": name}))
+        run_experiment_file(store, path, RunOptions(device="cpu"))
+    store.close()
+    with sqlite3.connect(folder / "team.db") as conn:
+        conn.execute(
+            "UPDATE generations SET text = ? WHERE experiment_id = (SELECT id FROM experiments WHERE name = ?)",
+            (HOSTILE_OUTPUT, HOSTILE),
+        )
+    return folder / "team.db"
+
+
+@pytest.fixture(scope="module")
+def app(db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with dashboard(db, tmp_path_factory.mktemp("server")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=WAIT_MS)
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = Path(os.environ.get("STEERLAB_SCREENSHOTS") or tmp_path_factory.mktemp("shots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def new_page(browser: Any) -> Any:
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(WAIT_MS)
+    return page
+
+
+def votes(db: Path) -> list[tuple[str, str, int, int]]:
+    """(experiment, rater, lower id, higher id) of every stored vote, in order."""
+    with sqlite3.connect(db) as conn:
+        return conn.execute(
+            "SELECT e.name, r.rater, r.pair_low_id, r.pair_high_id FROM ratings r "
+            "JOIN experiments e ON e.id = r.experiment_id ORDER BY r.id"
+        ).fetchall()
+
+
+def stored_experiments(db: Path) -> list[str]:
+    with sqlite3.connect(db) as conn:
+        return [n for (n,) in conn.execute("SELECT name FROM experiments ORDER BY name")]
+
+
+def rating_caption(page: Any) -> tuple[str, str]:
+    """(rater, experiment) as the Rate page states them."""
+    from playwright.sync_api import expect
+
+    caption = page.get_by_text(re.compile(r"^Rating as .+ · experiment .+ · outputs"))
+    expect(caption).to_be_visible()
+    match = re.match(r"Rating as (.+) · experiment (.+) · outputs", caption.inner_text())
+    assert match is not None
+    return match.group(1), match.group(2)
+
+
+def vote_with_key(page: Any, key: str, db: Path) -> tuple[str, str]:
+    """Vote on the pair on screen; returns (rater, experiment) the page showed, checked in the store."""
+    from playwright.sync_api import expect
+
+    rater, experiment = rating_caption(page)
+    before = len(votes(db))
+    page.get_by_text("Keyboard: a = A is better").click()  # focus the page, not a text field
+    page.keyboard.press(key)
+    expect(page.get_by_text(re.compile(r"^Vote stored"))).to_be_visible()
+    stored = votes(db)
+    assert len(stored) == before + 1, "one click, one vote"
+    assert stored[-1][:2] == (experiment, rater), "the vote is stored in the experiment the page showed"
+    return rater, experiment
+
+
+def pick_experiment(page: Any, name: str) -> None:
+    from playwright.sync_api import expect
+
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    sidebar.get_by_test_id("stSelectbox").click()
+    page.get_by_role("option", name=name, exact=True).click()
+    expect(sidebar.get_by_test_id("stSelectbox")).to_contain_text(name)
+
+
+def test_votes_land_in_the_experiment_shown_across_switches_pages_reloads_and_tabs(
+    app: str, browser: Any, db: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    page = new_page(browser)
+    page.goto(f"{app}/rate?experiment=tinystories_mood")
+    page.get_by_label(re.compile("Your name")).fill("erin")
+    page.get_by_role("button", name="Start rating").click()
+    assert vote_with_key(page, "a", db) == ("erin", "tinystories_mood")
+    assert "rater=erin" in page.url and "experiment=tinystories_mood" in page.url
+
+    pick_experiment(page, "mood_cli")
+    assert vote_with_key(page, "b", db) == ("erin", "mood_cli")
+    assert vote_with_key(page, "t", db) == ("erin", "mood_cli")
+
+    # Rate -> Run -> Rate keeps the experiment (and Run acts on it), and the rater.
+    page.get_by_role("link", name="Run", exact=True).click()
+    expect(page.get_by_role("heading", name="Run", exact=True)).to_be_visible()
+    expect(page.get_by_text(re.compile(r"^Experiment mood_cli\."))).to_be_visible()
+    page.get_by_role("link", name="Rate", exact=True).click()
+    assert vote_with_key(page, "x", db) == ("erin", "mood_cli")
+
+    # A reload and a new tab with the same link open the same experiment and rater.
+    page.reload()
+    assert rating_caption(page) == ("erin", "mood_cli")
+    other = page.context.new_page()
+    other.goto(page.url)
+    assert rating_caption(other) == ("erin", "mood_cli")
+    assert vote_with_key(other, "a", db) == ("erin", "mood_cli")
+    page.context.close()
+
+
+def test_two_raters_in_two_tabs_on_two_experiments(app: str, browser: Any, db: Path) -> None:
+    ann, bob = new_page(browser), new_page(browser)  # two browser sessions
+    ann.goto(f"{app}/rate?experiment=tinystories_mood&rater=ann")
+    bob.goto(f"{app}/rate?experiment=csv_prompts&rater=bob")
+    for key in ("a", "b", "t"):
+        assert vote_with_key(ann, key, db) == ("ann", "tinystories_mood")
+        assert vote_with_key(bob, key, db) == ("bob", "csv_prompts")
+    mine = [v for v in votes(db) if v[1] in ("ann", "bob")]
+    assert len(mine) == 6 and len(set(mine)) == 6, "no pair stored twice"
+    ann.context.close()
+    bob.context.close()
+
+
+def test_repeated_delete_clicks_delete_only_the_confirmed_experiment(app: str, browser: Any, db: Path) -> None:
+    from playwright.sync_api import expect
+
+    page = new_page(browser)
+    page.goto(app)
+    with sqlite3.connect(db) as conn:  # a fourth experiment to delete, so the others stay for other tests
+        conn.execute("INSERT INTO experiments (name, description, model_id, spec_json, definition_hash, created_at) "
+                     "SELECT 'doomed', description, model_id, replace(spec_json, '\"csv_prompts\"', '\"doomed\"'), "
+                     "definition_hash, created_at FROM experiments WHERE name = 'csv_prompts'")  # fmt: skip
+    page.reload()
+    before = stored_experiments(db)
+    page.get_by_role("tab", name="Delete").click()
+    page.get_by_test_id("stSelectbox").filter(has_text="Choose an experiment").click()
+    page.get_by_role("option", name="doomed", exact=True).click()
+    page.get_by_text("Yes, delete 'doomed'").click()
+    button = page.get_by_role("button", name="Delete experiment")
+    button.click(click_count=3, delay=30)  # an impatient triple click
+    expect(page.get_by_text("Deleted 'doomed' with its outputs and votes.")).to_be_visible()
+    expect(page.get_by_role("button", name="Delete experiment")).to_have_count(0)  # the form is reset
+    assert stored_experiments(db) == [n for n in before if n != "doomed"]
+    page.context.close()
+
+
+def test_half_filled_pairs_are_refused_naming_the_row(app: str, browser: Any, db: Path) -> None:
+    from playwright.sync_api import expect
+
+    page = new_page(browser)
+    page.goto(f"{app}/variants?experiment=mood_cli")
+    expect(page.get_by_text("Add or edit a variant")).to_be_visible()
+    page.get_by_role("tab", name="Contrastive pairs").click()
+    page.get_by_label("Vector name").first.fill("half")
+    grid = page.get_by_test_id("stDataFrame").last
+    grid.scroll_into_view_if_needed()
+    box = grid.bounding_box()
+    # The one empty row: double-click its "positive" cell, type, Enter.
+    page.mouse.dblclick(box["x"] + 120, box["y"] + 55)
+    page.keyboard.type("He gave his friend a warm hug.")
+    page.keyboard.press("Enter")
+    page.get_by_role("button", name="Save vector").click()
+    expect(page.get_by_text("Vector 'half', row 1: the negative text is empty")).to_be_visible()
+    with sqlite3.connect(db) as conn:
+        stored = [n for (n,) in conn.execute("SELECT v.name FROM vectors v JOIN experiments e ON e.id = v.experiment_id "
+                                             "WHERE e.name = 'mood_cli'")]  # fmt: skip
+        assert "half" not in stored
+        assert conn.execute("SELECT count(*) FROM vectors WHERE spec_json LIKE '%\"nan\"%'").fetchone() == (0,)
+    page.context.close()
+
+
+def test_every_page_shows_markdown_and_html_as_literal_text_and_fits_the_width(
+    app: str, browser: Any, db: Path, shots: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    page = new_page(browser)
+    requests: list[str] = []
+    dialogs: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    for path in PAGES:
+        page.goto(f"{app}/{path}?experiment={HOSTILE}&rater=mallory")
+        expect(page.get_by_role("heading").first).to_be_visible()
+        page.wait_for_load_state("networkidle")
+        expect(page.locator('[data-testid="stSidebar"]')).to_contain_text(HOSTILE)
+        assert page.locator("a[href*='evil.example'], img[src*='evil.example']").count() == 0, path
+        overflow = page.evaluate(
+            "() => { const m = document.querySelector('[data-testid=\"stMain\"]');"
+            " return [m.scrollWidth - m.clientWidth, document.documentElement.scrollWidth - window.innerWidth]; }"
+        )
+        assert max(overflow) <= 1, f"page '{path or 'experiments'}' overflows horizontally by {overflow} px"
+        page.screenshot(path=str(shots / f"hostile_{path or 'experiments'}.png"), full_page=True)
+        if path == "rate":
+            expect(page.get_by_text("**not bold**", exact=False).first).to_be_visible()
+            expect(page.get_by_text("**bold prompt**", exact=False).first).to_be_visible()
+    assert not [u for u in requests if "evil.example" in u], "nothing is fetched from links in model text"
+    assert not dialogs, "no script from model text ran"
+    page.context.close()
