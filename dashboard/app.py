@@ -20,21 +20,23 @@ if str(ROOT) not in sys.path:  # `streamlit run` puts only dashboard/ on the pat
 
 from dashboard.auth import exposed_without_sign_in  # noqa: E402
 from dashboard.common import experiment_names, identity, join_from_link, role_here, sidebar  # noqa: E402
+from dashboard.text import md  # noqa: E402
+from service import USER_ERRORS  # noqa: E402
 from service.access import at_least  # noqa: E402
 
 st.set_page_config(page_title="SteerLab", page_icon=":material/tune:", layout="wide")
 
 # (file, title, icon, the least role that may open it)
 PAGES = [
-    ("pages/experiments.py", "Experiments", ":material/science:", "analyst"),
-    ("pages/variants.py", "Variants", ":material/tune:", "owner"),
-    ("pages/run.py", "Run", ":material/play_circle:", "owner"),
-    ("pages/playground.py", "Playground", ":material/toggle_on:", "analyst"),
-    ("pages/sweep.py", "Sweep", ":material/grid_on:", "owner"),
-    ("pages/rate.py", "Rate", ":material/thumbs_up_down:", "rater"),
-    ("pages/compare.py", "Compare", ":material/bar_chart:", "analyst"),
-    ("pages/adaptation.py", "Adaptation", ":material/balance:", "analyst"),
-    ("pages/report.py", "Report", ":material/description:", "analyst"),
+    ("views/experiments.py", "Experiments", ":material/science:", "analyst"),
+    ("views/variants.py", "Variants", ":material/tune:", "owner"),
+    ("views/run.py", "Run", ":material/play_circle:", "owner"),
+    ("views/playground.py", "Playground", ":material/toggle_on:", "analyst"),
+    ("views/sweep.py", "Sweep", ":material/grid_on:", "owner"),
+    ("views/rate.py", "Rate", ":material/thumbs_up_down:", "rater"),
+    ("views/compare.py", "Compare", ":material/bar_chart:", "analyst"),
+    ("views/adaptation.py", "Adaptation", ":material/balance:", "analyst"),
+    ("views/report.py", "Report", ":material/description:", "analyst"),
 ]
 
 who = identity()
@@ -54,4 +56,9 @@ if exposed_without_sign_in():
 # The picker comes first, so every page reads the experiment it shows; a page whose action
 # changes the list of experiments reruns, and the picker then lists the change.
 sidebar()
-page.run()
+try:
+    page.run()
+except USER_ERRORS as exc:
+    # A page's own actions show their errors in place; this catches what a page did not
+    # expect (a stored definition this SteerLab no longer accepts, a store gone away).
+    st.error(md(exc), icon=":material/error:")

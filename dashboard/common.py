@@ -147,7 +147,7 @@ def sidebar() -> None:
         current = current_experiment()
         st.session_state["experiment_picker"] = current
         st.selectbox("Experiment", names, key="experiment_picker", on_change=_picked)
-        st.caption(f"Store: `{md(store().display_url)}`")
+        st.caption(f"Store: {md(store().display_url)}")
 
 
 def _picked() -> None:

@@ -18,9 +18,16 @@ import re
 _PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
 
 
+# GitHub-flavoured Markdown turns bare URLs into links after escapes are resolved, so escaping
+# cannot stop it; a zero-width space inside the pattern does, unseen. (E-mail addresses still
+# become mailto: links, which fetch nothing; breaking them would spoil copying an address.)
+_AUTOLINK = re.compile(r"(?i)\b(https?|ftp|www)(?=[:.])")
+
+
 def md(text: object) -> str:
     """``text`` escaped for use inside a Markdown string: it renders as exactly these characters."""
-    escaped = _PUNCTUATION.sub(r"\\\1", str(text))
+    unlinked = _AUTOLINK.sub(lambda m: m.group(0) + "\u200b", str(text))
+    escaped = _PUNCTUATION.sub(r"\\\1", unlinked)
     # A newline inside a sentence would start a new Markdown block (a heading, a list, ...).
     return escaped.replace("\r", " ").replace("\n", " ")
 

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from engine.errors import SteerLabError
-from engine.fields import Where, as_mapping, as_str
+from engine.fields import Where, as_mapping, as_str, printable, short
 from engine.prompt_files import read_prompts
 from engine.spec import ExperimentSpec, VectorSpec, parse_experiment
 
@@ -38,7 +38,17 @@ def load_experiment_file(path: str | Path, allowed_dirs: Sequence[Path] = ()) ->
             "put long prompt lists in a prompts_file."
         )
     roots = [file.resolve().parent, *(Path(d).resolve() for d in allowed_dirs)]
-    return parse_experiment_text(file.read_text(encoding="utf-8"), str(file), file.parent, roots)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SteerLabError(
+            f"Experiment file '{file}' is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8."
+        ) from exc
+    except OSError as exc:
+        raise SteerLabError(
+            f"Experiment file '{file}' cannot be read ({exc.strerror}); check its permissions."
+        ) from exc
+    return parse_experiment_text(text, str(file), file.parent, roots)
 
 
 def parse_experiment_text(
@@ -53,7 +63,7 @@ def parse_experiment_text(
         if "prompts" in data:
             where.child("prompts_file").fail("is given together with 'prompts'", "keep one of the two")
         relative = as_str(data["prompts_file"], where.child("prompts_file"))
-        path = _confined(relative, base_dir, allowed_roots, where.child("prompts_file"))
+        path = _confined(relative, base_dir, allowed_roots, where.child("prompts_file"), _PROMPTS_INSTEAD)
         prompts = read_prompts(path, f"named in {source}, field prompts_file")
     spec = parse_experiment(data, where, prompts)
     return _resolve_vector_files(spec, base_dir, allowed_roots, where)
@@ -76,10 +86,23 @@ def parse_yaml(text: str, source: str) -> Any:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f", line {mark.line + 1}" if mark is not None else ""
-        problem = (exc.problem or exc.context or "invalid YAML")[:200]
+        problem = printable((exc.problem or exc.context or "invalid YAML")[:200])
         raise SteerLabError(f"{source}{line}: YAML syntax error ({problem}); fix the YAML there.") from exc
     except yaml.YAMLError as exc:
-        raise SteerLabError(f"{source}: YAML syntax error ({str(exc)[:200]}); fix the YAML.") from exc
+        raise SteerLabError(f"{source}: YAML syntax error ({printable(str(exc)[:200])}); fix the YAML.") from exc
+    except RecursionError as exc:
+        raise SteerLabError(
+            f"{source} nests lists or mappings too deeply to read; write the YAML with fewer levels."
+        ) from exc
+    except (ValueError, OverflowError) as exc:
+        # A constructor's own error: a whole number of over 4,300 digits, a date like 2024-13-45.
+        if "integer string conversion" in str(exc):
+            raise SteerLabError(
+                f"{source} holds a whole number of more than 4,300 digits; write a smaller number."
+            ) from exc
+        raise SteerLabError(
+            f"{source}: a value cannot be read ({printable(short(str(exc), 120))}); fix it in the YAML."
+        ) from exc
 
 
 def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
@@ -97,14 +120,27 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
     return memo[key]
 
 
-def _confined(relative: str, base_dir: Path | None, roots: Sequence[Path], where: Where) -> Path:
-    """The named file, if it lies inside an allowed folder once symlinks are resolved."""
+_PROMPTS_INSTEAD = "put the prompts in the file itself, or upload them with the New experiment form"
+_VECTOR_INSTEAD = "leave the vector out, and upload its file for the experiment on the Variants page"
+
+
+def _confined(relative: str, base_dir: Path | None, roots: Sequence[Path], where: Where, instead: str) -> Path:
+    """The named file, if it lies inside an allowed folder once symlinks are resolved.
+
+    ``instead`` says what an upload (no ``base_dir``) should do rather than name the file.
+    """
     if base_dir is None:
         where.fail(
             "names a file, which an uploaded experiment cannot do (the server's files are not yours to read)",
-            "put the prompts in the file itself, or upload them with the New experiment form",
+            instead,
         )
-    path = (base_dir / relative).resolve()
+    if any(ch in relative for ch in "\t\r\n"):
+        where.fail("holds a tab or line break", "name the file on one line")
+    try:
+        path = (base_dir / relative).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop (RuntimeError before Python 3.13), a name too long
+        reason = "a symlink loop" if isinstance(exc, RuntimeError) else exc.strerror or "an unusable name"
+        where.fail(f"names a path that cannot be followed ({reason})", "name a plain file in the folder")
     allowed = roots or [base_dir.resolve()]
     if not any(path.is_relative_to(root) for root in allowed):
         where.fail(
@@ -121,7 +157,10 @@ def _resolve_vector_files(
         return spec
     vectors = tuple(
         VectorSpec(
-            v.name, file=str(_confined(v.file, base_dir, roots, where.child("vectors").child(v.name).child("file")))
+            v.name,
+            file=str(
+                _confined(v.file, base_dir, roots, where.child("vectors").child(v.name).child("file"), _VECTOR_INSTEAD)
+            ),
         )
         if v.file
         else v

@@ -39,6 +39,8 @@ class Where:
     def child(self, key: str | int) -> Where:
         if isinstance(key, int):
             return Where(self.source, f"{self.path}[{key}]", self.labels)
+        # A key comes from the input: keep it printable and short, so a message stays one line.
+        key = short(printable(key), 40)
         return Where(self.source, f"{self.path}.{key}" if self.path else key, self.labels)
 
     def __str__(self) -> str:
@@ -53,8 +55,9 @@ class Where:
         words: list[str] = []
         for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", self.path):
             if index:
-                item = _FORM_ITEMS.get(words.pop() if words else "", "item")
-                words.append(f"{item} {int(index) + 1}")
+                if words and words[-1] in _FORM_ITEMS:
+                    words.append(f"{_FORM_ITEMS[words.pop()]} {int(index) + 1}")
+                # else: an entry of a plain list field ('layers'); the field's label says enough
             else:
                 words.append(name)
         *items, last = words
@@ -64,7 +67,18 @@ class Where:
         return ", ".join([*items, f"'{label}'"])
 
     def fail(self, problem: str, fix: str) -> NoReturn:
-        raise SteerLabError(f"{self}: {problem}; {fix}.")
+        # The problem often quotes the input (a method's name, a vector's name): bound it,
+        # and escape line breaks and control characters, so the message stays one sentence.
+        raise SteerLabError(
+            f"{short(printable(str(self)), MAX_WHERE_CHARS)}: {middle(printable(problem), MAX_PROBLEM_CHARS)}; "
+            f"{short(printable(fix), MAX_FIX_CHARS)}."
+        )
+
+
+# Longest parts of a field error's sentence (the input they quote is cut with "…").
+MAX_WHERE_CHARS = 240
+MAX_PROBLEM_CHARS = 200
+MAX_FIX_CHARS = 240
 
 
 def as_mapping(value: Any, where: Where) -> Mapping[str, Any]:
@@ -80,7 +94,8 @@ def as_list(value: Any, where: Where) -> Sequence[Any]:
 
 
 def check_keys(raw: Mapping[str, Any], allowed: Sequence[str], where: Where) -> None:
-    unknown = sorted(set(raw) - set(allowed))
+    # Keys of any type (YAML allows 1:, null: and true: keys): sorted as text.
+    unknown = sorted(set(raw) - set(allowed), key=str)
     if unknown:
         where.child(str(unknown[0])).fail("is not a known field", f"use one of {', '.join(allowed)}")
 
@@ -95,6 +110,10 @@ def required(raw: Mapping[str, Any], key: str, where: Where) -> Any:
 # named on a command line, and the other C0/C1 controls hide text or fool a terminal.
 # Tab, newline and carriage return stay allowed (prompts have lines).
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# Unpaired UTF-16 surrogates: YAML's "\ud800" escape makes them, and no store can encode them.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+# What a one-line message must not contain as it is: controls, line breaks, surrogates.
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 # Largest steering coefficient accepted anywhere: far above any useful strength, far below
 # where float32 activations overflow to inf. A bound relative to the hidden state's norm is
@@ -112,6 +131,12 @@ def as_str(value: Any, where: Where, allow_empty: bool = False) -> str:
         where.fail(
             f"holds the control character U+{ord(bad.group()):04X} at position {bad.start() + 1}",
             "remove it (only tabs and line breaks are allowed)",
+        )
+    surrogate = _SURROGATE.search(value)
+    if surrogate is not None:
+        where.fail(
+            f"holds the unpaired surrogate U+{ord(surrogate.group()):04X} at position {surrogate.start() + 1}",
+            "write it as plain Unicode text",
         )
     return value
 
@@ -144,10 +169,18 @@ def as_int(value: Any, where: Where, minimum: int | None = None, maximum: int | 
     if isinstance(value, bool) or not isinstance(value, int):
         where.fail(f"expected a whole number, got {_kind(value)}", "write a whole number")
     if minimum is not None and value < minimum:
-        where.fail(f"is {value}, below the smallest allowed value {minimum}", f"give {minimum} or more")
+        where.fail(f"is {_whole(value)}, below the smallest allowed value {minimum}", f"give {minimum} or more")
     if maximum is not None and value > maximum:
-        where.fail(f"is {value}, above the largest allowed value {maximum}", f"give {maximum} or less")
+        where.fail(f"is {_whole(value)}, above the largest allowed value {maximum}", f"give {maximum} or less")
     return value
+
+
+def _whole(value: int) -> str:
+    """A whole number for a message: huge ones by their size (str() refuses over 4,300 digits)."""
+    if abs(value).bit_length() <= 100:
+        return str(value)
+    digits = int(abs(value).bit_length() * math.log10(2)) + 1
+    return f"a {'negative ' if value < 0 else ''}number of about {digits:,} digits"
 
 
 def as_float(value: Any, where: Where, minimum: float | None = None, maximum: float | None = None) -> float:
@@ -175,8 +208,11 @@ def as_int_list(value: Any, where: Where) -> tuple[int, ...]:
     if not items:
         where.fail("is an empty list", "list at least one layer")
     numbers = tuple(as_int(item, where.child(i)) for i, item in enumerate(items))
-    if len(set(numbers)) != len(numbers):
-        where.fail(f"repeats a layer in {list(numbers)}", "list each layer once")
+    seen: set[int] = set()
+    for number in numbers:
+        if number in seen:
+            where.fail(f"repeats layer {_whole(number)}", "list each layer once")
+        seen.add(number)
     return numbers
 
 
@@ -185,8 +221,10 @@ def _kind(value: Any) -> str:
         return "nothing"
     if isinstance(value, bool):
         return f"the boolean {value}"
-    if isinstance(value, (int, float)):
-        return f"{type(value).__name__} {short(repr(value))}"
+    if isinstance(value, int):
+        return f"int {_whole(value)}"
+    if isinstance(value, float):
+        return f"float {short(repr(value))}"
     if isinstance(value, str):
         return f"the text {short(repr(value))}"
     # Never the repr of a list or mapping: a YAML document with aliases can make it
@@ -194,6 +232,19 @@ def _kind(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
+def printable(text: str) -> str:
+    """``text`` with line breaks, control characters and surrogates escaped (``\\n``, ``\\x00``)."""
+    return _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], text)
+
+
 def short(text: str, limit: int = 60) -> str:
     """``text`` cut to ``limit`` characters for a message."""
     return text if len(text) <= limit else f"{text[: limit - 1]}…"
+
+
+def middle(text: str, limit: int = 120) -> str:
+    """``text`` cut to ``limit`` characters in its middle: a path keeps its file name, a problem its end."""
+    if len(text) <= limit:
+        return text
+    head = (limit - 1) * 2 // 5
+    return f"{text[:head]}…{text[len(text) - (limit - 1 - head) :]}"

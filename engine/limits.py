@@ -39,12 +39,17 @@ MAX_PROMPTS = Limit("prompts per experiment", "STEERLAB_MAX_PROMPTS", 10_000)
 MAX_PROMPT_CHARS = Limit("characters per prompt", "STEERLAB_MAX_PROMPT_CHARS", 20_000)
 MAX_VARIANTS = Limit("variants per experiment", "STEERLAB_MAX_VARIANTS", 64)
 MAX_GENERATIONS = Limit("outputs per experiment (prompts x variants x samples)", "STEERLAB_MAX_GENERATIONS", 200_000)
-ALL = (MAX_PROMPTS, MAX_PROMPT_CHARS, MAX_VARIANTS, MAX_GENERATIONS)
+MAX_VECTORS = Limit("vectors per experiment", "STEERLAB_MAX_VECTORS", 64)
+MAX_EDITS = Limit("steering edits per variant", "STEERLAB_MAX_EDITS_PER_VARIANT", 16)
+# A prompts or vector file is read whole into memory: bound it before reading.
+MAX_FILE_BYTES = Limit("bytes", "STEERLAB_MAX_FILE_BYTES", 50_000_000)
+ALL = (MAX_PROMPTS, MAX_PROMPT_CHARS, MAX_VARIANTS, MAX_GENERATIONS, MAX_VECTORS, MAX_EDITS, MAX_FILE_BYTES)
 
 
-def check(limit: Limit, count: int, where: str) -> None:
+def check(limit: Limit, count: int, where: str, what: str | None = None) -> None:
+    """Refuse ``count`` over the limit; ``what`` names the things counted where the limit's name does not fit."""
     if count > limit.value:
         raise SteerLabError(
-            f"{where} has {count:,} {limit.name}, over the limit of {limit.value:,}; "
+            f"{where} has {count:,} {what or limit.name}, over the limit of {limit.value:,}; "
             f"use fewer, or ask the operator to raise {limit.variable}."
         )

@@ -242,12 +242,12 @@ def parse_experiment(raw: Any, where: Where, prompts: Sequence[str] | None = Non
         where.child("scorers").fail("has two scorers with the same name", "give each scorer its own name")
     spec = ExperimentSpec(
         name=name,
-        description=as_str(data.get("description", ""), where.child("description"), allow_empty=True),
+        description=_text(data.get("description", ""), where.child("description"), allow_empty=True),
         model=as_str(required(data, "model", where), where.child("model")).strip(),
         chat_template=as_choice(data.get("chat_template", "auto"), CHAT_TEMPLATE_MODES, where.child("chat_template")),
-        probe_prompt=as_str(data.get("probe_prompt", DEFAULT_PROBE), where.child("probe_prompt")),
+        probe_prompt=_text(data.get("probe_prompt", DEFAULT_PROBE), where.child("probe_prompt")),
         reveal_after_vote=as_bool(data.get("reveal_after_vote", False), where.child("reveal_after_vote")),
-        rating_question=as_str(
+        rating_question=_text(
             data.get("rating_question", DEFAULT_RATING_QUESTION), where.child("rating_question")
         ).strip(),
         rating_overlap=as_float(
@@ -297,7 +297,7 @@ def _parse_references(raw: Any, where: Where, prompts: int) -> tuple[tuple[str, 
     out = []
     for i, item in enumerate(items):
         texts = [item] if isinstance(item, str) else list(as_list(item, where.child(i)))
-        out.append(tuple(as_str(t, where.child(i)) for t in texts))
+        out.append(tuple(_text(t, where.child(i)) for t in texts))
     return tuple(out)
 
 
@@ -305,7 +305,15 @@ def _parse_texts(raw: Any, where: Where) -> tuple[str, ...]:
     items = as_list(raw, where)
     if not items:
         where.fail("is an empty list", "give at least one text")
-    return tuple(as_str(t, where.child(i)) for i, t in enumerate(items))
+    limits.check(limits.MAX_PROMPTS, len(items), str(where), "texts")
+    return tuple(_text(t, where.child(i)) for i, t in enumerate(items))
+
+
+def _text(value: Any, where: Where, allow_empty: bool = False) -> str:
+    """Text that is read into the model or shown on a page: at most as long as a prompt may be."""
+    text = as_str(value, where, allow_empty)
+    limits.check(limits.MAX_PROMPT_CHARS, len(text), str(where), "characters")
+    return text
 
 
 def _parse_generation(raw: Any, where: Where) -> GenerationSpec:
@@ -339,6 +347,7 @@ def _parse_generation(raw: Any, where: Where) -> GenerationSpec:
 
 def _parse_vectors(raw: Any, where: Where) -> tuple[VectorSpec, ...]:
     data = as_mapping(raw, where)
+    limits.check(limits.MAX_VECTORS, len(data), str(where))
     out = []
     for name, entry in data.items():
         here = where.child(str(name)[:MAX_NAME_CHARS])
@@ -353,6 +362,7 @@ def _parse_vectors(raw: Any, where: Where) -> tuple[VectorSpec, ...]:
         pairs_raw = as_list(required(spec, "pairs", here), here.child("pairs"))
         if not pairs_raw:
             here.child("pairs").fail("is an empty list", "give at least one [positive, negative] pair")
+        limits.check(limits.MAX_PROMPTS, len(pairs_raw), str(here.child("pairs")), "pairs")
         pairs = tuple(_parse_pair(p, here.child("pairs").child(i)) for i, p in enumerate(pairs_raw))
         method = as_choice(spec.get("method", "mean_diff"), EXTRACTION_METHODS, here.child("method"))
         pair_index = as_int(spec.get("pair_index", 0), here.child("pair_index"), 0, len(pairs) - 1)
@@ -369,7 +379,7 @@ def _parse_pair(raw: Any, where: Where) -> tuple[str, str]:
         positive, negative = raw
     else:
         where.fail("is not a pair", "write [positive text, negative text] or positive:/negative: fields")
-    return as_str(positive, where.child("positive")), as_str(negative, where.child("negative"))
+    return _text(positive, where.child("positive")), _text(negative, where.child("negative"))
 
 
 def _parse_variants(raw: Any, where: Where, vector_names: set[str]) -> tuple[VariantSpec, ...]:
@@ -394,6 +404,7 @@ def parse_variant(raw: Any, where: Where, vector_names: set[str]) -> VariantSpec
     data = as_mapping(raw, where)
     check_keys(data, ("name", "kind", "description", "prefix", "system", "interventions", "train"), where)
     interventions_raw = as_list(data.get("interventions") or [], where.child("interventions"))
+    limits.check(limits.MAX_EDITS, len(interventions_raw), str(where.child("interventions")))
     interventions = tuple(
         methods.parse(x, where.child("interventions").child(i)) for i, x in enumerate(interventions_raw)
     )
@@ -407,9 +418,9 @@ def parse_variant(raw: Any, where: Where, vector_names: set[str]) -> VariantSpec
                 )
     variant = VariantSpec(
         name=as_name(required(data, "name", where), where.child("name")),
-        description=as_str(data.get("description", ""), where.child("description"), allow_empty=True),
-        prefix=as_str(data.get("prefix", ""), where.child("prefix"), allow_empty=True),
-        system=as_str(data.get("system", ""), where.child("system"), allow_empty=True),
+        description=_text(data.get("description", ""), where.child("description"), allow_empty=True),
+        prefix=_text(data.get("prefix", ""), where.child("prefix"), allow_empty=True),
+        system=_text(data.get("system", ""), where.child("system"), allow_empty=True),
         interventions=interventions,
         train=parse_training(data["train"], where.child("train")) if data.get("train") is not None else None,
     )
@@ -450,10 +461,14 @@ def check_against_model(spec: ExperimentSpec, facts: ModelFacts, source: str) ->
     """Checks that need the model: every intervention's layers exist."""
     where = Where(source, "variants")
     for i, variant in enumerate(spec.variants):
-        if variant.train is not None and not training_texts(spec, variant.train):
-            where.child(i).child("train").fail(
-                "has an empty training set",
-                "add 'training_examples' to the experiment or set 'examples_from' to a vector with pairs",
-            )
-        for j, intervention in enumerate(variant.interventions):
-            intervention.check(facts, where.child(i).child("interventions").child(j))
+        check_variant_against_model(spec, variant, facts, where.child(i))
+
+
+def check_variant_against_model(spec: ExperimentSpec, variant: VariantSpec, facts: ModelFacts, where: Where) -> None:
+    if variant.train is not None and not training_texts(spec, variant.train):
+        where.child("train").fail(
+            "has an empty training set",
+            "add 'training_examples' to the experiment or set 'examples_from' to a vector with pairs",
+        )
+    for j, intervention in enumerate(variant.interventions):
+        intervention.check(facts, where.child("interventions").child(j))

@@ -19,9 +19,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
+from engine import limits
 from engine.errors import SteerLabError
+from engine.fields import middle, printable, short
 
 FORMAT = "steerlab-vector/1"
+# Largest magnitude of one number in a direction: far beyond any hidden state, far below
+# where a steering coefficient (at most engine.fields.MAX_COEFFICIENT) overflows float32.
+MAX_ABS_VALUE = 1e6
 
 
 @dataclass(frozen=True)
@@ -76,12 +81,14 @@ class SteeringVector:
 
     @classmethod
     def from_bytes(cls, data: bytes, source: str, name: str | None = None) -> SteeringVector:
+        limits.check(limits.MAX_FILE_BYTES, len(data), source)
         try:
             tensors = load(data)
             metadata = _read_metadata(data)
         except (SafetensorError, ValueError, json.JSONDecodeError) as exc:
             raise SteerLabError(
-                f"{source} is not a readable safetensors vector file ({exc}); save it again with SteerLab."
+                f"{source} is not a readable safetensors vector file ({printable(short(str(exc), 160))}); "
+                "save it again with SteerLab."
             ) from exc
         directions = tensors.get("directions")
         if directions is None:
@@ -102,6 +109,12 @@ class SteeringVector:
         directions = directions.to(torch.float32)
         if not bool(torch.isfinite(directions).all()):
             raise SteerLabError(f"{source} holds NaN or infinite numbers; extract or save the vector again.")
+        largest = float(directions.abs().max())
+        if largest > MAX_ABS_VALUE:
+            raise SteerLabError(
+                f"{source} holds a number of magnitude {largest:.3g}, above the {MAX_ABS_VALUE:g} a direction "
+                "can sensibly hold; extract or save the vector again."
+            )
         layers = _metadata_layers(metadata.get("layers"), directions.shape[0], source)
         seconds_text = metadata.get("extraction_seconds", "0") or "0"
         try:
@@ -146,9 +159,15 @@ def save_vector(vector: SteeringVector, path: str | Path) -> None:
 
 def load_vector(path: str | Path, name: str | None = None) -> SteeringVector:
     file = Path(path)
-    if not file.is_file():
-        raise SteerLabError(f"Vector file '{file}' does not exist; check the path.")
-    return SteeringVector.from_bytes(file.read_bytes(), source=f"Vector file '{file}'", name=name)
+    source = f"Vector file '{middle(printable(str(file)))}'"
+    try:
+        if not file.is_file():
+            raise SteerLabError(f"{source} does not exist; check the path.")
+        limits.check(limits.MAX_FILE_BYTES, file.stat().st_size, source)
+        data = file.read_bytes()
+    except OSError as exc:
+        raise SteerLabError(f"{source} cannot be read ({exc.strerror}); check the path and its permissions.") from exc
+    return SteeringVector.from_bytes(data, source=source, name=name)
 
 
 def hash_pairs(pairs: Sequence[tuple[str, str]]) -> str:

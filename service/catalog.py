@@ -26,8 +26,18 @@ _DEFINING = ("model", "prompts", "generation", "chat_template", "probe_prompt")
 
 
 def stored_spec(experiment: Experiment) -> ExperimentSpec:
-    """The stored definition, parsed back (file vectors' bytes live in the vectors table)."""
-    return parse_experiment(json.loads(experiment.spec_json), Where(f"stored experiment '{experiment.name}'"))
+    """The stored definition, parsed back (file vectors' bytes live in the vectors table).
+
+    It is validated again, so a definition stored by an older, more lenient SteerLab (a
+    coefficient above today's limit, say) is reported in one sentence, not used silently.
+    """
+    try:
+        return parse_experiment(json.loads(experiment.spec_json), Where(f"stored experiment '{experiment.name}'"))
+    except SteerLabError as exc:
+        raise SteerLabError(
+            f"{str(exc).rstrip('.')}; this SteerLab no longer accepts that stored value, so change or delete it "
+            "(re-run the experiment file with the value fixed and --replace, or delete the experiment)."
+        ) from exc
 
 
 def save_spec(

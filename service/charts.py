@@ -123,21 +123,8 @@ def win_rate_frame(c: Comparison) -> pd.DataFrame:
                 "label": f"n={n} ({rest})" if enough else f"too few votes (n={n}; needs {MIN_DECISIVE_VOTES})",
             }
         )
-    return pd.DataFrame(rows, columns=[*_WIN_RATE_COLUMNS, "label"])
-
-
-_WIN_RATE_COLUMNS = [
-    "variant",
-    "win rate",
-    "low",
-    "high",
-    "decisive votes",
-    "wins",
-    "losses",
-    "ties",
-    "both bad",
-    "enough votes",
-]
+    columns = ["variant", "win rate", "low", "high", "decisive votes", "wins", "losses", "ties", "both bad"]
+    return pd.DataFrame(rows, columns=[*columns, "enough votes", "label"])
 
 
 def win_rate_table(c: Comparison) -> pd.DataFrame:
@@ -329,19 +316,15 @@ def matrix_chart(c: Comparison) -> alt.LayerChart:
             ],
         ),
     )
-    return (
-        (rect + text)
-        .resolve_scale(color="independent")
-        .properties(
-            width=alt.Step(cell_width),
-            height=alt.Step(36),
-            autosize=NATURAL,
-            title=alt.Title(
-                "Pairwise win rates (decisive votes)",
-                subtitle=f"cell: the row's win rate against the column and its decisive votes; "
-                f"shown from {MIN_DECISIVE_VOTES} votes",
-            ),
-        )
+    return (rect + text).properties(
+        width=alt.Step(cell_width),
+        height=alt.Step(36),
+        autosize=NATURAL,
+        title=alt.Title(
+            "Pairwise win rates (decisive votes)",
+            subtitle=f"cell: the row's win rate against the column and its decisive votes; "
+            f"shown from {MIN_DECISIVE_VOTES} votes",
+        ),
     )
 
 
@@ -397,7 +380,9 @@ def compute_table(c: Comparison) -> pd.DataFrame:
         "–" if same is None else "yes" if same else "no: different run, not comparable"
         for same in data["same runs as baseline"]
     ]
-    for column in data.columns[5:]:
+    for column in [
+        m for m in data.columns if m not in ("variant", "kind", "generations", "runs", "same runs as baseline")
+    ]:
         out[column] = [
             sig(v) + (" (not comparable)" if column in TIMING and same is False and _finite(v) is not None else "")
             for v, same in zip(data[column], data["same runs as baseline"], strict=True)
@@ -614,8 +599,9 @@ def sweep_heatmaps(result: SweepResult) -> alt.HConcatChart:
 
 def pareto_chart(result: SweepResult) -> alt.LayerChart:
     data = sweep_frame(result)
-    data["front"] = ["Pareto front" if p else "other cells" for p in data["pareto"]]
-    data["pick"] = ["recommended" if r else "other cells" for r in data["recommended"]]
+    front, off, pick, rest = "on the Pareto front", "not on the front", "recommended", "not recommended"
+    data["front"] = [front if p else off for p in data["pareto"]]
+    data["pick"] = [pick if r else rest for r in data["recommended"]]
     scorer = result.config.scorer
     base = alt.Chart(data).encode(
         x=alt.X("perplexity:Q", scale=alt.Scale(type="log"), title="perplexity (lower = more fluent)"),
@@ -623,15 +609,12 @@ def pareto_chart(result: SweepResult) -> alt.LayerChart:
     )
     bars = base.mark_rule(opacity=0.5).encode(y="low:Q", y2="high:Q")
     points = base.mark_point(filled=True, size=80).encode(
-        color=alt.Color(
-            "front:N",
-            title=None,
-            scale=alt.Scale(domain=["Pareto front", "other cells"], range=["#d62728", GREY]),
-        ),
+        color=alt.Color("front:N", title="Pareto front", scale=alt.Scale(domain=[front, off], range=["#d62728", GREY])),
         shape=alt.Shape(
-            "pick:N", title=None, scale=alt.Scale(domain=["recommended", "other cells"], range=["diamond", "circle"])
+            "pick:N", title="recommendation", scale=alt.Scale(domain=[pick, rest], range=["diamond", "circle"])
         ),
-        size=alt.Size("pick:N", scale=alt.Scale(domain=["recommended", "other cells"], range=[260, 70]), legend=None),
+        # Same field as the shape: one legend shows both (legend=None here would hide that one too).
+        size=alt.Size("pick:N", title="recommendation", scale=alt.Scale(domain=[pick, rest], range=[260, 70])),
         tooltip=["cell", "layer", "coefficient", scorer, "low", "high", "perplexity", "n", "front", "pick"],
     )
     labels = base.mark_text(align="left", dx=6, fontSize=9).encode(text="cell:N")
@@ -660,7 +643,7 @@ def adaptation_frame(rows: list[MethodRow]) -> pd.DataFrame:
         if _finite(r.inference_overhead) is None:
             return "–"
         text = f"{r.inference_overhead:.2f}×"
-        return text if r.speed_comparable else f"{text} ({NOT_COMPARABLE})"
+        return text if r.speed_comparable else f"{text} (different run: not comparable)"
 
     return pd.DataFrame(
         [

@@ -15,6 +15,7 @@ from typing import Any
 
 from db.store import Store, StoreError
 from engine.errors import SteerLabError
+from engine.fields import printable
 from engine.runner import Progress
 from service.catalog import list_experiments
 from service.export import export_csv, export_json
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--replace", action="store_true", help="discard a stored experiment of that name whose definition differs"
     )
+    _allow_path_option(run)
 
     ls = sub.add_parser("list", help="list stored experiments with their counts")
     ls.add_argument("--db")
@@ -61,11 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--add-cells", nargs="+", metavar="CELL", help="add these cells (like L1_x2) to the experiment as variants"
     )
+    _allow_path_option(sweep)
 
     calibrate = sub.add_parser("calibrate", help="pick a conditional variant's threshold from its condition examples")
     calibrate.add_argument("file", help="experiment YAML file")
     calibrate.add_argument("--variant", required=True, help="the variant with a conditional intervention")
     calibrate.add_argument("--device", default="auto")
+    _allow_path_option(calibrate)
 
     suite = sub.add_parser("suite", help="run the benchmark suite and print the adaptation comparison")
     suite.add_argument("--json", help="also write the comparison table to this JSON file")
@@ -91,6 +95,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _allow_path_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also let the file name prompts and vector files in this folder (repeatable); "
+        "by default only files in the experiment file's own folder are read",
+    )
+
+
+def _allowed_dirs(args: argparse.Namespace) -> tuple[str, ...]:
+    """The --allow-path folders, each checked to exist (a typo must not pass silently)."""
+    for folder in args.allow_path:
+        if not Path(folder).is_dir():
+            raise SteerLabError(f"Folder '{folder}' given to --allow-path does not exist; give an existing folder.")
+    return tuple(args.allow_path)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -112,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _score(args)
         return _bench(args)
     except (SteerLabError, StoreError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # One line whatever the message quotes (a name or path with a line break in it).
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\nInterrupted: finished batches are stored; run the same command again to continue.", file=sys.stderr)
@@ -143,7 +167,9 @@ class _ProgressBar:
 
 def _run(args: argparse.Namespace) -> int:
     store = Store(args.db)
-    options = RunOptions(args.batch_size, args.device, args.dtype, args.model, args.name, args.replace)
+    options = RunOptions(
+        args.batch_size, args.device, args.dtype, args.model, args.name, args.replace, _allowed_dirs(args)
+    )
     progress = _ProgressBar("generating")
     try:
         result = run_experiment_file(store, args.file, options, progress)
@@ -163,7 +189,7 @@ def _sweep(args: argparse.Namespace) -> int:
     store = Store(args.db)
     progress = _ProgressBar("sweeping")
     try:
-        options = RunOptions(args.batch_size, args.device, args.dtype, args.model)
+        options = RunOptions(args.batch_size, args.device, args.dtype, args.model, allowed_dirs=_allowed_dirs(args))
         run, result = run_sweep_file(store, args.file, options, progress)
     finally:
         progress.close()
@@ -173,7 +199,7 @@ def _sweep(args: argparse.Namespace) -> int:
         from engine.experiment_file import load_experiment_file
         from service.catalog import import_experiment
 
-        spec = load_experiment_file(args.file)
+        spec = load_experiment_file(args.file, [Path(d) for d in _allowed_dirs(args)])
         with store.session() as session:
             import_experiment(session, spec, args.file, {})
         added = promote_cells(store, spec.name, result.experiment, args.add_cells)
@@ -216,7 +242,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from engine.methods.conditional import ConditionalAdd, calibrate
     from engine.models import load_model
 
-    spec = load_experiment_file(args.file)
+    spec = load_experiment_file(args.file, [Path(d) for d in _allowed_dirs(args)])
     variant = next((v for v in spec.variants if v.name == args.variant), None)
     if variant is None:
         raise SteerLabError(

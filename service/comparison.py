@@ -17,7 +17,8 @@ from db import repository as repo
 from db.schema import Rating as RatingRow
 from db.store import Store
 from engine.ranking import Battle, Rating, bradley_terry_with_intervals, cohen_kappa, fleiss_kappa
-from engine.stats import MIN_DECISIVE_VOTES, Estimate, wilson_interval
+from engine.stats import MIN_DECISIVE_VOTES as MIN_DECISIVE_VOTES
+from engine.stats import Estimate, wilson_interval
 from service.catalog import get_experiment
 from service.summary import VariantSummary, variant_summaries
 

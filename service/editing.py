@@ -12,18 +12,32 @@ from typing import Any
 
 from db import repository as repo
 from db.store import Store
+from engine import limits
 from engine.errors import SteerLabError
 from engine.experiment_file import parse_experiment_text
-from engine.fields import Where
+from engine.fields import Where, printable, short
 from engine.methods import registry
 from engine.methods.base import FieldInfo, ModelFacts, SteeringMethod
 from engine.models import load_model
 from engine.prompt_files import PROMPT_FILE_TYPES, parse_prompts
-from engine.spec import ExperimentSpec, VariantSpec, check_against_model, parse_experiment, parse_variant
+from engine.spec import (
+    ExperimentSpec,
+    VariantSpec,
+    check_against_model,
+    check_variant_against_model,
+    parse_experiment,
+    parse_variant,
+)
 from engine.vectors import SteeringVector
 from service import audit, catalog
 from service.access import LOCAL, Identity, make_owner, require
 from service.catalog import get_experiment, save_spec, stored_spec
+from service.edit_scale import check_edit_scales
+
+
+def uploaded(filename: str) -> str:
+    """How messages name an upload: its name as the browser sent it, printable and short."""
+    return f"Uploaded file '{short(printable(filename), 80)}'"
 
 
 def parse_uploaded_prompts(content: bytes, filename: str) -> list[str]:
@@ -31,9 +45,10 @@ def parse_uploaded_prompts(content: bytes, filename: str) -> list[str]:
     suffix = Path(filename).suffix.lower()
     if suffix not in PROMPT_FILE_TYPES:
         raise SteerLabError(
-            f"Uploaded file '{filename}' has type '{suffix}'; use one of {', '.join(PROMPT_FILE_TYPES)}."
+            f"{uploaded(filename)} has type '{short(printable(suffix), 20)}'; use one of {', '.join(PROMPT_FILE_TYPES)}."
         )
-    return parse_prompts(content.decode("utf-8", "replace"), suffix, f"Uploaded file '{filename}'")
+    limits.check(limits.MAX_FILE_BYTES, len(content), uploaded(filename))
+    return parse_prompts(content.decode("utf-8", "replace"), suffix, uploaded(filename))
 
 
 def model_facts(model_id: str, device: str = "auto") -> ModelFacts:
@@ -72,8 +87,8 @@ def create_experiment(
 
 def create_experiment_from_yaml(store: Store, text: str, filename: str, who: Identity = LOCAL) -> ExperimentSpec:
     """An uploaded experiment file: it comes without a folder, so it may not name other files."""
-    spec = parse_experiment_text(text, f"Uploaded file '{filename}'", None)
-    return _store_new(store, spec, filename, who)
+    spec = parse_experiment_text(text, uploaded(filename), None)
+    return _store_new(store, spec, short(printable(filename), 80), who)
 
 
 def _store_new(store: Store, spec: ExperimentSpec, source: str, who: Identity) -> ExperimentSpec:
@@ -135,7 +150,8 @@ def save_variant(
             else [*spec.variants, variant]
         )
         new_spec = replace(spec, variants=tuple(variants))
-        check_against_model(new_spec, model_facts(spec.model), where.source)
+        check_variant_against_model(new_spec, variant, model_facts(spec.model), where)
+        check_edit_scales(store, experiment_name, variant)
         save_spec(session, experiment, new_spec)
         action = f"variant '{variant.name}' " + (f"changed (was '{original_name}')" if original_name else "added")
         audit.record(session, who.user, "changed", experiment_name, action)
@@ -205,16 +221,23 @@ def upload_vector(
 ) -> SteeringVector:
     """Add a vector from a safetensors file; its hidden size must match the model."""
     require(store, who, experiment_name, "owner", "adding vectors")
-    vector = SteeringVector.from_bytes(content, source=f"Uploaded file '{filename}'", name=name)
+    vector = SteeringVector.from_bytes(content, source=uploaded(filename), name=name)
     with store.session() as session:
         experiment = get_experiment(session, experiment_name)
         spec = stored_spec(experiment)
-        vector.check_fits(model_facts(spec.model).hidden_size, spec.model, f"Uploaded file '{filename}'")
+        vector.check_fits(model_facts(spec.model).hidden_size, spec.model, uploaded(filename))
         data = spec.to_dict()
-        data["vectors"][name.strip()] = {"file": filename}
+        # The upload's name is only a label here (the bytes are stored): keep it printable.
+        data["vectors"][name.strip()] = {"file": short(printable(filename), 80)}
         new_spec = parse_experiment(data, Where.form(f"Vector '{name}'"))
         save_spec(session, experiment, new_spec, {name.strip(): content})
-        audit.record(session, who.user, "changed", experiment_name, f"vector '{name.strip()}' uploaded from {filename}")
+        audit.record(
+            session,
+            who.user,
+            "changed",
+            experiment_name,
+            f"vector '{name.strip()}' uploaded from {short(printable(filename), 80)}",
+        )
     return vector
 
 

@@ -46,6 +46,8 @@ class RunOptions:
     model: str | None = None  # overrides the file's model
     name: str | None = None  # overrides the file's experiment name
     replace: bool = False  # discard a stored experiment whose definition differs
+    # Folders besides the experiment file's own from which the file may name prompt and vector files.
+    allowed_dirs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ def run_experiment_file(
     progress: Callable[[Progress], None] | None = None,
     cancel: CancelFlag | None = None,
 ) -> RunResult:
-    spec = load_experiment_file(path)
+    spec = load_experiment_file(path, [Path(d) for d in options.allowed_dirs])
     if options.model:
         spec = replace(spec, model=options.model)
     if options.name:
@@ -158,11 +160,11 @@ def run_stored(
         started(run_id)
     stop = _StoreCancel(store, run_id, cancel)
 
-    def phase(name: str) -> None:
+    def phase(now: str) -> None:  # between phases is also where a cancel request is honoured
         if stop.is_set():
             raise RunCancelled()
         with store.session() as session:
-            repo.set_run_phase(session, run_id, name)
+            repo.set_run_phase(session, run_id, now)
 
     def store_batch(rows: list[RowOutput]) -> None:
         with store.session() as session:

@@ -56,7 +56,7 @@ def run_sweep_file(
     cancel: CancelFlag | None = None,
 ) -> tuple[RunResult, SweepResult]:
     options = options or RunOptions()
-    spec = load_experiment_file(path)
+    spec = load_experiment_file(path, [Path(d) for d in options.allowed_dirs])
     if options.model:
         spec = replace(spec, model=options.model)
     config = config_of(spec, str(path))

@@ -9,73 +9,22 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import MOOD_FILE, ROOT, needs_models
+from tests.browser import CHROMIUM, LAUNCH_ARGS, dashboard, require_chromium
+from tests.conftest import MOOD_FILE, needs_models
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-LAUNCH_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-if not Path(CHROMIUM).exists():
-    if os.environ.get("CI"):
-        raise RuntimeError("CI must run the browser test: install Debian's chromium package (.ci/run does)")
-    pytest.skip(
-        "Chromium is not installed (apt-get install chromium); the browser test cannot run", allow_module_level=True
-    )
-
+require_chromium()
 pytestmark = needs_models
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
 def app_url(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    env = {**os.environ, "STEERLAB_DB": str(tmp_path / "e2e.db"), "PYTHONPATH": str(ROOT)}
-    command = [
-        sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"),
-        "--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1",
-        "--browser.gatherUsageStats", "false",
-    ]  # fmt: skip
-    log = (tmp_path / "streamlit.log").open("w")
-    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError((tmp_path / "streamlit.log").read_text()) from None
-                time.sleep(0.3)
+    with dashboard(tmp_path / "e2e.db", tmp_path) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        log.close()
 
 
 def test_create_run_rate_compare_report(app_url: str, tmp_path: Path) -> None:
@@ -126,7 +75,7 @@ def test_create_run_rate_compare_report(app_url: str, tmp_path: Path) -> None:
 
         # Rate: six votes with the keyboard shortcuts.
         go("Rate")
-        page.get_by_label("Your name (asked once per browser session)").fill("e2e-rater")
+        page.get_by_label(re.compile("Your name")).fill("e2e-rater")
         page.get_by_role("button", name="Start rating").click()
         expect(page.get_by_role("button", name="A is better")).to_be_visible()
         shot("rate")

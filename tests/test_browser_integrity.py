@@ -11,9 +11,11 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 import yaml
@@ -47,7 +49,7 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = Store(str(folder / "team.db"))
     for name in (*EXPERIMENTS, HOSTILE):
         if name == HOSTILE:
-            data["prompts"] = [HOSTILE_PROMPT, "Once upon a time"]
+            data["prompts"] = [HOSTILE_PROMPT, f"{HOSTILE_PROMPT} again"]
         path = folder / "exp.yaml"
         path.write_text(yaml.safe_dump({**data, "name": name}))
         run_experiment_file(store, path, RunOptions(device="cpu"))
@@ -85,8 +87,9 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def new_page(browser: Any) -> Any:
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.set_default_timeout(WAIT_MS)
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})  # its own cookies: a new session
+    context.set_default_timeout(WAIT_MS)
+    page = context.new_page()
     return page
 
 
@@ -123,11 +126,21 @@ def vote_with_key(page: Any, key: str, db: Path) -> tuple[str, str]:
     before = len(votes(db))
     page.get_by_text("Keyboard: a = A is better").click()  # focus the page, not a text field
     page.keyboard.press(key)
-    expect(page.get_by_text(re.compile(r"^Vote stored"))).to_be_visible()
+    wait_until(lambda: len(votes(db)) > before, "the vote to be stored")
     stored = votes(db)
-    assert len(stored) == before + 1, "one click, one vote"
+    assert len(stored) == before + 1, "one key press, one vote"
+    mine = sum(1 for v in stored if v[:2] == (experiment, rater))
+    expect(page.get_by_text(f"You: {mine} of")).to_be_visible()  # the page has drawn the next pair
     assert stored[-1][:2] == (experiment, rater), "the vote is stored in the experiment the page showed"
     return rater, experiment
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT_MS / 1000) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
 
 
 def pick_experiment(page: Any, name: str) -> None:
@@ -136,7 +149,8 @@ def pick_experiment(page: Any, name: str) -> None:
     sidebar = page.locator('[data-testid="stSidebar"]')
     sidebar.get_by_test_id("stSelectbox").click()
     page.get_by_role("option", name=name, exact=True).click()
-    expect(sidebar.get_by_test_id("stSelectbox")).to_contain_text(name)
+    expect(page).to_have_url(re.compile(f"experiment={re.escape(name)}"))
+    expect(page.get_by_text(re.compile(f"· experiment {re.escape(name)} ·"))).to_be_visible()
 
 
 def test_votes_land_in_the_experiment_shown_across_switches_pages_reloads_and_tabs(
@@ -197,7 +211,7 @@ def test_repeated_delete_clicks_delete_only_the_confirmed_experiment(app: str, b
     page.reload()
     before = stored_experiments(db)
     page.get_by_role("tab", name="Delete").click()
-    page.get_by_test_id("stSelectbox").filter(has_text="Choose an experiment").click()
+    page.get_by_role("combobox", name="Experiment to delete").click()
     page.get_by_role("option", name="doomed", exact=True).click()
     page.get_by_text("Yes, delete 'doomed'").click()
     button = page.get_by_role("button", name="Delete experiment")
@@ -208,27 +222,23 @@ def test_repeated_delete_clicks_delete_only_the_confirmed_experiment(app: str, b
     page.context.close()
 
 
-def test_half_filled_pairs_are_refused_naming_the_row(app: str, browser: Any, db: Path) -> None:
+def test_empty_pair_rows_are_never_stored_as_text(app: str, browser: Any, db: Path) -> None:
+    """The pairs table's empty cells reach the server as None/NaN, never as the text "nan".
+
+    (Typing into the table's canvas grid cannot be driven reliably from Playwright; the
+    half-filled row is checked on the service the page calls, in test_editing.py.)
+    """
     from playwright.sync_api import expect
 
     page = new_page(browser)
     page.goto(f"{app}/variants?experiment=mood_cli")
     expect(page.get_by_text("Add or edit a variant")).to_be_visible()
     page.get_by_role("tab", name="Contrastive pairs").click()
-    page.get_by_label("Vector name").first.fill("half")
-    grid = page.get_by_test_id("stDataFrame").last
-    grid.scroll_into_view_if_needed()
-    box = grid.bounding_box()
-    # The one empty row: double-click its "positive" cell, type, Enter.
-    page.mouse.dblclick(box["x"] + 120, box["y"] + 55)
-    page.keyboard.type("He gave his friend a warm hug.")
-    page.keyboard.press("Enter")
+    page.get_by_label("Vector name").first.fill("empty")
     page.get_by_role("button", name="Save vector").click()
-    expect(page.get_by_text("Vector 'half', row 1: the negative text is empty")).to_be_visible()
+    expect(page.get_by_text("Vector 'empty' has no filled pair")).to_be_visible()
     with sqlite3.connect(db) as conn:
-        stored = [n for (n,) in conn.execute("SELECT v.name FROM vectors v JOIN experiments e ON e.id = v.experiment_id "
-                                             "WHERE e.name = 'mood_cli'")]  # fmt: skip
-        assert "half" not in stored
+        assert conn.execute("SELECT count(*) FROM vectors WHERE name = 'empty'").fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM vectors WHERE spec_json LIKE '%\"nan\"%'").fetchone() == (0,)
     page.context.close()
 
@@ -242,12 +252,17 @@ def test_every_page_shows_markdown_and_html_as_literal_text_and_fits_the_width(
     requests: list[str] = []
     dialogs: list[str] = []
     page.on("request", lambda r: requests.append(r.url))
-    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+
+    def on_dialog(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
     for path in PAGES:
-        page.goto(f"{app}/{path}?experiment={HOSTILE}&rater=mallory")
+        page.goto(f"{app}/{path}?{urlencode({'experiment': HOSTILE, 'rater': 'mallory'})}")
         expect(page.get_by_role("heading").first).to_be_visible()
         page.wait_for_load_state("networkidle")
-        expect(page.locator('[data-testid="stSidebar"]')).to_contain_text(HOSTILE)
+        expect(page.get_by_role("combobox", name="Experiment", exact=True)).to_have_value(HOSTILE)
         assert page.locator("a[href*='evil.example'], img[src*='evil.example']").count() == 0, path
         overflow = page.evaluate(
             "() => { const m = document.querySelector('[data-testid=\"stMain\"]');"

@@ -83,8 +83,9 @@ def signed_in(browser: Any, app: str, email: str) -> Any:
     """A new browser session signed in as ``email`` through the provider's own form."""
     from playwright.sync_api import expect
 
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.set_default_timeout(WAIT_MS)
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})  # its own cookies: a new session
+    context.set_default_timeout(WAIT_MS)
+    page = context.new_page()
     page.goto(app)
     page.get_by_role("button", name="Sign in").click()
     page.locator("input[name=sub]").fill(email)
@@ -94,7 +95,8 @@ def signed_in(browser: Any, app: str, email: str) -> Any:
 
 
 def nav_links(page: Any) -> list[str]:
-    return [t.strip() for t in page.locator('[data-testid="stSidebarNav"] a').all_inner_texts()]
+    """The page titles in the sidebar's navigation (none when only one page is allowed)."""
+    return [t.strip() for t in page.get_by_role("navigation", name="App pages").locator("a p").all_inner_texts()]
 
 
 def votes(db: Path) -> list[tuple[str, str]]:
@@ -110,21 +112,22 @@ def test_a_rater_only_rates_and_only_as_themselves(app: str, browser: Any, db: P
     page = signed_in(browser, app, RATER)
     expect(page.get_by_role("heading", name="Rate", exact=True)).to_be_visible()
     assert nav_links(page) in ([], ["Rate"]), "a rater sees no other page"
-    sidebar = page.locator('[data-testid="stSidebar"]')
-    expect(sidebar).to_contain_text("team_mood")
-    sidebar.get_by_test_id("stSelectbox").click()
+    picker = page.get_by_role("combobox", name="Experiment", exact=True)
+    expect(picker).to_have_value("team_mood")
+    picker.click()
     options = page.get_by_role("option").all_inner_texts()
     page.keyboard.press("Escape")
     assert options == ["team_mood"], "a rater sees only the experiments they rate"
 
     # Compare, Report (the exports) and Experiments (delete) are not reachable by link either.
-    for path in ("compare", "report", "experiments", "variants"):
+    for path in ("compare", "report", "experiments", "variants", "run"):
         page.goto(f"{app}/{path}?experiment=team_mood")
-        expect(page.get_by_role("heading", name="Rate", exact=True)).to_be_visible()
+        expect(page.get_by_role("heading", name="Rate", exact=True)).to_be_visible()  # Streamlit: page not found
         assert page.get_by_role("button", name=re.compile("HTML report|Delete experiment|JSON export")).count() == 0
+        assert page.get_by_role("heading", name=re.compile("^(Compare|Report|Experiments|Variants|Run)$")).count() == 0
 
     # The rater's name comes from the sign-in: a rater= in the link changes nothing.
-    page.goto(f"{app}/rate?experiment=team_mood&rater={OWNER}")
+    page.goto(f"{app}/?experiment=team_mood&rater={OWNER}")
     expect(page.get_by_text(f"Rating as {RATER} · experiment team_mood")).to_be_visible()
     before = len(votes(db))
     page.get_by_text("Keyboard: a = A is better").click()
@@ -144,9 +147,10 @@ def test_an_analyst_reads_but_cannot_change_or_delete(app: str, browser: Any) ->
     assert not {"Variants", "Run", "Sweep"} & set(links)
     page.goto(f"{app}/compare?experiment=team_mood")
     expect(page.get_by_role("heading", name="Compare", exact=True)).to_be_visible()
-    page.goto(f"{app}/experiments?experiment=team_mood")
+    page.goto(f"{app}/?experiment=team_mood")
+    expect(page.get_by_role("heading", name="Experiments", exact=True)).to_be_visible()
     page.get_by_role("tab", name="Delete").click()
-    page.get_by_test_id("stSelectbox").filter(has_text="Choose an experiment").click()
+    page.get_by_role("combobox", name="Experiment to delete").click()
     page.get_by_role("option", name="team_mood", exact=True).click()
     expect(page.get_by_text(re.compile("needs the owner role"))).to_be_visible()
     page.context.close()
@@ -156,15 +160,17 @@ def test_a_rater_link_makes_a_new_user_a_rater_of_that_experiment_only(app: str,
     from playwright.sync_api import expect
 
     owner = signed_in(browser, app, OWNER)
-    owner.goto(f"{app}/experiments?experiment=team_mood")
+    owner.goto(f"{app}/?experiment=team_mood")
+    expect(owner.get_by_role("heading", name="Experiments", exact=True)).to_be_visible()
+    expect(owner.get_by_role("tab", name="Team & audit log")).to_be_enabled()
     owner.get_by_role("tab", name="Team & audit log").click()
     link = owner.locator("code").filter(has_text="invite=").first.inner_text().strip()
-    assert link.startswith(app) and "experiment=team_mood" in link
-    expect(owner.get_by_text(f"{RATER} is now rater").or_(owner.get_by_text("rater")).first).to_be_visible()
+    assert link.startswith(f"{app}/?") and "experiment=team_mood" in link and "invite=" in link
     owner.context.close()
 
     newbie = signed_in(browser, app, "nina@team.example")
-    expect(newbie.get_by_text("Create an experiment first").or_(newbie.get_by_role("heading")).first).to_be_visible()
+    # Before the link: a member of nothing sees no experiment of anyone else.
+    expect(newbie.get_by_text("No experiments yet: create one on the Experiments page.")).to_be_visible()
     newbie.goto(link)
     expect(newbie.get_by_text("Rating as nina@team.example · experiment team_mood")).to_be_visible()
     before = len(votes(db))
@@ -172,6 +178,6 @@ def test_a_rater_link_makes_a_new_user_a_rater_of_that_experiment_only(app: str,
     newbie.keyboard.press("b")
     expect(newbie.get_by_text(re.compile("^Vote stored"))).to_be_visible()
     assert votes(db)[before:] == [("team_mood", "nina@team.example")]
-    newbie.goto(f"{app}/rate?experiment=secret_project")
+    newbie.goto(f"{app}/?experiment=secret_project")
     expect(newbie.get_by_text("Rating as nina@team.example · experiment team_mood")).to_be_visible()
     newbie.context.close()

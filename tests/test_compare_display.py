@@ -7,7 +7,6 @@ import math
 import re
 from collections.abc import Iterator
 from itertools import combinations
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -208,10 +207,20 @@ def test_numbers_are_rounded_to_what_is_meaningful() -> None:
 
 
 def test_sweep_legend_uses_words() -> None:
-    source = Path(charts.__file__).read_text()
-    pareto = source[source.index("def pareto_chart") : source.index("# --- adaptation")]
-    assert '"Pareto front"' in pareto and '"recommended"' in pareto
-    assert "domain=[False, True]" not in pareto
+    from engine.sweep import Cell, SweepConfig, pareto_front
+    from service.sweeps import SweepResult
+
+    cells = [Cell(layer, k, 0.01 * k, 0.0, 0.02 * k, 10.0 + 5 * k, 30) for layer in (0, 1) for k in (1, 2, 3)]
+    front = pareto_front(cells)
+    result = SweepResult("s", SweepConfig("sad", (1, 2, 3), "sad_words"), cells, 0.0, 10.0, front, front[0])
+    spec = charts.pareto_chart(result).to_dict()
+    points = next(layer for layer in spec["layer"] if "shape" in layer.get("encoding", {}))
+    legends = {channel: points["encoding"][channel]["scale"]["domain"] for channel in ("color", "shape", "size")}
+    assert legends["color"] == ["on the Pareto front", "not on the front"]
+    assert legends["shape"] == legends["size"] == ["recommended", "not recommended"]
+    assert "legend" not in points["encoding"]["size"], "size shares the shape's legend; hiding it hid both"
+    rows = [row for rows in spec["datasets"].values() for row in rows if "cell" in row]
+    assert {row["pick"] for row in rows} == {"recommended", "not recommended"}
 
 
 def test_diff_shows_markup_literally_and_marks_changed_words() -> None:
@@ -244,7 +253,7 @@ def test_decision_helper_does_not_judge_non_comparable_speed() -> None:
     assert [r.variant for r in unchecked_speed(rows, budget)] == ["fast_elsewhere", "slow_elsewhere"]
     assert unchecked_speed(rows, Constraints()) == []
     shown = charts.adaptation_frame(rows).set_index("variant")["inference time vs baseline"]
-    assert shown["fast_elsewhere"] == f"0.17× ({charts.NOT_COMPARABLE})" and shown["measured"] == "1.10×"
+    assert shown["fast_elsewhere"] == "0.17× (different run: not comparable)" and shown["measured"] == "1.10×"
 
 
 # --- a store with a variant added later, run on its own -----------------------------------------
@@ -328,7 +337,7 @@ def test_compare_page_shows_labels_flags_and_shared_pairs(two_runs: Store, monke
     monkeypatch.setenv("STEERLAB_DB", two_runs.url.removeprefix("sqlite:///"))
     at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=120)
     at.run()
-    at.switch_page("pages/compare.py")
+    at.switch_page("views/compare.py")
     at.run()
     assert not at.exception, at.exception
     captions = " ".join(str(c.value) for c in at.caption)

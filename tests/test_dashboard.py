@@ -38,7 +38,7 @@ def open_page(page: str) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=120)
     at.run()
     if page != "experiments":
-        at.switch_page(f"pages/{page}.py")
+        at.switch_page(f"views/{page}.py")
         at.run()
     assert not at.exception, at.exception
     return at
@@ -222,3 +222,20 @@ def test_variants_page_adds_a_lora_baseline(db: Path) -> None:
     assert table[table["variant"] == "lora_sad"]["kind"].tolist() == ["lora"]
     assert at.selectbox(key="variant_choice").value == "lora_sad", "the saved LoRA variant opens in the editor"
     assert at.radio(key="kind:tinystories_mood:lora_sad").value == "lora"
+
+
+def test_an_edit_far_larger_than_the_hidden_state_is_shown_and_refused(db: Path) -> None:
+    from engine.errors import SteerLabError
+    from service.editing import save_variant
+
+    huge = {"name": "huge", "interventions": [{"vector": "sad", "layers": [0], "coefficient": 5000.0}]}
+    with pytest.raises(
+        SteerLabError, match=r"edit 1 adds \S+ times the typical hidden-state norm at layer 0 \(limit 20\)"
+    ):
+        save_variant(Store(str(db)), "tinystories_mood", huge)
+    assert "huge" not in [v["name"] for v in export_data(Store(str(db)), "tinystories_mood")["variants"]]
+    at = open_page("variants")
+    at.selectbox(key="variant_choice").set_value("sad_x2").run()
+    assert any(re.search(r"Edit 1 at layer 0 adds 0\.\d+× the typical hidden-state norm", c.value) for c in at.caption)
+    at.number_input(key="coefficient:tinystories_mood:sad_x2:0:add").set_value(500.0).run()
+    assert any("far more than steering usually needs" in w.value for w in at.warning)

@@ -107,7 +107,7 @@ def parse_condition(raw: Any, where: Where) -> Condition:
         mode=as_choice(data.get("mode", "hard"), MODES, where.child("mode")),
         layer=None if layer is None else as_int(layer, where.child("layer"), 0),
         read=as_choice(data.get("read", "mean"), READ_POSITIONS, where.child("read")),
-        sharpness=as_float(data.get("sharpness", 10.0), where.child("sharpness"), 0.0),
+        sharpness=as_float(data.get("sharpness", 10.0), where.child("sharpness"), 0.0, 1e4),
     )
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from engine.errors import SteerLabError
-from engine.fields import Where, as_choice, as_float, as_int, as_list, as_str, check_keys, required
+from engine.fields import MAX_COEFFICIENT, Where, as_choice, as_float, as_int, as_list, as_str, check_keys, required
 from engine.generation import forward, left_pad, positions_from_mask
 from engine.layers import hidden_output, replace_hidden_output
 from engine.methods.base import (
@@ -37,6 +37,10 @@ from engine.models import LoadedModel
 from engine.vectors import SteeringVector
 
 TARGETS = ("words", "avoid", "vector")
+
+# Gradient steps per row and decode step: each is a forward and backward pass, so a bound
+# keeps one variant from stalling a run (a handful is what nudging needs).
+MAX_STEPS = 100
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,7 @@ class Nudge(SteeringMethod):
         keys = ("layer", "target", "words", "vector", "steps", "step_size", "max_norm", "reapply_every", "scope")
         check_keys(raw, keys, where)
         target = as_choice(raw.get("target", "words"), TARGETS, where.child("target"))
-        steps = as_int(required(raw, "steps", where), where.child("steps"))
+        steps = as_int(required(raw, "steps", where), where.child("steps"), maximum=MAX_STEPS)
         if steps < 1:
             where.child("steps").fail(f"is {steps}, so nothing would be optimised", "give 1 or more steps")
         words: tuple[str, ...] = ()
@@ -95,11 +99,11 @@ class Nudge(SteeringMethod):
             layer=as_int(required(raw, "layer", where), where.child("layer")),
             target=target,
             steps=steps,
-            step_size=as_float(raw.get("step_size", 2.0), where.child("step_size"), 1e-6),
-            max_norm=as_float(raw.get("max_norm", 8.0), where.child("max_norm"), 1e-6),
+            step_size=as_float(raw.get("step_size", 2.0), where.child("step_size"), 1e-6, MAX_COEFFICIENT),
+            max_norm=as_float(raw.get("max_norm", 8.0), where.child("max_norm"), 1e-6, MAX_COEFFICIENT),
             words=words,
             vector=vector,
-            reapply_every=as_int(raw.get("reapply_every", 0), where.child("reapply_every"), 0),
+            reapply_every=as_int(raw.get("reapply_every", 0), where.child("reapply_every"), 0, 100_000),
             scope=as_choice(raw.get("scope", "all"), SCOPES, where.child("scope")),
         )
 

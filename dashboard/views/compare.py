@@ -6,14 +6,15 @@ import math
 
 import streamlit as st
 
-from dashboard.common import chosen_experiment, store
+from dashboard.common import chosen_experiment, page_header, store
+from dashboard.run_status import health_warnings
 from dashboard.text import md, plain_block
-from engine.stats import MIN_DECISIVE_VOTES
 from service import charts
-from service.comparison import compare, diff_html, drill_down, escape_text, too_few_votes
+from service.comparison import MIN_DECISIVE_VOTES, compare, diff_html, drill_down, escape_text, too_few_votes
 
-st.title("Compare")
-name = chosen_experiment()
+page_header("Compare")
+name = chosen_experiment("analyst", "comparing variants")
+health_warnings(name)
 
 
 c = compare(store(), name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pandas as pd
 import streamlit as st
@@ -28,7 +29,7 @@ from dashboard.common import (
 )
 from dashboard.text import md
 from service import USER_ERRORS
-from service.access import ROLES, grant, members, rater_link_token, revoke
+from service.access import ROLES, at_least, grant, members, rater_link_token, revoke, role_in
 from service.audit import recent
 from service.catalog import list_experiments
 from service.editing import (
@@ -205,7 +206,14 @@ with delete_tab:
         doomed = st.selectbox(
             "Experiment to delete", names, index=None, placeholder="Choose an experiment", key="delete_target"
         )
-        if doomed is not None:
+        role = role_in(store(), who, doomed) if doomed is not None else None
+        if doomed is not None and not at_least(role, "owner"):
+            st.info(
+                f"Deleting '{md(doomed)}' needs the owner role, and you are {'a ' + role if role else 'not a member'} "
+                "of it; ask its owner.",
+                icon=":material/lock:",
+            )
+        elif doomed is not None:
             counts = next((s for s in summaries if s.name == doomed), None)
             what = f"{counts.generations} outputs and {counts.ratings} votes" if counts else "all its outputs and votes"
             # The checkbox belongs to this one experiment: choosing another needs a new tick.
@@ -235,7 +243,7 @@ if team_tab and current is not None:
             with st.form("add_member", clear_on_submit=True):
                 c1, c2 = st.columns([3, 1])
                 email = c1.text_input("E-mail address they sign in with")
-                role = c2.selectbox("Role", ROLES, index=2)
+                role = c2.selectbox("Role", ROLES, index=2) or "rater"
                 if st.form_submit_button("Add or change member") and succeeded(
                     lambda: grant(store(), who, here, email, role)
                 ):
@@ -252,9 +260,10 @@ if team_tab and current is not None:
             st.markdown("**Rater link**")
             token = attempt(lambda: rater_link_token(store(), who, here))
             if token:
+                # The app's root: a rater's only page (Rate) is served there, not at /rate.
                 base = str(st.context.url or "").split("?")[0].rstrip("/")
-                base = base.rsplit("/", 1)[0] if base.endswith("/experiments") else base
-                st.code(f"{base}/rate?experiment={here}&invite={token}", language=None)
+                base = base.rsplit("/", 1)[0] if base.rsplit("/", 1)[-1] in ("experiments",) else base
+                st.code(f"{base}/?{urlencode({'experiment': here, 'invite': token})}", language=None)
                 st.caption("Whoever signs in through this link becomes a rater of this experiment only.")
                 if st.button("Renew the link (old links stop working)"):
                     attempt(lambda: rater_link_token(store(), who, here, renew=True), "Renewed the rater link.")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard.common import chosen_experiment
+from dashboard.common import chosen_experiment, page_header
 from dashboard.run_status import health_warnings, run_status
 from dashboard.text import md
 from service.running import RunOptions
 
-st.title("Run")
+page_header("Run")
 name = chosen_experiment()
 st.caption(
     f"Experiment **{md(name)}**. The run works in the background: leave this page, reload it, or open it in "

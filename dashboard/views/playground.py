@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard.common import attempt, chosen_experiment, store
+from dashboard.common import attempt, chosen_experiment, page_header, store
 from dashboard.widgets import output_box
 from service.catalog import load_spec
 from service.editing import model_facts
 from service.playground import preview
 
-st.title("Playground")
-name = chosen_experiment()
+page_header("Playground")
+name = chosen_experiment("analyst", "trying variants in the Playground")
 spec = load_spec(store(), name)
 if not spec.vectors:
     st.info("This experiment has no vectors yet: add one on the Variants page.")

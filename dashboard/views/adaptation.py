@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard.common import attempt, chosen_experiment, store
+from dashboard.common import attempt, chosen_experiment, page_header, store
 from dashboard.text import md
 from service import charts
 from service.adaptation import Constraints, adaptation_table, decide, unchecked_speed
 from service.catalog import load_spec
 
-st.title("Adaptation")
-name = chosen_experiment()
+page_header("Adaptation")
+name = chosen_experiment("analyst", "comparing adaptation methods")
 spec = load_spec(store(), name)
 st.caption(
     "The study's criteria per method — scope, permanence, compute, memory, data, task performance and the share of "

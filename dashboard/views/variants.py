@@ -16,6 +16,7 @@ from dashboard.common import attempt, chosen_experiment, flash, identity, page_h
 from dashboard.text import md
 from dashboard.widgets import field_widget
 from service.catalog import load_spec
+from service.edit_scale import draft_scales
 from service.editing import (
     delete_variant,
     delete_vector,
@@ -150,6 +151,15 @@ elif kind == "steering":
                 )
             edits.append(edit)
     raw["interventions"] = edits
+    for scale in draft_scales(store(), name, raw):
+        text = (
+            f"Edit {scale.edit} at layer {scale.layer} adds {scale.ratio:.2g}× the typical hidden-state norm there "
+            f"({scale.hidden_norm:.3g})."
+        )
+        if scale.ratio > 2:
+            st.warning(text + " That is far more than steering usually needs: expect broken or empty outputs.")
+        else:
+            st.caption(text)
 
 if existing is not None and counts.get(existing.name, 0):
     st.caption(

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard.common import attempt, chosen_experiment, run_manager, store
+from dashboard.common import attempt, chosen_experiment, page_header, run_manager, store
 from dashboard.run_status import health_warnings, run_status
+from dashboard.text import md
 from service import charts
 from service.catalog import list_experiments, load_spec
 from service.editing import model_facts
@@ -13,7 +14,7 @@ from service.jobs import status
 from service.running import RunOptions
 from service.sweeps import analyse, promote_cells, start_sweep
 
-st.title("Sweep")
+page_header("Sweep")
 name = chosen_experiment()
 if name.endswith("__sweep"):
     st.info("This is a sweep's own experiment; pick the experiment it sweeps in the sidebar.")
@@ -81,7 +82,7 @@ if sweep_stored and status(store(), sweep_name).state != "running" and not run_m
         if result.recommended is not None:
             r = result.recommended
             st.success(
-                f"Recommended: layer {r.layer}, coefficient {r.coefficient:g} — {result.config.scorer} {r.behaviour:.3f} "
+                f"Recommended: layer {r.layer}, coefficient {r.coefficient:g} — {md(result.config.scorer)} {r.behaviour:.3f} "
                 f"[{r.behaviour_low:.3f}, {r.behaviour_high:.3f}] (n={r.n}), perplexity {r.perplexity:.1f} "
                 f"(baseline {result.baseline_behaviour:.3f}, perplexity {result.baseline_perplexity:.1f})."
             )
@@ -93,5 +94,5 @@ if sweep_stored and status(store(), sweep_name).state != "running" and not run_m
         if st.button("Add as variants", disabled=not chosen):
             added = attempt(lambda: promote_cells(store(), name, sweep_name, chosen))
             if added:
-                st.success(f"Added {', '.join(added)}; run the experiment to generate their outputs.")
+                st.success(f"Added {md(', '.join(added))}; run the experiment to generate their outputs.")
     health_warnings(sweep_name)
