@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import streamlit as st
+from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `streamlit run` puts only dashboard/ on the path
@@ -24,7 +25,19 @@ from dashboard.text import md  # noqa: E402
 from service import USER_ERRORS  # noqa: E402
 from service.access import at_least  # noqa: E402
 
-st.set_page_config(page_title="SteerLab", page_icon=":material/tune:", layout="wide")
+
+@st.cache_resource
+def _icon() -> Image.Image:
+    """The tab icon, drawn here: a ":material/..." icon makes browsers fetch it from Google's font CDN."""
+    image = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(image)
+    for x, knob in ((7, 20), (16, 9), (25, 16)):  # three sliders: the behaviour knob
+        draw.line([(x, 4), (x, 28)], fill=(120, 120, 130, 255), width=2)
+        draw.ellipse([(x - 4, knob - 4), (x + 4, knob + 4)], fill=(255, 75, 75, 255))
+    return image
+
+
+st.set_page_config(page_title="SteerLab", page_icon=_icon(), layout="wide")
 
 # (file, title, icon, the least role that may open it)
 PAGES = [

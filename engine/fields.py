@@ -36,6 +36,12 @@ class Where:
     def form(cls, source: str, labels: Mapping[str, str] | None = None) -> Where:
         return cls(source, "", dict(labels or {}))
 
+    def name_of(self, field: str) -> str:
+        """How a message names one of this place's fields: the form's label, or the file's key."""
+        if self.labels is None:
+            return field
+        return f"'{self.labels.get(field, field.replace('_', ' '))}'"
+
     def child(self, key: str | int) -> Where:
         if isinstance(key, int):
             return Where(self.source, f"{self.path}[{key}]", self.labels)

@@ -102,8 +102,8 @@ def sweep_experiment(source: ExperimentSpec, config: SweepConfig, n_layers: int,
     if cells > config.max_cells:
         where.fail(
             f"the grid has {cells} cells ({len(layers)} layers x {len(config.coefficients)} coefficients), "
-            f"above the limit of {config.max_cells} set by max_cells",
-            "remove layers or coefficients, or raise max_cells",
+            f"above the limit of {config.max_cells} set by {where.name_of('max_cells')}",
+            f"remove layers or coefficients, or raise {where.name_of('max_cells')}",
         )
     variants = [VariantSpec("baseline")] + [
         VariantSpec(cell_name(layer, c), interventions=(AddVector(config.vector, (layer,), c, "all"),))

@@ -42,10 +42,10 @@ def config_of(spec: ExperimentSpec, source: str) -> SweepConfig:
     return parse_sweep(spec.sweep, Where(source, "sweep"), spec)
 
 
-def plan_sweep(spec: ExperimentSpec, config: SweepConfig, source: str) -> ExperimentSpec:
+def plan_sweep(spec: ExperimentSpec, config: SweepConfig, where: Where) -> ExperimentSpec:
     """The sweep's experiment spec, checked against the model's layer count and the grid limit."""
     facts = model_facts(spec.model)
-    return replace(sweep_experiment(spec, config, facts.n_layers, Where(source, "sweep")), sweep=config.to_dict())
+    return replace(sweep_experiment(spec, config, facts.n_layers, where), sweep=config.to_dict())
 
 
 def run_sweep_file(
@@ -60,7 +60,7 @@ def run_sweep_file(
     if options.model:
         spec = replace(spec, model=options.model)
     config = config_of(spec, str(path))
-    sweep = plan_sweep(spec, config, str(path))
+    sweep = plan_sweep(spec, config, Where(str(path), "sweep"))
     result = run_spec(store, _keep_stored_cells(store, sweep), str(path), replace(options, name=None), progress, cancel)
     return result, analyse(store, sweep.name)
 
@@ -68,12 +68,23 @@ def run_sweep_file(
 def create_sweep(store: Store, experiment_name: str, raw_config: dict[str, Any]) -> str:
     """Store the sweep experiment for a stored experiment (the dashboard's form); returns its name."""
     spec = load_spec(store, experiment_name)
-    config = parse_sweep(raw_config, Where(f"the sweep form of '{experiment_name}'"), spec)
-    sweep = _keep_stored_cells(store, plan_sweep(spec, config, f"the sweep form of '{experiment_name}'"))
+    form = Where.form(f"The sweep form of '{experiment_name}'", SWEEP_FORM_LABELS)
+    config = parse_sweep(raw_config, form, spec)
+    sweep = _keep_stored_cells(store, plan_sweep(spec, config, form))
     with store.session() as session:
         # A grid whose model, prompts or decoding changed makes the stored cells stale: replace them.
         import_experiment(session, sweep, f"sweep of '{experiment_name}'", {}, replace_existing=True)
     return sweep.name
+
+
+# The Sweep page's labels for the fields it names differently.
+SWEEP_FORM_LABELS = {
+    "max_cells": "Largest grid allowed (cells)",
+    "coefficients": "Coefficients",
+    "layers": "Layers",
+    "scorer": "Behaviour scorer",
+    "vector": "Vector",
+}
 
 
 def start_sweep(

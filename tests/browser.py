@@ -17,6 +17,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -86,3 +87,32 @@ def dashboard(
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+@contextmanager
+def chromium() -> Iterator[Any]:
+    """Debian's Chromium through Playwright, with every expectation waiting up to WAIT_MS."""
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=WAIT_MS)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def new_page(browser: Any) -> Any:
+    """A page in a new browser context: its own cookies, so its own dashboard session."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(WAIT_MS)
+    return context.new_page()
+
+
+def settled(page: Any) -> None:
+    """Wait until the page's script run has finished and drawn everything (no placeholders left)."""
+    page.wait_for_function(
+        '() => document.querySelector(\'[data-testid="stApp"][data-test-script-state="notRunning"]\') !== null'
+        " && document.querySelectorAll('[data-testid=\"stSkeleton\"]').length === 0"
+    )

@@ -20,7 +20,7 @@ import yaml
 from db.store import Store
 from service.access import LOCAL, grant
 from service.running import RunOptions, run_experiment_file
-from tests.browser import CHROMIUM, LAUNCH_ARGS, WAIT_MS, dashboard, free_port, require_chromium
+from tests.browser import chromium, dashboard, free_port, new_page, require_chromium
 from tests.conftest import MOOD_FILE, needs_models
 
 require_chromium()
@@ -70,22 +70,15 @@ def app(db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    from playwright.sync_api import expect, sync_playwright
-
-    expect.set_options(timeout=WAIT_MS)
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
-        yield chromium
-        chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 def signed_in(browser: Any, app: str, email: str) -> Any:
     """A new browser session signed in as ``email`` through the provider's own form."""
     from playwright.sync_api import expect
 
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})  # its own cookies: a new session
-    context.set_default_timeout(WAIT_MS)
-    page = context.new_page()
+    page = new_page(browser)
     page.goto(app)
     page.get_by_role("button", name="Sign in").click()
     page.locator("input[name=sub]").fill(email)

@@ -243,11 +243,11 @@ if team_tab and current is not None:
             with st.form("add_member", clear_on_submit=True):
                 c1, c2 = st.columns([3, 1])
                 email = c1.text_input("E-mail address they sign in with")
-                role = c2.selectbox("Role", ROLES, index=2) or "rater"
+                new_role = c2.selectbox("Role", ROLES, index=2) or "rater"
                 if st.form_submit_button("Add or change member") and succeeded(
-                    lambda: grant(store(), who, here, email, role)
+                    lambda: grant(store(), who, here, email, new_role)
                 ):
-                    flash(f"{md(email.strip().lower())} is now {role} of '{md(here)}'.")
+                    flash(f"{md(email.strip().lower())} is now {new_role} of '{md(here)}'.")
                     st.rerun()
             gone = st.selectbox("Remove a member", [u for u, _ in members(store(), who, here)], index=None)
             if (
