@@ -20,7 +20,7 @@ import yaml
 from db.store import Store
 from service.access import LOCAL, grant
 from service.running import RunOptions, run_experiment_file
-from tests.browser import chromium, dashboard, free_port, new_page, require_chromium
+from tests.browser import chromium, dashboard, free_port, new_page, require_chromium, settled
 from tests.conftest import MOOD_FILE, needs_models
 
 require_chromium()
@@ -123,6 +123,7 @@ def test_a_rater_only_rates_and_only_as_themselves(app: str, browser: Any, db: P
     page.goto(f"{app}/?experiment=team_mood&rater={OWNER}")
     expect(page.get_by_text(f"Rating as {RATER} · experiment team_mood")).to_be_visible()
     before = len(votes(db))
+    settled(page)
     page.get_by_text("Keyboard: a = A is better").click()
     page.keyboard.press("a")
     expect(page.get_by_text(re.compile("^Vote stored"))).to_be_visible()
@@ -167,6 +168,7 @@ def test_a_rater_link_makes_a_new_user_a_rater_of_that_experiment_only(app: str,
     newbie.goto(link)
     expect(newbie.get_by_text("Rating as nina@team.example · experiment team_mood")).to_be_visible()
     before = len(votes(db))
+    settled(newbie)
     newbie.get_by_text("Keyboard: a = A is better").click()
     newbie.keyboard.press("b")
     expect(newbie.get_by_text(re.compile("^Vote stored"))).to_be_visible()

@@ -191,6 +191,9 @@ def _delete(doomed: str) -> None:
     """Delete exactly the experiment the confirmation named, once; then reset the form."""
     st.session_state.pop("delete_target", None)
     st.session_state.pop(f"delete_confirm:{doomed}", None)
+    if doomed not in experiment_names():  # a repeated click, from this tab or another
+        flash(f"'{md(doomed)}' is already deleted; nothing else was deleted.", "info")
+        return
     try:
         delete_experiment(store(), doomed, identity())
     except USER_ERRORS as exc:
