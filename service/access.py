@@ -22,9 +22,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db import repository as repo
-from db.schema import ROLES, Experiment, Membership
-
-__all__ = ["LOCAL", "LOCAL_USER", "ROLES", "AccessDenied", "Identity"]
+from db.schema import ROLES as ROLES  # re-exported: pages take the role names from here
+from db.schema import Experiment, Membership
 from db.store import Store
 from engine.errors import SteerLabError
 from service import audit
