@@ -19,6 +19,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `streamlit run` puts only dashboard/ on the path
     sys.path.insert(0, str(ROOT))
 
+from service.offline import use_shared_hub_cache  # noqa: E402
+
+# Before anything loads huggingface_hub: `streamlit run` started by hand (not by
+# scripts/run.sh) finds the offline model cache beside the clone, as the CLI does.
+use_shared_hub_cache()
+
 from dashboard.auth import exposed_without_sign_in  # noqa: E402
 from dashboard.common import experiment_names, identity, join_from_link, role_here, sidebar  # noqa: E402
 from dashboard.text import md  # noqa: E402

@@ -170,7 +170,8 @@ def _clean(values: dict[str, float]) -> dict[str, float | None]:
 # =cmd|' /C calc'!A0). As OWASP advises for CSV injection, such text cells get a leading
 # apostrophe, which spreadsheets show as text. Numbers are written as numbers: a negative
 # number is not a formula.
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
+# Full-width forms too: some spreadsheets read them as the ASCII ones.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 
 
 def neutralise(value: object) -> object:

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.__main__ import use_shared_hub_cache
 from service.cli import main
+from service.offline import use_shared_hub_cache
 from tests.conftest import HF_CACHE, MOOD_FILE, ROOT, TINYSTORIES, needs_models
 
 
@@ -144,7 +144,7 @@ def test_model_missing_and_hub_unreachable_fails_at_once(tmp_path: Path) -> None
 
 
 def test_shared_cache_default_never_overrides_the_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import engine.__main__ as entry
+    import service.offline as entry
 
     monkeypatch.setattr(entry, "SHARED_HUB_CACHE", tmp_path)
     env: dict[str, str] = {}
@@ -167,6 +167,6 @@ def test_shared_cache_default_never_overrides_the_user(tmp_path: Path, monkeypat
 
 
 def test_shared_cache_is_beside_the_clone() -> None:
-    import engine.__main__ as entry
+    import service.offline as entry
 
     assert entry.SHARED_HUB_CACHE == HF_CACHE and entry.SHARED_HUB_CACHE.is_absolute()
