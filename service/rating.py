@@ -84,7 +84,7 @@ class _State:
     overlap: float
 
 
-def _state(store: Store, experiment_name: str) -> tuple[int, _State]:
+def _state(store: Store, experiment_name: str) -> _State:
     with store.session() as session:
         experiment = get_experiment(session, experiment_name)
         overlap = stored_spec(experiment).rating_overlap
@@ -95,7 +95,7 @@ def _state(store: Store, experiment_name: str) -> tuple[int, _State]:
     for rater, low, high in votes:
         counts[(low, high)] += 1
         raters.setdefault((low, high), set()).add(rater)
-    return experiment.id, _State(items, counts, raters, overlap)
+    return _State(items, counts, raters, overlap)
 
 
 def next_item(
@@ -104,7 +104,7 @@ def next_item(
     """The next pair for this rater, sides drawn at random; None when the rater has rated every pair."""
     rater = _rater_for(store, who, experiment_name, rater)
     rng = rng or random.Random()
-    _, state = _state(store, experiment_name)
+    state = _state(store, experiment_name)
     open_items = [p for p in state.items if rater not in state.raters_per_pair.get(p, ())]
     if not open_items:
         return None
@@ -182,7 +182,7 @@ def record_vote(
 
 
 def progress(store: Store, experiment_name: str, rater: str) -> RatingProgress:
-    _, state = _state(store, experiment_name)
+    state = _state(store, experiment_name)
     name = rater.strip()
     mine = sum(1 for p in state.items if name in state.raters_per_pair.get(p, ()))
     shared = [p for p in state.items if is_shared(p, state.overlap)]
