@@ -13,9 +13,12 @@ under ``tests/data`` and compares the result with the models.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import shutil
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -70,8 +73,50 @@ def current_revision(engine: Engine) -> str | None:
     return LEGACY_REVISION
 
 
+@contextmanager
+def _preparing_alone(engine: Engine) -> Iterator[None]:
+    """Hold a lock that every process opening this store takes, so that only one creates or upgrades it.
+
+    A dashboard, its worker and raters' sessions often open a store at the same moment; without
+    the lock two of them can both find it empty (or behind) and both create (or upgrade) it.
+    SQLite: an exclusive lock on a file beside the database; PostgreSQL: an advisory lock.
+    """
+    database = engine.url.database
+    if engine.dialect.name == "sqlite" and database and database != ":memory:" and not database.startswith("file:"):
+        lock_path = Path(database).with_name(Path(database).name + ".open-lock")
+        try:
+            handle = open(lock_path, "a")  # noqa: SIM115 (closed below, after the lock is released)
+        except OSError:
+            yield  # a read-only folder: nobody can create or upgrade the store there anyway
+            return
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+    elif engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
+            # A fixed key; pg_advisory_lock is held by this session until unlocked.
+            connection.execute(text("SELECT pg_advisory_lock(7314159265)"))
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(7314159265)"))
+                connection.commit()
+    else:
+        yield
+
+
 def prepare(engine: Engine, url_for_messages: str) -> None:
     """Create or upgrade the schema; a store from a newer SteerLab raises :class:`SchemaError`."""
+    if current_revision(engine) == head_revision():
+        return  # the common case, without taking the lock
+    with _preparing_alone(engine):
+        _prepare(engine, url_for_messages)
+
+
+def _prepare(engine: Engine, url_for_messages: str) -> None:
     revision = current_revision(engine)
     head = head_revision()
     if revision is None:

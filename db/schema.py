@@ -16,16 +16,20 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-RUN_STATES = ("running", "done", "cancelled", "failed", "interrupted")
+RUN_STATES = ("queued", "running", "done", "cancelled", "failed", "interrupted")
+# A run in one of these states holds its experiment: the database allows one per experiment.
+ACTIVE_RUN_STATES = ("queued", "running")
 CHOICES = ("left", "right", "tie", "both_bad")
 ROLES = ("owner", "analyst", "rater")  # each role can do everything the ones after it can
 
@@ -118,7 +122,18 @@ class Run(Base):
     """One execution (or resumption) of an experiment's pending generations."""
 
     __tablename__ = "runs"
-    __table_args__ = (CheckConstraint(f"status IN {RUN_STATES}", name="run_status"),)
+    __table_args__ = (
+        CheckConstraint(f"status IN {RUN_STATES}", name="run_status"),
+        # One queued or running run per experiment, enforced by the database on every host
+        # (a partial unique index: SQLite and PostgreSQL both have them).
+        Index(
+            "one_active_run_per_experiment",
+            "experiment_id",
+            unique=True,
+            sqlite_where=text(f"status IN {ACTIVE_RUN_STATES}"),
+            postgresql_where=text(f"status IN {ACTIVE_RUN_STATES}"),
+        ),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
     status: Mapped[str] = mapped_column(String(16), default="running")
@@ -137,6 +152,14 @@ class Run(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # The job queue: a worker claims a queued run by taking its lease, renews the lease with
+    # each heartbeat, and another worker takes the run over once the lease has expired.
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # claims so far
+    options_json: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")  # how to run it
+    requested_by: Mapped[str] = mapped_column(String(320), default="", server_default="")
+    traceback: Mapped[str] = mapped_column(Text, default="", server_default="")  # of a failed run
     experiment: Mapped[Experiment] = relationship(back_populates="runs")
 
 
@@ -171,6 +194,9 @@ class VariantMetric(Base):
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"), nullable=True)
     name: Mapped[str] = mapped_column(String(100))
     value: Mapped[float] = mapped_column(Float)
+    # A hash of everything the figure was computed from (scorer definition, references,
+    # training examples, the variant): a figure whose inputs changed since is stale.
+    source_hash: Mapped[str] = mapped_column(String(64), default="", server_default="")
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -183,6 +209,7 @@ class GenerationMetric(Base):
     generation_id: Mapped[int] = mapped_column(ForeignKey("generations.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(100))
     value: Mapped[float] = mapped_column(Float)
+    source_hash: Mapped[str] = mapped_column(String(64), default="", server_default="")  # as in VariantMetric
 
 
 class Rating(Base):
@@ -201,6 +228,11 @@ class Rating(Base):
         UniqueConstraint(
             "experiment_id", "rater", "pair_low_id", "pair_high_id", "repeat", name="one_vote_per_rater_and_pair"
         ),
+        # The rating queue and per-rater progress filter by (experiment, rater); deleting a
+        # generation looks its votes up by either side.
+        Index("ix_ratings_experiment_rater", "experiment_id", "rater"),
+        Index("ix_ratings_left_generation_id", "left_generation_id"),
+        Index("ix_ratings_right_generation_id", "right_generation_id"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), index=True)

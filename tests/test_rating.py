@@ -7,6 +7,7 @@ import random
 import sqlite3
 import threading
 from collections import Counter
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ pytestmark = needs_models
 
 
 def copy_db(source: Path, target: Path) -> Path:
-    with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
+    with closing(sqlite3.connect(source)) as src, closing(sqlite3.connect(target)) as dst:
         src.backup(dst)  # includes what is still in the WAL file
     return target
 
@@ -112,8 +113,13 @@ def test_votes_from_many_raters_at_once_are_all_kept(tmp_path: Path, rated_db: P
 
 
 def _vote_at_the_barrier(db: str, left: int, right: int, choice: str, barrier: Any, results: Any) -> None:
-    store = Store(db)  # its own connection, like another tab's server session
-    barrier.wait()
+    try:
+        store = Store(db)  # its own connection, like another tab's server session
+    except Exception as exc:
+        barrier.abort()  # the others must not wait for this one for ever
+        results.put(f"could not open the store: {exc}")
+        return
+    barrier.wait(timeout=120)
     try:
         record_vote(store, "tinystories_mood", "erin", left, right, choice)
         results.put("stored")
@@ -133,6 +139,7 @@ def test_one_rater_voting_one_pair_from_four_processes_at_once_stores_one_vote(t
         barrier, results = ctx.Barrier(4), ctx.Queue()
         workers = [
             ctx.Process(
+                daemon=True,
                 target=_vote_at_the_barrier,
                 args=(
                     str(db),
@@ -144,11 +151,15 @@ def test_one_rater_voting_one_pair_from_four_processes_at_once_stores_one_vote(t
             )
             for i in range(4)
         ]
-        for w in workers:
-            w.start()
-        outcomes = [results.get(timeout=120) for _ in workers]
-        for w in workers:
-            w.join(timeout=60)
+        try:
+            for w in workers:
+                w.start()
+            outcomes = [results.get(timeout=120) for _ in workers]
+        finally:
+            for w in workers:  # never leave a process behind: pytest would wait for it at exit
+                w.join(timeout=30)
+                if w.is_alive():
+                    w.kill()
         assert outcomes.count("stored") == 1, outcomes
         assert all("already rated this pair" in o for o in outcomes if o != "stored")
     with sqlite3.connect(db) as conn:
