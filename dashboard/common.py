@@ -1,4 +1,4 @@
-"""What every page shares: the store, the run manager, the current experiment and rater, messages.
+"""What every page shares: the store, the current experiment and rater, messages.
 
 The current experiment is kept in the session *and* in the page's URL (``?experiment=``),
 so a reload, a bookmark or a link sent to a rater opens the same experiment. It is not
@@ -17,7 +17,6 @@ from dashboard.auth import account_box, me
 from dashboard.text import md
 from service import USER_ERRORS, Store, resolve_url
 from service.access import AccessDenied, Identity, at_least, join_by_link, require, role_in, visible_experiments
-from service.jobs import RunManager
 
 T = TypeVar("T")
 
@@ -36,11 +35,6 @@ def store() -> Store:
 @st.cache_resource
 def _open_store(url: str) -> Store:
     return Store(url)
-
-
-@st.cache_resource
-def run_manager() -> RunManager:
-    return RunManager()
 
 
 def identity() -> Identity:

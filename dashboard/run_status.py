@@ -2,8 +2,11 @@
 
 :func:`run_status` draws a fragment that refreshes itself every second: progress, rate,
 time left, state, phase (generating, measuring side effects, scoring, ...), a failed run's
-stored error, and start/resume and cancel buttons. Everything is read from the store, so
-another tab, a reload or a run started from the command line shows the same figures.
+stored error and traceback, the worker holding it and its last heartbeat, and start/resume
+and cancel buttons. Start and Resume only queue the run: a worker process runs it
+(``steerlab worker``; scripts/run.sh starts one beside the dashboard), so a restart of the
+dashboard does not stop it. Everything is read from the store, so another tab, a reload,
+another host or a run started from the command line shows the same figures.
 When it sees the run end, it reruns the whole page once, so what a page draws only for a
 finished run (the Sweep page's results, the Run page's warnings) appears without a reload.
 
@@ -18,10 +21,10 @@ from typing import Any
 
 import streamlit as st
 
-from dashboard.common import flash, run_manager, store
+from dashboard.common import flash, identity, store
 from dashboard.text import md
 from service import USER_ERRORS
-from service.jobs import RunStatus, VariantHealth, cancel, health, status
+from service.jobs import RunStatus, VariantHealth, cancel, enqueue, health, missing_worker, status
 from service.running import GENERATING, RunOptions
 
 STOPPED = ("failed", "cancelled", "interrupted")
@@ -59,8 +62,7 @@ def _live_status(
     controls: bool,
 ) -> None:
     s = status(store(), name)
-    # A run just started by this process may not have stored its row yet: its thread counts.
-    under_way = s.running or run_manager().is_alive(name)
+    under_way = s.active  # queued runs count: the page waits for their end as for a running one
     if finished_since_last_look(st.session_state, f"run_status_seen:{key}:{name}", s.run_id, under_way):
         st.rerun(scope="app")  # a fragment rerun would leave the rest of the page as it was
     st.progress(s.fraction, text=s.describe())
@@ -72,13 +74,14 @@ def _live_status(
     c5.metric("Phase", s.phase if s.phase and (s.running or s.state in STOPPED) else "–")
     if s.running and s.phase and s.phase != GENERATING and s.done >= s.total:
         st.caption(f"Every output is generated; the run is now {md(s.phase)} before it finishes.")
-    _errors(name, s)
+    _worker_line(s)
+    _errors(s)
     if controls:
         left, right = st.columns(2)
         if options is not None:
             _start_button(left, name, key, options, noun, resume_only, s)
         if right.button(
-            f"Cancel {noun}", disabled=not s.running or s.cancel_requested, key=f"cancel:{key}:{name}"
+            f"Cancel {noun}", disabled=not s.active or s.cancel_requested, key=f"cancel:{key}:{name}"
         ) and cancel(store(), name):
             st.info("Cancelling after the current step; finished batches stay stored.", icon=":material/info:")
     if done_message and s.state == "done" and s.total and s.done >= s.total:
@@ -108,13 +111,28 @@ def duration(seconds: float | None) -> str:
     return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
-def _errors(name: str, s: RunStatus) -> None:
+def _worker_line(s: RunStatus) -> None:
+    """Who runs it and how recently it was heard from; or why a queued run is not starting."""
+    if s.running and s.worker:
+        age = s.heartbeat_age()
+        heard = f", last heartbeat {duration(age)} ago" if age is not None else ""
+        again = f" (attempt {s.attempts}: taken over from a worker that stopped)" if s.attempts > 1 else ""
+        st.caption(f"Run {s.run_id} is run by worker {md(s.worker)}{heard}{again}.")
+    elif s.state == "queued":
+        st.caption(f"Run {s.run_id} is queued; a worker starts it shortly.")
+    if s.active:
+        warning = missing_worker(store())
+        if warning:
+            st.warning(warning, icon=":material/warning:")  # our own sentence: its `command` renders as code
+
+
+def _errors(s: RunStatus) -> None:
     if s.error and s.state in STOPPED:
         where = f" while {md(s.phase)}" if s.phase else ""
         st.error(f"The {s.state} run stopped{where}: {md(s.error)}", icon=":material/error:")
-    early = run_manager().error(name)  # a start that failed before its run was stored
-    if early and not s.running:
-        st.error(f"The run could not start: {md(early)}", icon=":material/error:")
+        if s.traceback:
+            with st.expander("Traceback (for a bug report)"):
+                st.code(s.traceback, language="text")
 
 
 def _start_button(
@@ -128,17 +146,17 @@ def _start_button(
 ) -> None:
     # A run that stopped after its last generation (in measuring or scoring) resumes too.
     resumable = s.state != "done" and (0 < s.done < s.total or (s.done > 0 and s.state in STOPPED))
-    if resume_only and (s.running or not resumable):
+    if resume_only and (s.active or not resumable):
         return
     label = f"Resume {noun}" if resumable else f"Start {noun}"
     finished = s.state == "done" and s.done >= s.total
-    if column.button(label, type="primary", disabled=s.running or finished or s.total == 0, key=f"start:{key}:{name}"):
+    if column.button(label, type="primary", disabled=s.active or finished or s.total == 0, key=f"start:{key}:{name}"):
         try:
-            run_manager().start(store(), name, options())
+            run_id = enqueue(store(), name, options(), who=identity().user)
         except USER_ERRORS as exc:
             flash(md(exc), "error")
         else:
-            flash(f"{noun.capitalize()} started.")
+            flash(f"{noun.capitalize()} queued (run {run_id}); a worker starts it shortly.")
         st.rerun(scope="app")
 
 

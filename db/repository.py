@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import delete, func, insert, select, tuple_, update
+from sqlalchemy.orm import Session, aliased
 
 from db.schema import (
     Experiment,
@@ -94,11 +94,9 @@ def create_experiment(
         definition_hash=definition_hash,
     )
     experiment.prompts = [Prompt(position=i, text=t) for i, t in enumerate(prompts)]
-    experiment.vectors = [Vector(name=n, spec_json=json.dumps(v, ensure_ascii=False)) for n, v in vectors.items()]
-    experiment.variants = [
-        Variant(position=i, name=v.name, kind=v.kind, spec_json=json.dumps(v.spec, ensure_ascii=False))
-        for i, v in enumerate(variants)
-    ]
+    # Definitions live in ``spec`` only; the rows are identities (and a vector's extracted data).
+    experiment.vectors = [Vector(name=n) for n in vectors]
+    experiment.variants = [Variant(position=i, name=v.name, kind=v.kind) for i, v in enumerate(variants)]
     session.add(experiment)
     session.flush()
     return experiment
@@ -157,57 +155,7 @@ def store_vector_data(
     vector.extraction_seconds = extraction_seconds
 
 
-# --- runs and generations ------------------------------------------------------------
-
-
-def active_run(session: Session, experiment_id: int) -> Run | None:
-    return session.scalar(select(Run).where(Run.experiment_id == experiment_id, Run.status == "running"))
-
-
-def latest_run(session: Session, experiment_id: int) -> Run | None:
-    return session.scalar(select(Run).where(Run.experiment_id == experiment_id).order_by(Run.id.desc()).limit(1))
-
-
-def start_run(
-    session: Session,
-    experiment: Experiment,
-    total: int,
-    done: int,
-    batch_size: int,
-    device: str,
-    dtype: str,
-    owner: str,
-) -> Run:
-    run = Run(
-        owner=owner,
-        experiment_id=experiment.id,
-        status="running",
-        total_units=total,
-        done_units=done,
-        start_done=done,
-        batch_size=batch_size,
-        device=device,
-        dtype=dtype,
-    )
-    session.add(run)
-    session.flush()
-    return run
-
-
-def finish_run(session: Session, run_id: int, status: str, error: str = "") -> None:
-    session.execute(
-        update(Run)
-        .where(Run.id == run_id)
-        .values(status=status, error=error, finished_at=utcnow(), updated_at=utcnow())
-    )
-
-
-def request_cancel(session: Session, run_id: int) -> None:
-    session.execute(update(Run).where(Run.id == run_id).values(cancel_requested=True))
-
-
-def cancel_requested(session: Session, run_id: int) -> bool:
-    return bool(session.scalar(select(Run.cancel_requested).where(Run.id == run_id)))
+# --- generations (the run queue's functions are in db/runs.py) -----------------------
 
 
 def done_keys(session: Session, experiment_id: int) -> set[tuple[int, int, int]]:
@@ -360,6 +308,39 @@ def add_rating(
     return rating
 
 
+@dataclass(frozen=True)
+class NewRating:
+    rater: str
+    left_generation_id: int
+    right_generation_id: int
+    choice: str
+    repeat: int = 0
+
+
+def add_ratings(session: Session, experiment_id: int, ratings: Sequence[NewRating]) -> None:
+    """Insert many votes in one statement (imports, benchmarks); the same unique key as :func:`add_rating`."""
+    if not ratings:
+        return
+    now = utcnow()
+    session.execute(
+        insert(Rating),
+        [
+            {
+                "experiment_id": experiment_id,
+                "rater": r.rater,
+                "left_generation_id": r.left_generation_id,
+                "right_generation_id": r.right_generation_id,
+                "pair_low_id": min(r.left_generation_id, r.right_generation_id),
+                "pair_high_id": max(r.left_generation_id, r.right_generation_id),
+                "repeat": r.repeat,
+                "choice": r.choice,
+                "created_at": now,
+            }
+            for r in ratings
+        ],
+    )
+
+
 def vote_pairs(session: Session, experiment_id: int) -> list[tuple[str, int, int]]:
     """(rater, lower generation id, higher generation id) of every vote, without loading rows."""
     rows = session.execute(
@@ -383,28 +364,10 @@ class OutputHealth:
     empty: int  # text is empty or only whitespace
 
 
-def set_run_phase(session: Session, run_id: int, phase: str) -> None:
-    """What the run is doing now ("generating", "scoring", ...); not a progress tick (updated_at stays)."""
-    session.execute(update(Run).where(Run.id == run_id).values(phase=phase[:32]))
-
-
-def set_run_hardware(session: Session, run_id: int, device: str, dtype: str) -> None:
-    """The device and dtype, once the run has loaded its model (the row is stored before that)."""
-    session.execute(update(Run).where(Run.id == run_id).values(device=device[:32], dtype=dtype[:32]))
-
-
 def mark_non_finite(session: Session, generation_ids: Iterable[int]) -> None:
     ids = list(generation_ids)
     if ids:
         session.execute(update(Generation).where(Generation.id.in_(ids)).values(non_finite=True))
-
-
-def run_generation_time(session: Session, run_id: int) -> tuple[int, float]:
-    """(generations, summed wall seconds of their batches) stored by one run."""
-    count, seconds = session.execute(
-        select(func.count(), func.sum(Generation.seconds)).where(Generation.run_id == run_id)
-    ).one()
-    return int(count or 0), float(seconds or 0.0)
 
 
 def output_health(session: Session, experiment_id: int) -> dict[int, OutputHealth]:
@@ -421,3 +384,274 @@ def output_health(session: Session, experiment_id: int) -> dict[int, OutputHealt
         c[1] += bool(non_finite)
         c[2] += not text.strip()
     return {v: OutputHealth(v, n, bad, empty) for v, (n, bad, empty) in counts.items()}
+
+
+# --- aggregates for pages at team scale ----------------------------------------------
+# Pages count and aggregate in SQL and read only the columns they show: an experiment of
+# 10,000 generations and 50,000 votes is never loaded as ORM objects row by row.
+
+
+def data_version(session: Session, experiment_id: int) -> tuple[object, ...]:
+    """What every derived page figure depends on: changes whenever a vote, an output, a score
+    or the definition changes (a cache keyed by it is never stale)."""
+    definition = session.scalar(select(Experiment.spec_json).where(Experiment.id == experiment_id)) or ""
+    # Counts and highest ids come from indexes; outputs are regenerated or marked only by a
+    # run, whose row changes (updated_at), so reused ids after a deletion cannot hide a change.
+    ratings = session.execute(
+        select(func.count(), func.max(Rating.id)).where(Rating.experiment_id == experiment_id)
+    ).one()
+    generations = session.execute(
+        select(func.count(), func.max(Generation.id)).where(Generation.experiment_id == experiment_id)
+    ).one()
+    runs = session.execute(
+        select(func.count(), func.max(Run.id), func.max(Run.updated_at)).where(Run.experiment_id == experiment_id)
+    ).one()
+    # The sum too: re-scoring deletes and inserts, and SQLite may reuse ids (plain SUM, as
+    # PostgreSQL has no TOTAL).
+    scores = session.execute(
+        select(func.count(), func.max(GenerationMetric.id), func.sum(GenerationMetric.value))
+        .join(Generation, Generation.id == GenerationMetric.generation_id)
+        .where(Generation.experiment_id == experiment_id)
+    ).one()
+    figures = session.execute(
+        select(
+            func.count(),
+            func.max(VariantMetric.id),
+            func.max(VariantMetric.updated_at),
+            func.sum(VariantMetric.value),
+        )
+        .join(Variant, Variant.id == VariantMetric.variant_id)
+        .where(Variant.experiment_id == experiment_id)
+    ).one()
+    variants = session.execute(
+        select(func.count(), func.max(Variant.id)).where(Variant.experiment_id == experiment_id)
+    ).one()
+    return (experiment_id, definition, *ratings, *generations, *runs, *scores, *figures, *variants)
+
+
+def vote_tallies(session: Session, experiment_id: int) -> list[tuple[str, str, str, int]]:
+    """(left variant name, right variant name, choice, votes): every vote, counted in SQL."""
+    left, right = aliased(Generation), aliased(Generation)
+    rows = session.execute(
+        select(left.variant_id, right.variant_id, Rating.choice, func.count())
+        .join(left, left.id == Rating.left_generation_id)
+        .join(right, right.id == Rating.right_generation_id)
+        .where(Rating.experiment_id == experiment_id)
+        .group_by(left.variant_id, right.variant_id, Rating.choice)
+    ).all()
+    names = dict(session.execute(select(Variant.id, Variant.name).where(Variant.experiment_id == experiment_id)).all())
+    return [(names[a], names[b], c, n) for a, b, c, n in rows]
+
+
+@dataclass(frozen=True)
+class VoteOverview:
+    votes: int
+    raters: int
+    rated_pairs: int  # pairs of outputs with at least one vote
+
+
+def vote_overview(session: Session, experiment_id: int) -> VoteOverview:
+    votes, raters = session.execute(
+        select(func.count(), func.count(Rating.rater.distinct())).where(Rating.experiment_id == experiment_id)
+    ).one()
+    pairs = (
+        select(Rating.pair_low_id, Rating.pair_high_id)
+        .where(Rating.experiment_id == experiment_id)
+        .group_by(Rating.pair_low_id, Rating.pair_high_id)
+        .subquery()
+    )
+    rated = session.scalar(select(func.count()).select_from(pairs)) or 0
+    return VoteOverview(int(votes or 0), int(raters or 0), int(rated))
+
+
+def shared_pair_votes(session: Session, experiment_id: int) -> list[tuple[str, int, int, str]]:
+    """(rater, left id, right id, choice) of the votes on pairs that two or more raters rated, in vote order."""
+    shared = (
+        select(Rating.pair_low_id, Rating.pair_high_id)
+        .where(Rating.experiment_id == experiment_id)
+        .group_by(Rating.pair_low_id, Rating.pair_high_id)
+        .having(func.count(Rating.rater.distinct()) >= 2)
+        .subquery()
+    )
+    rows = session.execute(
+        select(Rating.rater, Rating.left_generation_id, Rating.right_generation_id, Rating.choice)
+        .join(shared, (shared.c.pair_low_id == Rating.pair_low_id) & (shared.c.pair_high_id == Rating.pair_high_id))
+        .where(Rating.experiment_id == experiment_id)
+        .order_by(Rating.id)
+    )
+    return [(r, a, b, c) for r, a, b, c in rows]
+
+
+def rating_version(session: Session, experiment_id: int) -> tuple[int, int]:
+    """(votes, highest rating id) of the experiment: a cheap check for new or deleted votes."""
+    count, highest = session.execute(
+        select(func.count(), func.max(Rating.id)).where(Rating.experiment_id == experiment_id)
+    ).one()
+    return int(count or 0), int(highest or 0)
+
+
+def generation_version(session: Session, experiment_id: int) -> tuple[object, ...]:
+    """(generations, highest generation id, runs, highest run id, latest run update) of the experiment:
+    changes when a run stores outputs or when outputs are deleted (all cheap index lookups)."""
+    generations = session.execute(
+        select(func.count(), func.max(Generation.id)).where(Generation.experiment_id == experiment_id)
+    ).one()
+    runs = session.execute(
+        select(func.count(), func.max(Run.id), func.max(Run.updated_at)).where(Run.experiment_id == experiment_id)
+    ).one()
+    return (*generations, *runs)
+
+
+def votes_after(session: Session, experiment_id: int, after_id: int) -> list[tuple[int, str, int, int]]:
+    """(rating id, rater, lower generation id, higher generation id) of the votes newer than ``after_id``."""
+    rows = session.execute(
+        select(Rating.id, Rating.rater, Rating.pair_low_id, Rating.pair_high_id)
+        .where(Rating.experiment_id == experiment_id, Rating.id > after_id)
+        .order_by(Rating.id)
+    )
+    return [(i, r, lo, hi) for i, r, lo, hi in rows]
+
+
+def pair_is_rated(session: Session, low_id: int, high_id: int) -> bool:
+    """Whether any rater voted on this pair (found through the left/right generation indexes)."""
+    found = session.scalar(
+        select(Rating.id)
+        .where(
+            Rating.left_generation_id.in_((low_id, high_id)),
+            Rating.pair_low_id == low_id,
+            Rating.pair_high_id == high_id,
+        )
+        .limit(1)
+    )
+    return found is not None
+
+
+@dataclass(frozen=True)
+class ShownGeneration:
+    id: int
+    experiment_id: int
+    variant_id: int
+    variant: str
+    prompt_id: int
+    prompt: str
+    sample_index: int
+    text: str
+
+
+def shown_generations(session: Session, ids: Sequence[int]) -> dict[int, ShownGeneration]:
+    """The generations with their variant name and prompt text, in one query."""
+    rows = session.execute(
+        select(
+            Generation.id,
+            Generation.experiment_id,
+            Generation.variant_id,
+            Variant.name,
+            Generation.prompt_id,
+            Prompt.text,
+            Generation.sample_index,
+            Generation.text,
+        )
+        .join(Variant, Variant.id == Generation.variant_id)
+        .join(Prompt, Prompt.id == Generation.prompt_id)
+        .where(Generation.id.in_(list(ids)))
+    )
+    return {row[0]: ShownGeneration(*row) for row in rows}
+
+
+def generation_index(session: Session, experiment_id: int) -> list[tuple[int, int, int]]:
+    """(generation id, variant id, prompt id) of every output, without texts."""
+    rows = session.execute(
+        select(Generation.id, Generation.variant_id, Generation.prompt_id).where(
+            Generation.experiment_id == experiment_id
+        )
+    )
+    return [(g, v, p) for g, v, p in rows]
+
+
+@dataclass(frozen=True)
+class GenerationRow:
+    id: int
+    variant: str
+    prompt: str
+    prompt_index: int
+    sample_index: int
+    text: str
+    token_count: int
+    seconds: float
+
+
+def generation_rows(
+    session: Session, experiment_id: int, rows: Sequence[tuple[int, int]] | None = None
+) -> list[GenerationRow]:
+    """Outputs with their variant and prompt, in prompt, sample and variant order (one query).
+
+    ``rows`` limits them to these (prompt index, sample) rows.
+    """
+    query = (
+        select(
+            Generation.id,
+            Variant.name,
+            Prompt.text,
+            Prompt.position,
+            Generation.sample_index,
+            Generation.text,
+            Generation.token_count,
+            Generation.seconds,
+        )
+        .join(Variant, Variant.id == Generation.variant_id)
+        .join(Prompt, Prompt.id == Generation.prompt_id)
+        .where(Generation.experiment_id == experiment_id)
+        .order_by(Prompt.position, Generation.sample_index, Variant.position)
+    )
+    if rows is not None:
+        if not rows:
+            return []
+        query = query.where(tuple_(Prompt.position, Generation.sample_index).in_(list(rows)))
+    return [GenerationRow(*row) for row in session.execute(query)]
+
+
+def output_rows(session: Session, experiment_id: int) -> list[tuple[int, str, int]]:
+    """(prompt index, prompt text, sample) of every (prompt, sample) row that has outputs, in order."""
+    rows = session.execute(
+        select(Prompt.position, Prompt.text, Generation.sample_index)
+        .join(Prompt, Prompt.id == Generation.prompt_id)
+        .where(Generation.experiment_id == experiment_id)
+        .group_by(Prompt.position, Prompt.text, Generation.sample_index)
+        .order_by(Prompt.position, Generation.sample_index)
+    )
+    return [(i, t, s) for i, t, s in rows]
+
+
+@dataclass(frozen=True)
+class RatingRow:
+    rater: str
+    left_generation_id: int
+    right_generation_id: int
+    left_variant: str
+    right_variant: str
+    choice: str
+    created_at: datetime
+
+
+def rating_rows(session: Session, experiment_id: int) -> list[RatingRow]:
+    """Every vote with the variant names of its two sides, in vote order (one query, no lazy loads)."""
+    left, right = aliased(Generation), aliased(Generation)
+    left_variant, right_variant = aliased(Variant), aliased(Variant)
+    rows = session.execute(
+        select(
+            Rating.rater,
+            Rating.left_generation_id,
+            Rating.right_generation_id,
+            left_variant.name,
+            right_variant.name,
+            Rating.choice,
+            Rating.created_at,
+        )
+        .join(left, left.id == Rating.left_generation_id)
+        .join(right, right.id == Rating.right_generation_id)
+        .join(left_variant, left_variant.id == left.variant_id)
+        .join(right_variant, right_variant.id == right.variant_id)
+        .where(Rating.experiment_id == experiment_id)
+        .order_by(Rating.id)
+    )
+    return [RatingRow(*row) for row in rows]

@@ -95,7 +95,8 @@ class Vector(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(200))
-    spec_json: Mapped[str] = mapped_column(Text)
+    # Its definition (pairs, method, file) lives in the experiment's spec_json only; the row
+    # keeps the extracted data and what it was extracted from.
     data: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     model_id: Mapped[str] = mapped_column(String(500), default="")
     hidden_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -107,6 +108,9 @@ class Vector(Base):
 
 
 class Variant(Base):
+    """A variant's identity (generations and metrics point at it); its definition is in the
+    experiment's spec_json, the one copy of the definition."""
+
     __tablename__ = "variants"
     __table_args__ = (UniqueConstraint("experiment_id", "name"),)
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -114,7 +118,6 @@ class Variant(Base):
     position: Mapped[int] = mapped_column(Integer)
     name: Mapped[str] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(64))
-    spec_json: Mapped[str] = mapped_column(Text)
     experiment: Mapped[Experiment] = relationship(back_populates="variants")
 
 

@@ -1,7 +1,7 @@
-"""``python -m engine``: the command line.
+"""``python -m engine``: the command line, the same as the ``steerlab`` console command.
 
 The engine package itself never touches the store; the command line needs both, so it
-lives in the service layer and this entry point only hands over to it.
+lives in the service layer (``service.cli:main``) and this entry point only hands over to it.
 """
 
 from __future__ import annotations

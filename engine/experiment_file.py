@@ -56,7 +56,7 @@ def parse_experiment_text(
 ) -> ExperimentSpec:
     """Parse YAML text; ``base_dir`` None means it came without files (an upload): it may not name any."""
     raw = parse_yaml(text, source)
-    where = Where(source)
+    where = Where(source, lines=field_lines(text))
     data = as_mapping(raw, where)
     prompts = None
     if "prompts_file" in data:
@@ -103,6 +103,32 @@ def parse_yaml(text: str, source: str) -> Any:
         raise SteerLabError(
             f"{source}: a value cannot be read ({printable(short(str(exc), 120))}); fix it in the YAML."
         ) from exc
+
+
+def field_lines(text: str) -> dict[str, int]:
+    """The line (from 1) of every field path of a YAML document that :func:`parse_yaml` accepted.
+
+    Paths are spelt as :class:`Where` spells them (``variants[1].interventions[0].coefficient``),
+    so an error about a field can name its line. A mapping entry's line is its key's.
+    """
+    lines: dict[str, int] = {}
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is None:
+        return lines
+    stack: list[tuple[yaml.Node, Where]] = [(root, Where(""))]
+    while stack and len(lines) < MAX_YAML_NODES:
+        node, where = stack.pop()
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                here = where.child(str(key.value))
+                lines.setdefault(here.path, key.start_mark.line + 1)
+                stack.append((value, here))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                here = where.child(i)
+                lines.setdefault(here.path, item.start_mark.line + 1)
+                stack.append((item, here))
+    return lines
 
 
 def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:

@@ -1,8 +1,8 @@
 """Read typed fields out of parsed YAML/JSON with one-sentence errors.
 
-Every reader takes a :class:`Where` naming the file and the field path, so a bad value
-reads as: ``experiments/mood.yaml, field variants[1].interventions[0].coefficient: it is
-nan; give a finite number.``
+Every reader takes a :class:`Where` naming the file, the field path and (for a YAML file)
+the line, so a bad value reads as: ``experiments/mood.yaml, field
+variants[1].interventions[0].coefficient (line 23): is nan; give a finite number.``
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from engine.errors import SteerLabError
@@ -31,6 +31,9 @@ class Where:
     source: str
     path: str = ""
     labels: Mapping[str, str] | None = None
+    # The line of each field path in a YAML file (from engine.experiment_file), so that a
+    # file's errors name the line too; None for forms and stored definitions.
+    lines: Mapping[str, int] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def form(cls, source: str, labels: Mapping[str, str] | None = None) -> Where:
@@ -44,16 +47,33 @@ class Where:
 
     def child(self, key: str | int) -> Where:
         if isinstance(key, int):
-            return Where(self.source, f"{self.path}[{key}]", self.labels)
+            return Where(self.source, f"{self.path}[{key}]", self.labels, self.lines)
         # A key comes from the input: keep it printable and short, so a message stays one line.
         key = short(printable(key), 40)
-        return Where(self.source, f"{self.path}.{key}" if self.path else key, self.labels)
+        return Where(self.source, f"{self.path}.{key}" if self.path else key, self.labels, self.lines)
+
+    def parent(self) -> Where:
+        """The place that holds this one (``variants[1].name`` -> ``variants[1]``; a top-level field -> the source)."""
+        cut = max(self.path.rfind("."), self.path.rfind("["))
+        return Where(self.source, self.path[: max(cut, 0)], self.labels, self.lines)
+
+    def line(self) -> int | None:
+        """The file line of this field, or of the nearest enclosing one that the file has (a missing field)."""
+        if not self.lines:
+            return None
+        place: Where = self
+        while place.path:
+            if place.path in self.lines:
+                return self.lines[place.path]
+            place = place.parent()
+        return None
 
     def __str__(self) -> str:
         if not self.path:
             return self.source
         if self.labels is None:
-            return f"{self.source}, field {self.path}"
+            line = self.line()
+            return f"{self.source}, field {self.path}" + (f" (line {line})" if line is not None else "")
         return f"{self.source}, {self._form_words()}"
 
     def _form_words(self) -> str:

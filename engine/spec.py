@@ -2,10 +2,15 @@
 
 An :class:`ExperimentSpec` says which model, which prompts, how to decode, which vectors
 (from which pairs) and which variants (baseline, prompting, steering edits). It is
-parsed from plain data (an experiment file or a dashboard form) by :func:`parse_experiment`,
-which checks every field and names it on error, and turned back into plain data by
-:meth:`ExperimentSpec.to_dict` for storage. Checks that need the model (layer ranges)
-live in :func:`check_against_model`.
+parsed from plain data (an experiment file, a dashboard form or a stored definition) by
+:func:`parse_experiment`, which checks every field and names it on error, and turned back
+into plain data by :meth:`ExperimentSpec.to_dict` for storage. Checks that need the model
+(layer ranges) live in :func:`check_against_model`.
+
+What a file may hold is declared once, as pydantic models (:class:`ExperimentSettings`,
+:class:`GenerationSettings`, :class:`VariantSettings`, and each method's and scorer's own
+settings): they validate, and :mod:`engine.spec_schema` turns them into the JSON Schema of
+experiment files. The specs themselves stay frozen dataclasses (callers ``replace`` them).
 """
 
 from __future__ import annotations
@@ -14,16 +19,28 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Annotated, Any, ClassVar
+
+from pydantic import ConfigDict, Field, ValidationInfo, model_validator
 
 from engine import limits, methods
+from engine.declaration import (
+    FLAG,
+    NAME,
+    TEXT,
+    Check,
+    Settings,
+    choice,
+    later_ref,
+    number,
+    settings_schema,
+    where_of,
+    whole,
+)
 from engine.extract import EXTRACTION_METHODS, READ_POSITIONS
 from engine.fields import (
     MAX_NAME_CHARS,
     Where,
-    as_bool,
-    as_choice,
-    as_float,
     as_int,
     as_list,
     as_mapping,
@@ -35,7 +52,8 @@ from engine.fields import (
 from engine.generation import Decoding
 from engine.methods.base import ModelFacts, SteeringMethod
 from engine.scorers import Scorer, parse_scorer
-from engine.training import TrainingSpec, parse_training
+from engine.sweep_config import parse_sweep
+from engine.training import TRAINING_METHODS, TrainingSpec, parse_training
 
 VARIANT_KINDS = ("baseline", "prompting", "steering", "lora", "finetune")
 CHAT_TEMPLATE_MODES = ("auto", "off")
@@ -194,100 +212,6 @@ class ExperimentSpec:
         return next(v for v in self.vectors if v.name == name)
 
 
-EXPERIMENT_KEYS = (
-    "name",
-    "description",
-    "model",
-    "chat_template",
-    "probe_prompt",
-    "reveal_after_vote",
-    "rating_question",
-    "rating_overlap",
-    "neutral_prompts",
-    "prompts",
-    "prompts_file",
-    "generation",
-    "vectors",
-    "variants",
-    "scorers",
-    "sweep",
-    "references",
-    "training_examples",
-)
-
-
-def parse_experiment(raw: Any, where: Where, prompts: Sequence[str] | None = None) -> ExperimentSpec:
-    """Validate plain data into an ExperimentSpec.
-
-    ``prompts`` replaces the ``prompts`` field when the caller has read them from a
-    prompts file already.
-    """
-    data = as_mapping(raw, where)
-    check_keys(data, EXPERIMENT_KEYS, where)
-    name = as_name(required(data, "name", where), where.child("name"))
-    prompt_list = (
-        list(prompts) if prompts is not None else as_list(required(data, "prompts", where), where.child("prompts"))
-    )
-    limits.check(limits.MAX_PROMPTS, len(prompt_list), str(where))
-    prompts = [as_str(p, where.child("prompts").child(i)) for i, p in enumerate(prompt_list)]
-    if not prompts:
-        where.child("prompts").fail("is an empty list", "give at least one prompt")
-    longest = max(range(len(prompts)), key=lambda i: len(prompts[i]))
-    limits.check(limits.MAX_PROMPT_CHARS, len(prompts[longest]), str(where.child("prompts").child(longest)))
-    vectors = _parse_vectors(data.get("vectors") or {}, where.child("vectors"))
-    variants = _parse_variants(data.get("variants"), where.child("variants"), {v.name for v in vectors})
-    scorers_raw = as_list(data.get("scorers") or [], where.child("scorers"))
-    scorers = tuple(parse_scorer(s, where.child("scorers").child(i)) for i, s in enumerate(scorers_raw))
-    if len({s.name for s in scorers}) != len(scorers):
-        where.child("scorers").fail("has two scorers with the same name", "give each scorer its own name")
-    spec = ExperimentSpec(
-        name=name,
-        description=_text(data.get("description", ""), where.child("description"), allow_empty=True),
-        model=as_str(required(data, "model", where), where.child("model")).strip(),
-        chat_template=as_choice(data.get("chat_template", "auto"), CHAT_TEMPLATE_MODES, where.child("chat_template")),
-        probe_prompt=_text(data.get("probe_prompt", DEFAULT_PROBE), where.child("probe_prompt")),
-        reveal_after_vote=as_bool(data.get("reveal_after_vote", False), where.child("reveal_after_vote")),
-        rating_question=_text(
-            data.get("rating_question", DEFAULT_RATING_QUESTION), where.child("rating_question")
-        ).strip(),
-        rating_overlap=as_float(
-            data.get("rating_overlap", DEFAULT_RATING_OVERLAP), where.child("rating_overlap"), minimum=0.0, maximum=1.0
-        ),
-        neutral_prompts=_parse_texts(
-            data.get("neutral_prompts", list(DEFAULT_NEUTRAL_PROMPTS)), where.child("neutral_prompts")
-        ),
-        prompts=tuple(prompts),
-        generation=_parse_generation(data.get("generation") or {}, where.child("generation")),
-        vectors=vectors,
-        variants=variants,
-        scorers=scorers,
-    )
-    limits.check(limits.MAX_VARIANTS, len(spec.variants), str(where))
-    limits.check(
-        limits.MAX_GENERATIONS,
-        len(spec.prompts) * len(spec.variants) * spec.generation.samples_per_prompt,
-        str(where),
-    )
-    if data.get("references") is not None:
-        spec = replace(spec, references=_parse_references(data["references"], where.child("references"), len(prompts)))
-    for i, scorer in enumerate(scorers):
-        if scorer.needs_references and not spec.references:
-            where.child("scorers").child(i).fail(
-                f"(scorer '{scorer.name}') needs references, but the experiment has none",
-                "add a 'references' list with one entry per prompt, or remove the scorer",
-            )
-    if data.get("training_examples") is not None:
-        spec = replace(
-            spec, training_examples=_parse_texts(data["training_examples"], where.child("training_examples"))
-        )
-    if data.get("sweep") is not None:
-        from engine.sweep import parse_sweep  # the sweep module builds specs, so it imports this one
-
-        config = parse_sweep(data["sweep"], where.child("sweep"), spec)
-        spec = ExperimentSpec(**{**spec.__dict__, "sweep": config.to_dict()})
-    return spec
-
-
 def _parse_references(raw: Any, where: Where, prompts: int) -> tuple[tuple[str, ...], ...]:
     items = as_list(raw, where)
     if len(items) != prompts:
@@ -316,35 +240,6 @@ def _text(value: Any, where: Where, allow_empty: bool = False) -> str:
     return text
 
 
-def _parse_generation(raw: Any, where: Where) -> GenerationSpec:
-    data = as_mapping(raw, where)
-    keys = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "seed", "samples_per_prompt")
-    check_keys(data, keys, where)
-    do_sample = as_bool(data.get("do_sample", False), where.child("do_sample"))
-    samples = as_int(data.get("samples_per_prompt", 1), where.child("samples_per_prompt"), 1, 1000)
-    if samples > 1 and not do_sample:
-        where.child("samples_per_prompt").fail(
-            f"is {samples} with greedy decoding, which gives the same output every time", "set do_sample: true or use 1"
-        )
-    temperature = as_float(data.get("temperature", 1.0), where.child("temperature"), 0.0, 100.0)
-    if temperature < MIN_TEMPERATURE:
-        # Below this, logits / temperature overflow to inf and sampling breaks.
-        where.child("temperature").fail(
-            f"is {temperature:g}, below {MIN_TEMPERATURE}",
-            f"give {MIN_TEMPERATURE} or more, or do_sample: false for greedy decoding",
-        )
-    decoding = Decoding(
-        max_new_tokens=as_int(data.get("max_new_tokens", 48), where.child("max_new_tokens"), 1, 4096),
-        do_sample=do_sample,
-        temperature=temperature,
-        top_k=as_int(data.get("top_k", 0), where.child("top_k"), 0),
-        top_p=as_float(data.get("top_p", 1.0), where.child("top_p"), 0.0, 1.0),
-    )
-    if decoding.top_p == 0.0:
-        where.child("top_p").fail("is 0, which keeps no token", "give a value in (0, 1]")
-    return GenerationSpec(decoding, as_int(data.get("seed", 0), where.child("seed"), 0), samples)
-
-
 def _parse_vectors(raw: Any, where: Where) -> tuple[VectorSpec, ...]:
     data = as_mapping(raw, where)
     limits.check(limits.MAX_VECTORS, len(data), str(where))
@@ -354,21 +249,67 @@ def _parse_vectors(raw: Any, where: Where) -> tuple[VectorSpec, ...]:
         name = as_name(
             str(name), Where(here.source, f"{where.path} name" if where.path else "vector name", here.labels)
         )
-        spec = as_mapping(entry, here)
-        check_keys(spec, ("method", "read", "pairs", "pair_index", "file"), here)
-        if "file" in spec:
-            out.append(VectorSpec(str(name), file=as_str(spec["file"], here.child("file"))))
-            continue
-        pairs_raw = as_list(required(spec, "pairs", here), here.child("pairs"))
-        if not pairs_raw:
-            here.child("pairs").fail("is an empty list", "give at least one [positive, negative] pair")
-        limits.check(limits.MAX_PROMPTS, len(pairs_raw), str(here.child("pairs")), "pairs")
-        pairs = tuple(_parse_pair(p, here.child("pairs").child(i)) for i, p in enumerate(pairs_raw))
-        method = as_choice(spec.get("method", "mean_diff"), EXTRACTION_METHODS, here.child("method"))
-        pair_index = as_int(spec.get("pair_index", 0), here.child("pair_index"), 0, len(pairs) - 1)
-        read = as_choice(spec.get("read", "last"), READ_POSITIONS, here.child("read"))
-        out.append(VectorSpec(str(name), pairs, method, read, pair_index))
+        out.append(VectorSettings.checked(entry, here).to_spec(str(name)))
     return tuple(out)
+
+
+def _pairs(raw: Any, where: Where) -> tuple[tuple[str, str], ...]:
+    items = as_list(raw, where)
+    if not items:
+        where.fail("is an empty list", "give at least one [positive, negative] pair")
+    limits.check(limits.MAX_PROMPTS, len(items), str(where), "pairs")
+    return tuple(_parse_pair(p, where.child(i)) for i, p in enumerate(items))
+
+
+_PAIRS_SCHEMA = {
+    "type": "array",
+    "minItems": 1,
+    "items": {
+        "anyOf": [
+            {"type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 2},
+            {
+                "type": "object",
+                "properties": {"positive": {"type": "string"}, "negative": {"type": "string"}},
+                "required": ["positive", "negative"],
+                "additionalProperties": False,
+            },
+        ]
+    },
+}
+
+
+class VectorSettings(Settings):
+    """One entry of ``vectors``: extracted from contrastive pairs, or read from a safetensors file."""
+
+    model_config = ConfigDict(json_schema_extra={"anyOf": [{"required": ["pairs"]}, {"required": ["file"]}]})
+
+    method: Annotated[str, choice(EXTRACTION_METHODS)] = Field(
+        "mean_diff", description="mean_diff (CAA), pca (repeng-style) or single_pair (ActAdd, one pair)."
+    )
+    read: Annotated[str, choice(READ_POSITIONS)] = Field(
+        "last", description="Read the last token's hidden state, or the mean over the tokens."
+    )
+    pairs: Annotated[tuple[tuple[str, str], ...] | None, Check(_pairs, _PAIRS_SCHEMA, "text")] = Field(
+        None, description="Contrastive pairs: [positive, negative] or {positive: ..., negative: ...}."
+    )
+    pair_index: Annotated[int, whole(0)] = Field(0, description="For single_pair: which pair (from 0).")
+    file: Annotated[str | None, TEXT] = Field(
+        None, description="Instead of pairs: a vector saved earlier, a safetensors file in this file's folder."
+    )
+
+    @model_validator(mode="after")
+    def _has_pairs_or_file(self, info: ValidationInfo) -> VectorSettings:
+        where = where_of(info)
+        if self.file is None:
+            if self.pairs is None:
+                where.child("pairs").fail("is missing", "add it")
+            as_int(self.pair_index, where.child("pair_index"), 0, len(self.pairs) - 1)
+        return self
+
+    def to_spec(self, name: str) -> VectorSpec:
+        if self.file is not None:
+            return VectorSpec(name, file=self.file)
+        return VectorSpec(name, self.pairs or (), self.method, self.read, self.pair_index)
 
 
 def _parse_pair(raw: Any, where: Where) -> tuple[str, str]:
@@ -382,12 +323,151 @@ def _parse_pair(raw: Any, where: Where) -> tuple[str, str]:
     return _text(positive, where.child("positive")), _text(negative, where.child("negative"))
 
 
-def _parse_variants(raw: Any, where: Where, vector_names: set[str]) -> tuple[VariantSpec, ...]:
-    if raw is None:
-        where.fail("is missing", "add a list of variants, for example '- name: baseline'")
+# --- the declaration of experiment files (and of stored definitions) -----------------------
+#
+# Each section is declared once, as a Settings model whose fields carry their check and
+# description: parse_experiment validates with it, and engine.spec_schema turns the same
+# declarations into the JSON Schema of experiment files. The checks are engine.fields'
+# readers, so every error stays one sentence naming the source and the field.
+
+
+def _prompts(value: Any, where: Where) -> tuple[str, ...]:
+    items = as_list(value, where)
+    limits.check(limits.MAX_PROMPTS, len(items), str(where.parent()))
+    prompts = [as_str(p, where.child(i)) for i, p in enumerate(items)]
+    if not prompts:
+        where.fail("is an empty list", "give at least one prompt")
+    longest = max(range(len(prompts)), key=lambda i: len(prompts[i]))
+    limits.check(limits.MAX_PROMPT_CHARS, len(prompts[longest]), str(where.child(longest)))
+    return tuple(prompts)
+
+
+def _parse_scorers(raw: Any, where: Where) -> tuple[Scorer, ...]:
+    items = as_list(raw or [], where)
+    scorers = tuple(parse_scorer(s, where.child(i)) for i, s in enumerate(items))
+    if len({s.name for s in scorers}) != len(scorers):
+        where.fail("has two scorers with the same name", "give each scorer its own name")
+    return scorers
+
+
+def _interventions(raw: Any, where: Where, info: ValidationInfo) -> tuple[SteeringMethod, ...]:
+    items = as_list(raw or [], where)
+    limits.check(limits.MAX_EDITS, len(items), str(where))
+    interventions = tuple(methods.parse(x, where.child(i)) for i, x in enumerate(items))
+    vector_names: set[str] = (info.context or {}).get("vector_names", set())
+    for i, intervention in enumerate(interventions):
+        for vector in intervention.vector_names():
+            if vector not in vector_names:
+                known = ", ".join(sorted(vector_names)) or "none are defined"
+                where.child(i).child("vector").fail(
+                    f"names vector {vector!r}, which the experiment does not define (defined: {known})",
+                    "define it under 'vectors' or fix the name",
+                )
+    return interventions
+
+
+_SHORT_TEXT = Check(lambda value, where: _text(value, where), {"type": "string", "minLength": 1}, "text")
+_OPTIONAL_TEXT = Check(lambda value, where: _text(value, where, allow_empty=True), {"type": "string"}, "text")
+_TEXTS = Check(
+    lambda value, where: _parse_texts(value, where),
+    {"type": "array", "items": {"type": "string"}, "minItems": 1},
+    "texts",
+)
+_TRAIN_SCHEMA = {
+    "type": "object",
+    "description": "An adaptation baseline: a LoRA adapter or a fine-tuned copy, trained when the experiment runs.",
+    "properties": {
+        "method": {"enum": list(TRAINING_METHODS), "default": "lora"},
+        "examples_from": {"type": "string", "description": "A vector whose positive texts are the training set."},
+        "epochs": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 3},
+        "learning_rate": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        "rank": {"type": "integer", "minimum": 1, "maximum": 1024, "default": 8},
+        "batch_size": {"type": "integer", "minimum": 1, "maximum": 4096, "default": 8},
+        "seed": {"type": "integer", "minimum": 0, "default": 0},
+    },
+    "additionalProperties": False,
+}
+
+
+class VariantSettings(Settings):
+    """One entry of ``variants``: plain, prompted, steered (stacked edits) or an adaptation baseline."""
+
+    interventions: Annotated[
+        tuple[SteeringMethod, ...],
+        Check(
+            _interventions,
+            {"type": "array", "items": later_ref("intervention")},
+            "text",
+            with_info=True,
+        ),
+    ] = Field((), description="Steering edits, applied in order (they stack).")
+    name: Annotated[str, NAME] = Field(description="The variant's name (unique in the experiment).")
+    description: Annotated[str, _OPTIONAL_TEXT] = Field("", description="Optional free text.")
+    prefix: Annotated[str, _OPTIONAL_TEXT] = Field("", description="Text put before every prompt (prompting).")
+    system: Annotated[str, _OPTIONAL_TEXT] = Field(
+        "", description="A system message, for models with a chat template (prompting)."
+    )
+    train: Annotated[TrainingSpec | None, Check(parse_training, _TRAIN_SCHEMA, "text")] = Field(
+        None, description="Train an adapter or a fine-tuned copy instead of steering."
+    )
+    kind: Annotated[str | None, choice(VARIANT_KINDS)] = Field(
+        None, description="Optional: what the fields make it (checked against them)."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self, info: ValidationInfo) -> VariantSettings:
+        where = where_of(info)
+        variant = self.to_spec()
+        vector_names: set[str] = (info.context or {}).get("vector_names", set())
+        if variant.train is not None and (variant.interventions or variant.prefix or variant.system):
+            where.child("train").fail(
+                "is combined with prompting or steering in one variant",
+                "make the adapter or fine-tune a variant of its own",
+            )
+        if (
+            variant.train is not None
+            and variant.train.examples_from
+            and variant.train.examples_from not in vector_names
+        ):
+            where.child("train").child("examples_from").fail(
+                f"names vector {variant.train.examples_from!r}, which the experiment does not define",
+                "name a vector with pairs",
+            )
+        if self.kind is not None:
+            if self.kind == "prompting" and not (variant.system.strip() or variant.prefix.strip()):
+                where.child("system").fail(
+                    "and the prefix are both empty", "write a system prompt or a prefix (or make it a baseline)"
+                )
+            if self.kind == "steering" and not variant.interventions:
+                where.child("interventions").fail("is empty", "add at least one steering edit")
+            if self.kind != variant.kind:
+                where.child("kind").fail(
+                    f"says {self.kind!r} but the fields given make a {variant.kind!r} variant",
+                    "baseline has no prefix, system or interventions; prompting has a prefix or system; steering has interventions; lora and finetune have 'train'",
+                )
+        return self
+
+    def to_spec(self) -> VariantSpec:
+        return VariantSpec(
+            name=self.name,
+            prefix=self.prefix,
+            system=self.system,
+            interventions=self.interventions,
+            description=self.description,
+            train=self.train,
+        )
+
+
+def parse_variant(raw: Any, where: Where, vector_names: set[str]) -> VariantSpec:
+    """Validate one variant; its interventions' methods come from the registry."""
+    return VariantSettings.checked(raw, where, {"vector_names": vector_names}).to_spec()
+
+
+def _parse_variants(raw: Any, where: Where, info: ValidationInfo) -> tuple[VariantSpec, ...]:
     items = as_list(raw, where)
     if not items:
         where.fail("is an empty list", "define at least one variant, for example 'name: baseline'")
+    vector_names = {v.name for v in info.data.get("vectors", ())}
     variants: list[VariantSpec] = []
     for i, item in enumerate(items):
         variant = parse_variant(item, where.child(i), vector_names)
@@ -399,55 +479,210 @@ def _parse_variants(raw: Any, where: Where, vector_names: set[str]) -> tuple[Var
     return tuple(variants)
 
 
-def parse_variant(raw: Any, where: Where, vector_names: set[str]) -> VariantSpec:
-    """Validate one variant; its interventions' methods come from the registry."""
-    data = as_mapping(raw, where)
-    check_keys(data, ("name", "kind", "description", "prefix", "system", "interventions", "train"), where)
-    interventions_raw = as_list(data.get("interventions") or [], where.child("interventions"))
-    limits.check(limits.MAX_EDITS, len(interventions_raw), str(where.child("interventions")))
-    interventions = tuple(
-        methods.parse(x, where.child("interventions").child(i)) for i, x in enumerate(interventions_raw)
+class GenerationSettings(Settings):
+    """The ``generation`` section: how outputs are decoded, the seed, and samples per prompt."""
+
+    max_new_tokens: Annotated[int, whole(1, 4096)] = Field(48, description="Tokens generated per output.")
+    do_sample: Annotated[bool, FLAG] = Field(False, description="true: sample; false: greedy decoding.")
+    temperature: Annotated[float, number(0.0, 100.0)] = Field(
+        1.0, description=f"Sampling temperature ({MIN_TEMPERATURE} or more)."
     )
-    for i, intervention in enumerate(interventions):
-        for vector in intervention.vector_names():
-            if vector not in vector_names:
-                known = ", ".join(sorted(vector_names)) or "none are defined"
-                where.child("interventions").child(i).child("vector").fail(
-                    f"names vector {vector!r}, which the experiment does not define (defined: {known})",
-                    "define it under 'vectors' or fix the name",
+    top_k: Annotated[int, whole(0)] = Field(0, description="Keep the k likeliest tokens (0 = off).")
+    top_p: Annotated[float, number(0.0, 1.0)] = Field(1.0, description="Nucleus sampling share (1.0 = off).")
+    seed: Annotated[int, whole(0)] = Field(0, description="Seed of the run (each output has its own, derived from it).")
+    samples_per_prompt: Annotated[int, whole(1, 1000)] = Field(
+        1, description="Outputs per prompt and variant (more than 1 needs do_sample)."
+    )
+
+    @model_validator(mode="after")
+    def _usable(self, info: ValidationInfo) -> GenerationSettings:
+        where = where_of(info)
+        if self.samples_per_prompt > 1 and not self.do_sample:
+            where.child("samples_per_prompt").fail(
+                f"is {self.samples_per_prompt} with greedy decoding, which gives the same output every time",
+                "set do_sample: true or use 1",
+            )
+        if self.temperature < MIN_TEMPERATURE:
+            # Below this, logits / temperature overflow to inf and sampling breaks.
+            where.child("temperature").fail(
+                f"is {self.temperature:g}, below {MIN_TEMPERATURE}",
+                f"give {MIN_TEMPERATURE} or more, or do_sample: false for greedy decoding",
+            )
+        if self.top_p == 0.0:
+            where.child("top_p").fail("is 0, which keeps no token", "give a value in (0, 1]")
+        return self
+
+    def to_spec(self) -> GenerationSpec:
+        decoding = Decoding(
+            max_new_tokens=self.max_new_tokens,
+            do_sample=self.do_sample,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+        )
+        return GenerationSpec(decoding, self.seed, self.samples_per_prompt)
+
+
+_REFERENCES_SCHEMA = {
+    "type": "array",
+    "items": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]},
+}
+
+
+def _references(raw: Any, where: Where, info: ValidationInfo) -> tuple[tuple[str, ...], ...]:
+    return _parse_references(raw, where, len(info.data.get("prompts", ())))
+
+
+def _sweep(raw: Any, where: Where) -> dict[str, Any]:
+    # Checked against the vectors and scorers once the whole experiment is read (ExperimentSettings.to_spec).
+    return dict(as_mapping(raw, where))
+
+
+_SWEEP_SCHEMA = {
+    "type": "object",
+    "description": "A layer x coefficient grid for one vector (python -m engine sweep).",
+    "properties": {
+        "vector": {"type": "string"},
+        "layers": {"type": "array", "items": {"type": "integer"}, "minItems": 1},
+        "coefficients": {"type": "array", "items": {"type": "number"}, "minItems": 1},
+        "scorer": {"type": "string", "description": "The scorer that measures the behaviour."},
+        "max_cells": {"type": "integer", "minimum": 1, "default": 64},
+        "fluency_tolerance": {"type": "number", "minimum": 1.0, "default": 1.5},
+    },
+    "required": ["vector", "coefficients", "scorer"],
+    "additionalProperties": False,
+}
+
+
+class ExperimentSettings(Settings):
+    """An experiment file (and a stored definition): every top-level field.
+
+    Fields are checked in this order; a check that needs another field (variants need the
+    vectors, references the prompts) comes after it.
+    """
+
+    missing_fixes: ClassVar[Mapping[str, str]] = {
+        "variants": "add a list of variants, for example '- name: baseline'",
+    }
+
+    name: Annotated[str, NAME] = Field(description="The experiment's name in the store.")
+    description: Annotated[str, _OPTIONAL_TEXT] = Field("", description="Optional free text.")
+    model: Annotated[
+        str, Check(lambda value, where: as_str(value, where).strip(), {"type": "string", "minLength": 1}, "text")
+    ] = Field(description="A Hugging Face hub id or a local model folder.")
+    chat_template: Annotated[str, choice(CHAT_TEMPLATE_MODES)] = Field(
+        "auto", description="auto: prompts go through the tokenizer's chat template if it has one; off: never."
+    )
+    probe_prompt: Annotated[str, _SHORT_TEXT] = Field(DEFAULT_PROBE, description="Text for the reversibility check.")
+    reveal_after_vote: Annotated[bool, FLAG] = Field(
+        False, description="Show raters which variants they compared, after each vote."
+    )
+    rating_question: Annotated[
+        str, Check(lambda value, where: _text(value, where).strip(), {"type": "string", "minLength": 1}, "text")
+    ] = Field(DEFAULT_RATING_QUESTION, description="What raters answer on the Rate page.")
+    rating_overlap: Annotated[float, number(0.0, 1.0)] = Field(
+        DEFAULT_RATING_OVERLAP, description="Share of the pairs shown to every rater (for rater agreement)."
+    )
+    neutral_prompts: Annotated[tuple[str, ...], _TEXTS] = Field(
+        DEFAULT_NEUTRAL_PROMPTS, description="Where side effects (KL) are measured."
+    )
+    prompts: Annotated[
+        tuple[str, ...], Check(_prompts, {"type": "array", "items": {"type": "string"}, "minItems": 1}, "texts")
+    ] = Field(description="The prompts every variant answers (or give prompts_file).")
+    prompts_file: Annotated[str | None, TEXT] = Field(
+        None,
+        description="Instead of prompts: a .csv (column 'prompt'), .jsonl ({\"prompt\": ...}) or .txt file in this file's folder.",
+    )
+    generation: Annotated[
+        GenerationSettings,
+        Check(
+            lambda value, where: GenerationSettings.checked(value or {}, where),
+            settings_schema(GenerationSettings),
+            "text",
+        ),
+    ] = Field(default_factory=GenerationSettings.model_construct, description="Decoding settings.")
+    vectors: Annotated[
+        tuple[VectorSpec, ...],
+        Check(
+            lambda value, where: _parse_vectors(value or {}, where),
+            {"type": "object", "additionalProperties": settings_schema(VectorSettings)},
+            "text",
+        ),
+    ] = Field((), description="Named steering vectors: from contrastive pairs, or a safetensors file.")
+    variants: Annotated[
+        tuple[VariantSpec, ...],
+        Check(
+            _parse_variants,
+            {"type": "array", "items": later_ref("variant"), "minItems": 1},
+            "text",
+            with_info=True,
+        ),
+    ] = Field(description="The configurations compared: baseline, prompting, steering, lora, finetune.")
+    scorers: Annotated[
+        tuple[Scorer, ...], Check(_parse_scorers, {"type": "array", "items": later_ref("scorer")}, "text")
+    ] = Field((), description="Automatic scores of every output.")
+    sweep: Annotated[dict[str, Any] | None, Check(_sweep, _SWEEP_SCHEMA, "text")] = Field(
+        None, description="A layer x coefficient sweep of one vector."
+    )
+    references: Annotated[
+        tuple[tuple[str, ...], ...] | None, Check(_references, _REFERENCES_SCHEMA, "text", with_info=True)
+    ] = Field(
+        None, description="Acceptable outputs per prompt (a text or a list of texts each), for reference scorers."
+    )
+    training_examples: Annotated[tuple[str, ...] | None, _TEXTS] = Field(
+        None, description="Texts the adaptation baselines learn from (instead of examples_from)."
+    )
+
+    def to_spec(self, where: Where) -> ExperimentSpec:
+        """The experiment, with the checks that need all of it (sizes, references, the sweep)."""
+        spec = ExperimentSpec(
+            name=self.name,
+            description=self.description,
+            model=self.model,
+            chat_template=self.chat_template,
+            probe_prompt=self.probe_prompt,
+            reveal_after_vote=self.reveal_after_vote,
+            rating_question=self.rating_question,
+            rating_overlap=self.rating_overlap,
+            neutral_prompts=self.neutral_prompts,
+            prompts=self.prompts,
+            generation=self.generation.to_spec(),
+            vectors=self.vectors,
+            variants=self.variants,
+            scorers=self.scorers,
+            references=self.references or (),
+            training_examples=self.training_examples or (),
+        )
+        limits.check(limits.MAX_VARIANTS, len(spec.variants), str(where))
+        limits.check(
+            limits.MAX_GENERATIONS,
+            len(spec.prompts) * len(spec.variants) * spec.generation.samples_per_prompt,
+            str(where),
+        )
+        for i, scorer in enumerate(spec.scorers):
+            if scorer.needs_references and not spec.references:
+                where.child("scorers").child(i).fail(
+                    f"(scorer '{scorer.name}') needs references, but the experiment has none",
+                    "add a 'references' list with one entry per prompt, or remove the scorer",
                 )
-    variant = VariantSpec(
-        name=as_name(required(data, "name", where), where.child("name")),
-        description=_text(data.get("description", ""), where.child("description"), allow_empty=True),
-        prefix=_text(data.get("prefix", ""), where.child("prefix"), allow_empty=True),
-        system=_text(data.get("system", ""), where.child("system"), allow_empty=True),
-        interventions=interventions,
-        train=parse_training(data["train"], where.child("train")) if data.get("train") is not None else None,
-    )
-    if variant.train is not None and (variant.interventions or variant.prefix or variant.system):
-        where.child("train").fail(
-            "is combined with prompting or steering in one variant",
-            "make the adapter or fine-tune a variant of its own",
-        )
-    if variant.train is not None and variant.train.examples_from and variant.train.examples_from not in vector_names:
-        where.child("train").child("examples_from").fail(
-            f"names vector {variant.train.examples_from!r}, which the experiment does not define",
-            "name a vector with pairs",
-        )
-    if "kind" in data:
-        kind = as_choice(data["kind"], VARIANT_KINDS, where.child("kind"))
-        if kind == "prompting" and not (variant.system.strip() or variant.prefix.strip()):
-            where.child("system").fail(
-                "and the prefix are both empty", "write a system prompt or a prefix (or make it a baseline)"
-            )
-        if kind == "steering" and not variant.interventions:
-            where.child("interventions").fail("is empty", "add at least one steering edit")
-        if kind != variant.kind:
-            where.child("kind").fail(
-                f"says {kind!r} but the fields given make a {variant.kind!r} variant",
-                "baseline has no prefix, system or interventions; prompting has a prefix or system; steering has interventions; lora and finetune have 'train'",
-            )
-    return variant
+        if self.sweep is not None:
+            spec = replace(spec, sweep=parse_sweep(self.sweep, where.child("sweep"), spec).to_dict())
+        return spec
+
+
+EXPERIMENT_KEYS = tuple(ExperimentSettings.model_fields)
+
+
+def parse_experiment(raw: Any, where: Where, prompts: Sequence[str] | None = None) -> ExperimentSpec:
+    """Validate plain data (a file's, a form's or a stored definition) into an ExperimentSpec.
+
+    ``prompts`` replaces the ``prompts`` field when the caller has read them from a
+    prompts file already.
+    """
+    data = as_mapping(raw, where)
+    if prompts is not None:
+        data = {**data, "prompts": list(prompts)}
+    return ExperimentSettings.checked(data, where).to_spec(where)
 
 
 def training_texts(spec: ExperimentSpec, train: TrainingSpec) -> list[str]:

@@ -18,6 +18,19 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$REQS"
   touch "$stamp"
 fi
+# The project itself, in editable mode: the `steerlab` command and the entry points of
+# pyproject.toml. Redone only when pyproject.toml or requirements.txt (its dependencies)
+# change. Built with the venv's own setuptools (installed first if the
+# venv lacks it, as Python 3.12+ venvs do), so the build needs no isolated environment
+# and no network.
+editable=".venv/.editable-$(cat pyproject.toml requirements.txt | sha256sum | cut -c1-16)"
+if [ ! -f "$editable" ]; then
+  if ! .venv/bin/python -c 'import setuptools' 2>/dev/null; then
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check "setuptools>=70"
+  fi
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+  touch "$editable"
+fi
 
 if [ -d "$ROOT/../shared/hf-cache/hub" ]; then
   HF_HUB_CACHE="$(cd "$ROOT/../shared/hf-cache/hub" && pwd)"

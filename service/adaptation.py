@@ -79,9 +79,12 @@ def adaptation_table(
             )
         scores = repo.generation_metrics(session, experiment.id)
         by_variant: dict[str, dict[int, list[float]]] = {}
-        for g in repo.generations_of(session, experiment.id):
-            if metric in scores.get(g.id, {}):
-                by_variant.setdefault(g.variant.name, {}).setdefault(g.prompt_id, []).append(scores[g.id][metric])
+        names = {v.id: v.name for v in experiment.variants}
+        for generation_id, variant_id, prompt_id in repo.generation_index(session, experiment.id):  # no texts
+            if metric in scores.get(generation_id, {}):
+                by_variant.setdefault(names[variant_id], {}).setdefault(prompt_id, []).append(
+                    scores[generation_id][metric]
+                )
         total_layers = _layer_count(spec.model)
     baseline = next((v.name for v in spec.variants if v.kind == "baseline"), None)
     finetune = next((v.name for v in spec.variants if v.kind == "finetune"), None)

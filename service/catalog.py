@@ -1,9 +1,12 @@
 """Experiments in the store: save a spec (creating or syncing rows), read it back, list, delete.
 
-The experiment row keeps the whole spec as JSON; prompts, vectors and variants also have
-rows of their own (generations point at them). :func:`save_spec` is the one place that
-keeps the two in step: a changed vector loses its extracted data, a changed variant
-loses its now-stale generations, a removed one is deleted.
+The experiment row keeps the whole definition as JSON, the one copy of it. Prompts, vectors
+and variants also have rows (generations point at them), which hold identities and data
+only: a vector row its extracted data, a variant row its name, position and kind.
+:func:`save_spec` is the one place that keeps the rows in step with the definition: a
+changed vector loses its extracted data, a variant whose outputs would now differ (its own
+definition, a vector it uses, or a trained baseline's texts changed) loses its now-stale
+generations, a removed one is deleted.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from engine.errors import SteerLabError
 from engine.fields import Where
 from engine.spec import ExperimentSpec, parse_experiment
 from service import audit
+from service.provenance import variant_hash
 
 # Fields whose change makes every stored generation stale.
 _DEFINING = ("model", "prompts", "generation", "chat_template", "probe_prompt")
@@ -46,56 +50,78 @@ def save_spec(
     """Create the experiment, or bring a stored one's rows in line with ``spec``."""
     vector_files = vector_files or {}
     data = spec.to_dict()
+    old: ExperimentSpec | None = None
+    old_vectors: dict[str, Any] = {}
+    existed = experiment is not None
     if experiment is None:
         experiment = repo.create_experiment(
             session, spec.name, spec.description, spec.model, data, spec.definition_hash(), spec.prompts, {}, []
         )
-    elif [p.text for p in experiment.prompts] != list(spec.prompts):
+    else:
+        old, old_vectors = _parsed_or_none(experiment), json.loads(experiment.spec_json).get("vectors", {})
+    if existed and [p.text for p in experiment.prompts] != list(spec.prompts):
         raise SteerLabError(
             f"Experiment '{experiment.name}' cannot change its prompts; duplicate it to use other prompts."
         )
     experiment.name = spec.name
     experiment.model_id = spec.model
-    _sync_vectors(experiment, data["vectors"], vector_files)
-    _sync_variants(session, experiment, data["variants"])
+    replaced = _sync_vectors(experiment, old_vectors, data["vectors"], vector_files)
+    _sync_variants(session, experiment, old, spec, replaced)
     repo.update_experiment_spec(session, experiment, data, spec.definition_hash())
     session.flush()
     return experiment
 
 
-def _sync_vectors(experiment: Experiment, specs: dict[str, dict[str, Any]], files: dict[str, bytes]) -> None:
+def _parsed_or_none(experiment: Experiment) -> ExperimentSpec | None:
+    """The stored definition, or None if this SteerLab no longer accepts it (then every variant counts as changed)."""
+    try:
+        return stored_spec(experiment)
+    except SteerLabError:
+        return None
+
+
+def _sync_vectors(
+    experiment: Experiment, old: dict[str, Any], specs: dict[str, dict[str, Any]], files: dict[str, bytes]
+) -> set[str]:
+    """Bring the vector rows in line; returns the stored vectors whose file now holds other numbers."""
+    replaced = set()
     rows = {v.name: v for v in experiment.vectors}
-    for name, old in rows.items():
+    for name, unwanted in rows.items():
         if name not in specs:
-            experiment.vectors.remove(old)
+            experiment.vectors.remove(unwanted)
     for name, spec in specs.items():
-        text = json.dumps(spec, ensure_ascii=False)
         row = rows.get(name)
         if row is None:
-            row = Vector(name=name, spec_json=text)
+            row = Vector(name=name)
             experiment.vectors.append(row)
-        elif row.spec_json != text:
-            row.spec_json, row.data = text, None  # re-extracted on the next run
+        elif old.get(name) != spec:
+            row.data = None  # re-extracted on the next run
         if name in files:
+            if row.data is not None and row.data != files[name]:
+                replaced.add(name)
             row.data = files[name]
+    return replaced
 
 
-def _sync_variants(session: Session, experiment: Experiment, specs: list[dict[str, Any]]) -> None:
+def _sync_variants(
+    session: Session, experiment: Experiment, old: ExperimentSpec | None, spec: ExperimentSpec, replaced: set[str]
+) -> None:
     rows = {v.name: v for v in experiment.variants}
-    wanted = {s["name"] for s in specs}
-    for name, old in rows.items():
+    wanted = {v.name for v in spec.variants}
+    for name, unwanted in rows.items():
         if name not in wanted:
-            experiment.variants.remove(old)
+            experiment.variants.remove(unwanted)
     session.flush()
-    for position, spec in enumerate(specs):
-        text = json.dumps(spec, ensure_ascii=False)
-        row = rows.get(spec["name"])
+    before = {v.name: variant_hash(old, v) for v in old.variants} if old is not None else {}
+    for position, variant in enumerate(spec.variants):
+        row = rows.get(variant.name)
         if row is None:
-            experiment.variants.append(Variant(position=position, name=spec["name"], kind=spec["kind"], spec_json=text))
+            experiment.variants.append(Variant(position=position, name=variant.name, kind=variant.kind))
             continue
-        if row.spec_json != text:
+        uses_replaced = bool(replaced.intersection(variant.vector_names()))
+        if uses_replaced or before.get(variant.name) != variant_hash(spec, variant):
             repo.delete_variant_generations(session, row.id)  # its outputs no longer match its definition
-            row.spec_json, row.kind = text, spec["kind"]
+            row.kind = variant.kind
         row.position = position
 
 

@@ -10,15 +10,20 @@ as text rounded to what is meaningful, for ``st.dataframe`` and the report's tab
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import altair as alt
 import pandas as pd
 
+from db import repository as repo
+from db.store import Store
 from engine.ranking import MIN_DECISIVE_BATTLES
 from engine.stats import MIN_DECISIVE_VOTES, Estimate
+from service import cache
 from service.adaptation import MethodRow
-from service.comparison import Comparison, too_few_votes
+from service.catalog import get_experiment
+from service.comparison import Comparison, compare, too_few_votes
 from service.sweeps import SweepResult
 
 WIDTH = 640  # width of a single chart in the report (the page stretches it to the page's width)
@@ -742,3 +747,62 @@ def adaptation_chart(rows: list[MethodRow], scorer: str) -> alt.VConcatChart:
             )
         charts.append(alt.layer(*marks).properties(width=PANEL_WIDTH, height=_rows_height(len(rows)), title=title))
     return _grid(charts, "The study's criteria, measured per method")
+
+
+# --- the Compare page's whole view, cached ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class CompareView:
+    """The comparison with its charts as Vega-Lite specs and its tables, ready to draw.
+
+    Building and validating Altair charts takes most of a second for 20 variants, so the
+    page draws these (kept per experiment and data version) instead of rebuilding them.
+    """
+
+    comparison: Comparison
+    charts: dict[str, dict[str, Any] | None]  # win_rate, bradley_terry, matrix, scores, compute, reversibility
+    tables: dict[str, pd.DataFrame]  # win_rate, bradley_terry, scores, compute
+    notes: dict[str, list[str]]  # bradley_terry, compute, reversibility
+
+
+def compare_view(store: Store, name: str, bootstrap_rounds: int = 1000, seed: int = 0) -> CompareView:
+    """What the Compare page draws; recomputed only when the experiment's data changed."""
+    with store.session() as session:
+        version = repo.data_version(session, get_experiment(session, name).id)
+    return cache.cached(
+        (store.url, "compare_view", name, bootstrap_rounds, seed),
+        version,
+        lambda: _view(compare(store, name, bootstrap_rounds, seed)),
+    )
+
+
+def _view(c: Comparison) -> CompareView:
+    def spec(chart: Any) -> dict[str, Any] | None:
+        # Not validated again against the Vega-Lite schema here (a second per chart): the same
+        # chart functions build the report's charts, which are validated.
+        return None if chart is None else dict(chart.to_dict(validate=False))
+
+    note = bradley_terry_note(c)
+    return CompareView(
+        comparison=c,
+        charts={
+            "win_rate": spec(win_rate_chart(c)) if c.baseline and c.votes else None,
+            "bradley_terry": spec(bradley_terry_chart(c)) if c.votes else None,
+            "matrix": spec(matrix_chart(c)) if c.votes else None,
+            "scores": spec(scores_chart(c)),
+            "compute": spec(compute_chart(c)),
+            "reversibility": spec(reversibility_chart(c)),
+        },
+        tables={
+            "win_rate": win_rate_table(c),
+            "bradley_terry": bradley_terry_table(c),
+            "scores": scores_table(c),
+            "compute": compute_table(c),
+        },
+        notes={
+            "bradley_terry": [note] if note else [],
+            "compute": compute_notes(c),
+            "reversibility": reversibility_notes(c),
+        },
+    )

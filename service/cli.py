@@ -1,4 +1,7 @@
-"""The command line: ``python -m engine run|list|export|report|sweep|calibrate|suite|score|bench``.
+"""The command line: ``steerlab run|worker|status|list|export|report|sweep|calibrate|score|suite|bench|schema``.
+
+``python -m engine`` is the same command. This module parses arguments and runs the
+commands; the text tables they print are in :mod:`service.cli_tables`.
 
 Exit codes: 0 success, 2 bad input (one sentence on stderr), 130 interrupted.
 """
@@ -7,31 +10,41 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
-from db.store import Store, StoreError
+from db.store import Store, StoreError, resolve_url
 from engine.errors import SteerLabError
 from engine.fields import printable
 from engine.runner import Progress
 from service.catalog import list_experiments
+from service.cli_tables import format_experiments, format_status, format_suite_task, format_summary, format_sweep
 from service.export import export_csv, export_json
-from service.running import RunOptions, run_experiment_file
-from service.summary import VariantSummary, variant_summaries
+from service.logs import configure_logging
+from service.running import RunOptions
+
+PROG = "steerlab"
+DB_HELP = "SQLAlchemy URL or SQLite file (default: $STEERLAB_DB or steerlab.db)"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m engine", description="SteerLab: A/B test steering variants of a language model."
-    )
+    parser = argparse.ArgumentParser(prog=PROG, description="SteerLab: A/B test steering variants of a language model.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run (or resume) an experiment file and print a per-variant summary")
     run.add_argument("file", help="experiment YAML file")
-    run.add_argument("--db", help="SQLAlchemy URL or SQLite file (default: $STEERLAB_DB or steerlab.db)")
+    run.add_argument("--db", help=DB_HELP)
+    run.add_argument(
+        "--queue", action="store_true", help="validate and store the experiment, queue its run for a worker and return"
+    )
     run.add_argument("--model", help="hub id or local folder, instead of the file's model")
     run.add_argument("--name", help="store under this experiment name instead of the file's")
     run.add_argument("--batch-size", type=int, default=8, help="rows per mixed batch (default 8)")
@@ -43,6 +56,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--replace", action="store_true", help="discard a stored experiment of that name whose definition differs"
     )
     _allow_path_option(run)
+
+    worker = sub.add_parser("worker", help="claim queued runs from the store and run them (until stopped)")
+    worker.add_argument("--db", help=DB_HELP)
+    worker.add_argument("--once", action="store_true", help="run what is queued now, then exit")
+    worker.add_argument(
+        "--poll", type=float, help="seconds between looks for queued runs (default: $STEERLAB_POLL_SECONDS or 2)"
+    )
+    worker.add_argument(
+        "--create", action="store_true", help="create the store if the database is empty (otherwise refused)"
+    )
+
+    status = sub.add_parser("status", help="show an experiment's run: state, progress, worker, error, traceback")
+    status.add_argument("name")
+    status.add_argument("--db", help=DB_HELP)
 
     ls = sub.add_parser("list", help="list stored experiments with their counts")
     ls.add_argument("--db")
@@ -89,9 +116,19 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("-o", "--output", required=True, help="file to write")
     report.add_argument("--db")
 
-    bench = sub.add_parser("bench", help="measure steering overhead, mixed-batch speedup, toggle time, reversibility")
+    bench = sub.add_parser(
+        "bench",
+        help="measure steering overhead, mixed-batch speedup, toggle time, reversibility; "
+        "or (bench store) every page and call on a team-scale store",
+    )
+    bench.add_argument("what", nargs="?", choices=("engine", "store"), default="engine", help="what to measure")
     bench.add_argument("--json", help="also write the figures to this JSON file")
-    bench.add_argument("--quick", action="store_true", help="fewer repeats (for smoke tests)")
+    bench.add_argument(
+        "--quick", action="store_true", help="fewer repeats; bench store: a small store (for smoke tests)"
+    )
+
+    schema = sub.add_parser("schema", help="write the JSON Schema of experiment files (for editors)")
+    schema.add_argument("-o", "--output", help="file to write (default: standard output)")
     return parser
 
 
@@ -115,25 +152,34 @@ def _allowed_dirs(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``steerlab`` console command (and ``python -m engine``)."""
+    # Before anything imports huggingface_hub or transformers (they read the variables once).
+    from service.offline import use_shared_hub_cache
+
+    use_shared_hub_cache()
     args = build_parser().parse_args(argv)
+    commands = {
+        "run": _run,
+        "worker": _worker,
+        "status": _status,
+        "list": _list,
+        "export": _export,
+        "report": _report,
+        "sweep": _sweep,
+        "calibrate": _calibrate,
+        "suite": _suite,
+        "score": _score,
+        "bench": _bench,
+        "schema": _schema,
+    }
     try:
-        if args.command == "run":
-            return _run(args)
-        if args.command == "list":
-            return _list(args)
-        if args.command == "export":
-            return _export(args)
-        if args.command == "report":
-            return _report(args)
-        if args.command == "sweep":
-            return _sweep(args)
-        if args.command == "calibrate":
-            return _calibrate(args)
-        if args.command == "suite":
-            return _suite(args)
-        if args.command == "score":
-            return _score(args)
-        return _bench(args)
+        if getattr(args, "db", None) is not None or args.command in ("run", "worker", "sweep", "score", "suite"):
+            # The log file lies beside the store; a command's own output stays on stdout/stderr.
+            configure_logging(
+                resolve_url(getattr(args, "db", None)),
+                stderr_level=logging.INFO if args.command == "worker" else logging.ERROR,
+            )
+        return commands[args.command](args)
     except (SteerLabError, StoreError) as exc:
         # One line whatever the message quotes (a name or path with a line break in it).
         print(f"error: {printable(str(exc))}", file=sys.stderr)
@@ -166,10 +212,18 @@ class _ProgressBar:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from service.running import run_experiment_file
+
     store = Store(args.db)
     options = RunOptions(
         args.batch_size, args.device, args.dtype, args.model, args.name, args.replace, _allowed_dirs(args)
     )
+    if args.queue:
+        from service.jobs import queue_experiment_file
+
+        run_id = queue_experiment_file(store, args.file, options, who=f"command line on {_host()}")
+        print(f"Queued run {run_id} ({store.display_url}); a worker will run it: watch it with `steerlab status`.")
+        return 0
     progress = _ProgressBar("generating")
     try:
         result = run_experiment_file(store, args.file, options, progress)
@@ -177,9 +231,68 @@ def _run(args: argparse.Namespace) -> int:
         progress.close()
     print(
         f"Experiment '{result.experiment}': run {result.run_id} {result.status}, "
-        f"{result.generated} new generations, {result.total} in all ({store.url})."
+        f"{result.generated} new generations, {result.total} in all ({store.display_url})."
     )
-    print(format_summary(variant_summaries(store, result.experiment)))
+    print(format_summary(_summaries(store, result.experiment)))
+    _print_stale(store, result.experiment)
+    return 0
+
+
+def _print_stale(store: Store, name: str) -> None:
+    """Say which printed figures were computed from an older definition (see service.staleness)."""
+    from service.staleness import stale_figures, warning
+
+    if note := warning(stale_figures(store, name)):
+        print(note)
+
+
+def _summaries(store: Store, name: str) -> Any:
+    from service.summary import variant_summaries
+
+    return variant_summaries(store, name)
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from service.worker import Worker, open_worker_store
+
+    store = open_worker_store(args.db, create=args.create)
+    if args.poll is not None and not args.poll > 0:
+        raise SteerLabError(f"--poll {args.poll:g} is not a positive number of seconds; give one like --poll 2.")
+    stop = threading.Event()
+
+    def stop_softly(signum: int, _frame: FrameType | None) -> None:
+        # The run stops after its current decode step and goes back to the queue; a second
+        # signal stops at once (a killed worker's run is taken over when its lease expires).
+        stop.set()
+        signal.signal(signum, signal.SIG_DFL)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {number: signal.signal(number, stop_softly) for number in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        processed = Worker(store, stop, poll=args.poll, once=args.once).run()
+    finally:
+        for number, handler in previous.items():  # as they were (main() may be called again in-process)
+            signal.signal(number, handler)
+    print(f"Worker stopped after {processed} runs ({store.display_url}).")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from service.jobs import missing_worker, status
+    from service.lease import lease_seconds
+
+    store = Store(args.db)
+    print(format_status(args.name, status(store, args.name), datetime.now(UTC), lease_seconds()))
+    warning = missing_worker(store)
+    if warning:
+        print(warning)
     return 0
 
 
@@ -193,7 +306,10 @@ def _sweep(args: argparse.Namespace) -> int:
         run, result = run_sweep_file(store, args.file, options, progress)
     finally:
         progress.close()
-    print(f"Sweep '{result.experiment}': run {run.run_id} {run.status}, {run.generated} new generations ({store.url}).")
+    print(
+        f"Sweep '{result.experiment}': run {run.run_id} {run.status}, "
+        f"{run.generated} new generations ({store.display_url})."
+    )
     print(format_sweep(result))
     if args.add_cells:
         from engine.experiment_file import load_experiment_file
@@ -205,36 +321,6 @@ def _sweep(args: argparse.Namespace) -> int:
         added = promote_cells(store, spec.name, result.experiment, args.add_cells)
         print(f"Added {', '.join(added)} to experiment '{spec.name}'; run it to generate their outputs.")
     return 0
-
-
-def format_sweep(result: Any) -> str:
-    config = result.config
-    layers = sorted({c.layer for c in result.cells})
-    coefficients = sorted({c.coefficient for c in result.cells})
-    by_key = {(c.layer, c.coefficient): c for c in result.cells}
-    lines = [
-        f"{config.scorer} (mean) / perplexity under the unsteered model, per cell; "
-        f"baseline {result.baseline_behaviour:.3f} / {result.baseline_perplexity:.1f}",
-    ]
-    table = [["layer \\ coefficient", *[f"{c:g}" for c in coefficients]]]
-    for layer in layers:
-        row = [str(layer)]
-        for c in coefficients:
-            cell = by_key.get((layer, c))
-            row.append("-" if cell is None else f"{cell.behaviour:.3f} / {cell.perplexity:.1f}")
-        table.append(row)
-    lines.append(_table(table))
-    lines.append("Pareto front (more behaviour, less perplexity): " + ", ".join(c.name for c in result.front))
-    if result.recommended is not None:
-        r = result.recommended
-        lines.append(
-            f"Recommended: layer {r.layer}, coefficient {r.coefficient:g} ({config.scorer} {r.behaviour:.3f} "
-            f"[{r.behaviour_low:.3f}, {r.behaviour_high:.3f}], n={r.n}; perplexity {r.perplexity:.1f}, "
-            f"within {config.fluency_tolerance:g}x the baseline's)."
-        )
-    else:
-        lines.append("No cell to recommend yet (no fluency figures).")
-    return "\n".join(lines)
 
 
 def _calibrate(args: argparse.Namespace) -> int:
@@ -272,38 +358,7 @@ def _suite(args: argparse.Namespace) -> int:
         raise SteerLabError(f"No suite file matches '{args.only}'; see experiments/suite/.")
     results = run_suite(Store(args.db), files, RunOptions(device=args.device), log=lambda line: print(line, flush=True))
     for task in results["tasks"]:
-        print(f"\n{task['task']} — task performance: {task['scorer']}")
-        table = [
-            [
-                "variant",
-                "method",
-                "scope",
-                "undo diff",
-                "set-up s",
-                "infer x",
-                "extra params",
-                "examples",
-                "performance [95% CI]",
-                "share of FT gain [95% CI]",
-            ]
-        ]
-        for m in task["methods"]:
-            perf, share = m["performance"], m["share_of_finetune_gain"]
-            table.append(
-                [
-                    m["variant"],
-                    m["method"],
-                    m["scope"],
-                    _fmt(m["undo_logit_diff"], 1),
-                    _fmt(m["setup_seconds"], 3),
-                    _fmt(m["inference_overhead"], 2),
-                    str(m["extra_parameters"]),
-                    str(m["examples"]),
-                    f"{perf['mean']:.3f} [{perf['ci95'][0]:.3f}, {perf['ci95'][1]:.3f}]",
-                    "-" if share is None else f"{share['value']:.2f} [{share['ci95'][0]:.2f}, {share['ci95'][1]:.2f}]",
-                ]
-            )
-        print(_table(table))
+        print("\n" + format_suite_task(task))
     if args.json:
         Path(args.json).write_text(json.dumps(_json_safe(results), indent=2), encoding="utf-8")
         print(f"\nWrote {args.json}.")
@@ -329,29 +384,17 @@ def _score(args: argparse.Namespace) -> int:
     added = score_experiment(store, args.name)
     added += score_fluency(store, args.name, load_model(load_spec(store, args.name).model, args.device))
     print(f"Added {added} scores to '{args.name}'.")
-    print(format_summary(variant_summaries(store, args.name)))
+    print(format_summary(_summaries(store, args.name)))
+    _print_stale(store, args.name)
     return 0
 
 
 def _list(args: argparse.Namespace) -> int:
     rows = list_experiments(Store(args.db))
     if not rows:
-        print("No experiments stored yet; run one with `python -m engine run experiments/tinystories_mood.yaml`.")
+        print("No experiments stored yet; run one with `steerlab run experiments/tinystories_mood.yaml`.")
         return 0
-    table = [["experiment", "model", "prompts", "variants", "generations", "ratings", "last run"]]
-    for r in rows:
-        table.append(
-            [
-                r.name,
-                r.model_id,
-                str(r.prompts),
-                str(r.variants),
-                str(r.generations),
-                str(r.ratings),
-                r.last_run_status or "-",
-            ]
-        )
-    print(_table(table))
+    print(format_experiments(rows))
     return 0
 
 
@@ -394,65 +437,32 @@ def _write(target: Path, text: str, what: str) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from engine.bench import run_benchmarks
-
     def report(line: str) -> None:
         print(line, flush=True)
 
-    figures = run_benchmarks(quick=args.quick, log=report)
-    print(json.dumps(figures, indent=2))
+    if args.what == "store":
+        from service.bench_store import format_store_benchmark, run_store_benchmark
+
+        figures = run_store_benchmark("quick" if args.quick else "full", report)
+        print(format_store_benchmark(figures))
+    else:
+        from engine.bench import run_benchmarks
+
+        figures = run_benchmarks(quick=args.quick, log=report)
+        print(json.dumps(figures, indent=2))
     if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2), encoding="utf-8")
+        _write(Path(args.json), json.dumps(_json_safe(figures), indent=2), "benchmark figures")
     return 0
 
 
-def format_summary(summaries: Sequence[VariantSummary]) -> str:
-    score_names = sorted({k for s in summaries for k in s.scores})
-    header = [
-        "variant",
-        "kind",
-        "n",
-        "tok/gen",
-        "tok/s",
-        "peak MB",
-        "params",
-        "extract s",
-        "nudge ms/row",
-        "KL",
-        "rev. diff",
-        "toggle ms",
-    ]
-    table = [header + [f"{n} (mean [95% CI])" for n in score_names]]
-    for s in summaries:
-        rev = s.reversibility()
-        comp = s.compute()
-        row = [
-            s.name,
-            s.kind,
-            str(s.generations),
-            _fmt(s.mean_tokens, 1),
-            _fmt(s.tokens_per_second, 1),
-            _fmt(s.peak_memory_bytes / 2**20, 0),
-            _fmt(comp["steering_parameters"], 0),
-            _fmt(comp["extraction_seconds"], 3),
-            _fmt(comp["nudge_ms_per_row"], 1),
-            _fmt(comp["side_effect_kl"], 3),
-            _fmt(rev["max_abs_logit_diff_after_removal"], 1),
-            _fmt(rev["toggle_ms"], 3),
-        ]
-        for n in score_names:
-            e = s.scores[n]
-            row.append(f"{e.value:.3f} [{e.low:.3f}, {e.high:.3f}]" if e.n else "-")
-        table.append(row)
-    return _table(table)
+def _schema(args: argparse.Namespace) -> int:
+    from engine.spec_schema import experiment_json_schema
 
-
-def _fmt(value: float, digits: int) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
-
-
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    text = json.dumps(experiment_json_schema(), indent=2) + "\n"
+    if args.output:
+        target = _output_path(args.output, "schema")
+        _write(target, text, "schema")
+        print(f"Wrote the experiment file JSON Schema to {target}.")
+    else:
+        sys.stdout.write(text)
+    return 0

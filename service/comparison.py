@@ -11,14 +11,15 @@ from __future__ import annotations
 import difflib
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 from db import repository as repo
-from db.schema import Rating as RatingRow
 from db.store import Store
-from engine.ranking import Battle, Rating, bradley_terry_with_intervals, cohen_kappa, fleiss_kappa
+from engine.ranking import Battle, Rating, bradley_terry_from_counts, cohen_kappa, fleiss_kappa
 from engine.stats import MIN_DECISIVE_VOTES as MIN_DECISIVE_VOTES
 from engine.stats import Estimate, wilson_interval
+from service import cache
 from service.catalog import get_experiment
 from service.summary import VariantSummary, variant_summaries
 
@@ -91,13 +92,29 @@ class Comparison:
 
 
 def compare(store: Store, name: str, bootstrap_rounds: int = 1000, seed: int = 0) -> Comparison:
+    """Everything Compare shows; recomputed only when the experiment's data changed since the last call."""
+    with store.session() as session:
+        version = repo.data_version(session, get_experiment(session, name).id)
+    return cache.cached(
+        (store.url, "compare", name, bootstrap_rounds, seed),
+        version,
+        lambda: _compare(store, name, bootstrap_rounds, seed),
+    )
+
+
+def _compare(store: Store, name: str, bootstrap_rounds: int, seed: int) -> Comparison:
     summaries = variant_summaries(store, name)
     with store.session() as session:
         experiment = get_experiment(session, name)
         variants = [v.name for v in experiment.variants]
         baseline = next((v.name for v in experiment.variants if v.kind == "baseline"), None)
-        votes = [Vote.of(r) for r in repo.ratings_of(session, experiment.id)]
-    return from_votes(name, variants, baseline, votes, summaries, bootstrap_rounds, seed)
+        tallies: Counter[Tally] = Counter()
+        for left, right, choice, n in repo.vote_tallies(session, experiment.id):
+            tallies[(left, right, choice)] += n
+        overview = repo.vote_overview(session, experiment.id)
+        shared = repo.shared_pair_votes(session, experiment.id)
+    agreement = _agreement_of(shared, overview.rated_pairs)
+    return _assemble(name, variants, baseline, tallies, overview.raters, agreement, summaries, bootstrap_rounds, seed)
 
 
 def from_votes(
@@ -110,20 +127,58 @@ def from_votes(
     seed: int = 0,
 ) -> Comparison:
     """The comparison of these votes (and per-variant summaries), without a store."""
-    battles = [v.battle() for v in votes if v.choice != "both_bad"]
-    pairwise = [_win_rate(votes, a, b) for a in variants for b in variants if a != b]
-    decisive = [v for v in votes if v.choice in ("left", "right")]
+    tallies: Counter[Tally] = Counter((v.left_variant, v.right_variant, v.choice) for v in votes)
+    rated_pairs = len({frozenset((v.left_id, v.right_id)) for v in votes})
+    return _assemble(
+        name,
+        variants,
+        baseline,
+        tallies,
+        len({v.rater for v in votes}),
+        _agreement(votes, rated_pairs),
+        summaries,
+        bootstrap_rounds,
+        seed,
+    )
+
+
+# (left variant, right variant, choice) -> votes: all that win rates, Bradley–Terry and the
+# position check need, so they are computed from a few hundred counts, not one row per vote.
+Tally = tuple[str, str, str]
+_OUTCOME = {"left": 1.0, "right": 0.0, "tie": 0.5}
+
+
+def _assemble(
+    name: str,
+    variants: list[str],
+    baseline: str | None,
+    tallies: Counter[Tally],
+    raters: int,
+    agreement: Agreement,
+    summaries: list[VariantSummary] | None,
+    bootstrap_rounds: int,
+    seed: int,
+) -> Comparison:
+    battles: Counter[tuple[str, str, float]] = Counter()
+    by_pair: dict[frozenset[str], list[tuple[Tally, int]]] = {}
+    for (left, right, choice), n in tallies.items():
+        by_pair.setdefault(frozenset((left, right)), []).append(((left, right, choice), n))
+        if choice in _OUTCOME:
+            battles[(left, right, _OUTCOME[choice])] += n
+    pairwise = [_win_rate(by_pair.get(frozenset((a, b)), []), a, b) for a in variants for b in variants if a != b]
+    decisive = sum(n for (_, _, choice), n in tallies.items() if choice in ("left", "right"))
+    left_won = sum(n for (_, _, choice), n in tallies.items() if choice == "left")
     return Comparison(
         experiment=name,
         variants=variants,
         baseline=baseline,
-        votes=len(votes),
-        raters=len({v.rater for v in votes}),
+        votes=sum(tallies.values()),
+        raters=raters,
         against_baseline=[w for w in pairwise if w.opponent == baseline],
         pairwise=pairwise,
-        bradley_terry=bradley_terry_with_intervals(battles, variants, bootstrap_rounds, seed),
-        left_wins=wilson_interval(sum(v.choice == "left" for v in decisive), len(decisive)),
-        agreement=_agreement(votes),
+        bradley_terry=bradley_terry_from_counts(battles, variants, bootstrap_rounds, seed),
+        left_wins=wilson_interval(left_won, decisive),
+        agreement=agreement,
         summaries=list(summaries or []),
     )
 
@@ -139,12 +194,6 @@ class Vote:
     right_id: int
     choice: str
 
-    @staticmethod
-    def of(r: RatingRow) -> Vote:
-        return Vote(
-            r.rater, r.left.variant.name, r.right.variant.name, r.left_generation_id, r.right_generation_id, r.choice
-        )
-
     def battle(self) -> Battle:
         outcome = {"left": 1.0, "right": 0.0, "tie": 0.5}[self.choice]
         return Battle(self.left_variant, self.right_variant, outcome)
@@ -157,30 +206,38 @@ class Vote:
         return "lower id won" if winner == min(self.left_id, self.right_id) else "higher id won"
 
 
-def _win_rate(votes: list[Vote], variant: str, opponent: str) -> WinRate:
+def _win_rate(tallies: list[tuple[Tally, int]], variant: str, opponent: str) -> WinRate:
     wins = losses = ties = both_bad = 0
-    for v in votes:
-        if {v.left_variant, v.right_variant} != {variant, opponent}:
-            continue
-        if v.choice == "tie":
-            ties += 1
-        elif v.choice == "both_bad":
-            both_bad += 1
-        elif (v.choice == "left") == (v.left_variant == variant):
-            wins += 1
+    for (left, _right, choice), n in tallies:
+        if choice == "tie":
+            ties += n
+        elif choice == "both_bad":
+            both_bad += n
+        elif (choice == "left") == (left == variant):
+            wins += n
         else:
-            losses += 1
+            losses += n
     return WinRate(variant, opponent, wins, losses, ties, both_bad, wilson_interval(wins, wins + losses))
 
 
-def _agreement(votes: list[Vote]) -> Agreement:
-    by_item: dict[frozenset[int], dict[str, str]] = {}
-    for v in votes:
-        by_item.setdefault(frozenset((v.left_id, v.right_id)), {})[v.rater] = v.label()
+def _agreement(votes: list[Vote], rated_pairs: int) -> Agreement:
+    """Agreement on the pairs that two or more raters rated (``votes`` may hold only those)."""
+    return _agreement_of([(v.rater, v.left_id, v.right_id, v.choice) for v in votes], rated_pairs)
+
+
+def _agreement_of(votes: list[tuple[str, int, int, str]], rated_pairs: int) -> Agreement:
+    """The same from (rater, left id, right id, choice) rows (tens of thousands at team scale)."""
+    by_item: dict[tuple[int, int], dict[str, str]] = {}
+    for rater, left, right, choice in votes:
+        if choice in ("tie", "both_bad"):
+            label = choice
+        else:  # the verdict in terms of the two outputs, not the sides they were shown on
+            label = "lower id won" if (left < right) == (choice == "left") else "higher id won"
+        by_item.setdefault((left, right) if left < right else (right, left), {})[rater] = label
     shared = {item: labels for item, labels in by_item.items() if len(labels) >= 2}
     raters = {r for labels in shared.values() for r in labels}
     if not shared:
-        return Agreement("none", math.nan, 0, len(raters), len(by_item))
+        return Agreement("none", math.nan, 0, len(raters), rated_pairs)
     if len(raters) == 2:
         first, second = sorted(raters)
         return Agreement(
@@ -188,14 +245,14 @@ def _agreement(votes: list[Vote]) -> Agreement:
             cohen_kappa([labels[first] for labels in shared.values()], [labels[second] for labels in shared.values()]),
             len(shared),
             2,
-            len(by_item),
+            rated_pairs,
         )
     return Agreement(
         "Fleiss' kappa",
         fleiss_kappa([list(labels.values()) for labels in shared.values()]),
         len(shared),
         len(raters),
-        len(by_item),
+        rated_pairs,
     )
 
 
@@ -210,16 +267,35 @@ class DrillRow:
     texts: dict[str, str]  # variant -> text
 
 
-def drill_down(store: Store, name: str) -> list[DrillRow]:
+def drill_down(store: Store, name: str, rows: list[tuple[int, int]] | None = None) -> list[DrillRow]:
+    """Every output by (prompt, sample) row; ``rows`` limits it to these (prompt index, sample) rows."""
     with store.session() as session:
         experiment = get_experiment(session, name)
-        rows: dict[tuple[int, int], DrillRow] = {}
-        for g in repo.generations_of(session, experiment.id):
-            key = (g.prompt.position, g.sample_index)
-            if key not in rows:
-                rows[key] = DrillRow(g.prompt.position, g.prompt.text, g.sample_index, {})
-            rows[key].texts[g.variant.name] = g.text
-        return [rows[k] for k in sorted(rows)]
+        out: dict[tuple[int, int], DrillRow] = {}
+        for g in repo.generation_rows(session, experiment.id, rows):
+            key = (g.prompt_index, g.sample_index)
+            if key not in out:
+                out[key] = DrillRow(g.prompt_index, g.prompt, g.sample_index, {})
+            out[key].texts[g.variant] = g.text
+        return [out[k] for k in sorted(out)]
+
+
+def drill_rows(store: Store, name: str) -> list[DrillRow]:
+    """The (prompt, sample) rows that have outputs, without their texts (a page lists them, then loads one)."""
+    with store.session() as session:
+        experiment = get_experiment(session, name)
+        return [DrillRow(i, prompt, sample, {}) for i, prompt, sample in repo.output_rows(session, experiment.id)]
+
+
+def drill_texts(store: Store, name: str, prompt_index: int, sample: int) -> dict[str, str]:
+    """Variant -> output of one (prompt, sample) row, in variant order."""
+    rows = drill_down(store, name, [(prompt_index, sample)])
+    return rows[0].texts if rows else {}
+
+
+def clear_caches() -> None:
+    """Forget cached comparisons (the store benchmark measures cold computations)."""
+    cache.clear()
 
 
 def word_diff(a: str, b: str) -> list[tuple[str, str]]:

@@ -18,6 +18,7 @@ from engine.experiment_file import parse_experiment_text
 from engine.fields import Where, printable, short
 from engine.methods import registry
 from engine.methods.base import FieldInfo, ModelFacts, SteeringMethod
+from engine.model_config import config_facts
 from engine.models import load_model
 from engine.prompt_files import PROMPT_FILE_TYPES, parse_prompts
 from engine.spec import (
@@ -52,8 +53,8 @@ def parse_uploaded_prompts(content: bytes, filename: str) -> list[str]:
 
 
 def model_facts(model_id: str, device: str = "auto") -> ModelFacts:
-    """Layer count and hidden size (loads the model once per process)."""
-    return ModelFacts.of(load_model(model_id, device))
+    """Layer count and hidden size: from the model's config (no weights), else by loading it once per process."""
+    return config_facts(model_id) or ModelFacts.of(load_model(model_id, device))
 
 
 def steering_methods() -> dict[str, type[SteeringMethod]]:

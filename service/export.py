@@ -9,6 +9,7 @@ import math
 from typing import Any
 
 from db import repository as repo
+from db import runs
 from db.store import Store
 from service import audit
 from service.access import LOCAL, Identity, require
@@ -31,15 +32,17 @@ def html_report_for(store: Store, name: str, who: Identity = LOCAL) -> str:
     return html_report(store, name)
 
 
-def export_data(store: Store, name: str) -> dict[str, Any]:
+def export_data(store: Store, name: str, rows: bool = True) -> dict[str, Any]:
+    """Everything about the experiment; ``rows=False`` leaves the generations and ratings lists empty
+    (the report needs only the experiment, its prompts and variants)."""
     summaries = {s.name: s for s in variant_summaries(store, name)}
     with store.session() as session:
         experiment = get_experiment(session, name)
         spec = stored_spec(experiment)
-        scores = repo.generation_metrics(session, experiment.id)
-        generations = repo.generations_of(session, experiment.id)
-        ratings = repo.ratings_of(session, experiment.id)
-        run = repo.latest_run(session, experiment.id)
+        scores = repo.generation_metrics(session, experiment.id) if rows else {}
+        generations = repo.generation_rows(session, experiment.id) if rows else []
+        ratings = repo.rating_rows(session, experiment.id) if rows else []
+        run = runs.latest_run(session, experiment.id)
         return {
             "experiment": {
                 "name": experiment.name,
@@ -58,7 +61,7 @@ def export_data(store: Store, name: str) -> dict[str, Any]:
                 {
                     "name": v.name,
                     "kind": v.kind,
-                    "spec": json.loads(v.spec_json),
+                    "spec": next(x.to_dict() for x in spec.variants if x.name == v.name),  # the one stored definition
                     "compute": _clean(summaries[v.name].compute()),
                     "reversibility": _clean(summaries[v.name].reversibility()),
                     "scores": {
@@ -71,9 +74,9 @@ def export_data(store: Store, name: str) -> dict[str, Any]:
             "generations": [
                 {
                     "id": g.id,
-                    "variant": g.variant.name,
-                    "prompt": g.prompt.text,
-                    "prompt_index": g.prompt.position,
+                    "variant": g.variant,
+                    "prompt": g.prompt,
+                    "prompt_index": g.prompt_index,
                     "sample": g.sample_index,
                     "text": g.text,
                     "token_count": g.token_count,
@@ -87,8 +90,8 @@ def export_data(store: Store, name: str) -> dict[str, Any]:
                     "rater": r.rater,
                     "left_generation": r.left_generation_id,
                     "right_generation": r.right_generation_id,
-                    "left_variant": r.left.variant.name,
-                    "right_variant": r.right.variant.name,
+                    "left_variant": r.left_variant,
+                    "right_variant": r.right_variant,
                     "choice": r.choice,
                     "created_at": r.created_at.isoformat(),
                 }

@@ -1,28 +1,35 @@
-"""Background runs for the dashboard: start, watch, cancel, resume.
+"""Runs as queued jobs: enqueue, watch, cancel, from any tab, process or host.
 
-A run executes in a worker thread of the dashboard's process; its progress lives in the
-store (the runs table), so a reloaded page or a second browser tab shows the same live
-figures: progress, the phase the run is in (generating, measuring, scoring, ...), and a
-failed run's error message. Cancelling sets a flag in the store that the run checks
-between decode steps and between phases.
+The dashboard and ``steerlab run --queue`` only enqueue: they store a 'queued' run with
+its options, and a worker process (``steerlab worker``, :mod:`service.worker`) claims and
+runs it. Everything about a run lives in the store (the runs table): progress, the phase
+it is in (generating, measuring, scoring, ...), the worker holding it and its last
+heartbeat, and a failed run's error and traceback, so any tab, reload or host shows the
+same. Cancelling sets a flag in the store that the run checks between decode steps and
+between phases; a queued run that is cancelled never starts.
 """
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy.exc import IntegrityError
 
 from db import repository as repo
+from db import runs
 from db.store import Store
-from engine.errors import SteerLabError
+from engine.experiment_file import load_experiment_file
 from service.catalog import get_experiment
-from service.running import RunOptions, describe_error, run_stored
+from service.lease import poll_seconds
+from service.running import RunOptions, busy_error, store_spec
 
 
 @dataclass(frozen=True)
 class RunStatus:
-    state: str  # "never run", "running", "done", "cancelled", "failed", "interrupted"
+    state: str  # "never run", "queued", "running", "done", "incomplete", "cancelled", "failed", "interrupted"
     run_id: int | None
     done: int
     total: int
@@ -35,6 +42,11 @@ class RunStatus:
     # service.running.PHASES); a run that stopped keeps the phase it stopped in; "" when done.
     phase: str = ""
     cancel_requested: bool = False  # asked to stop; it does so after its current step
+    worker: str = ""  # who holds (or last held) the run: host:pid
+    heartbeat_at: datetime | None = None
+    traceback: str = ""  # of a failed run
+    attempts: int = 0  # claims: 2 or more means a worker took it over from one that died
+    requested_by: str = ""
 
     @property
     def fraction(self) -> float:
@@ -43,6 +55,16 @@ class RunStatus:
     @property
     def running(self) -> bool:
         return self.state == "running"
+
+    @property
+    def active(self) -> bool:
+        """Queued or running: the experiment cannot be started again until it ends."""
+        return self.state in ("queued", "running")
+
+    def heartbeat_age(self, now: datetime | None = None) -> float | None:
+        if self.heartbeat_at is None:
+            return None
+        return ((now or datetime.now(UTC)) - self.heartbeat_at).total_seconds()
 
     def describe(self) -> str:
         """One line for a progress bar: "240 / 240 generations · running · scoring"."""
@@ -66,66 +88,59 @@ class VariantHealth:
         return self.non_finite == 0 and self.empty == 0
 
 
-class RunManager:
-    """Worker threads of this process, one per experiment.
+def enqueue(store: Store, name: str, options: RunOptions | None = None, who: str = "") -> int:
+    """Queue a run of the stored experiment ``name`` for a worker; returns the run's id."""
+    options = options or RunOptions()
+    with store.session() as session:
+        experiment = get_experiment(session, name)
+        total = len(experiment.prompts) * len(experiment.variants) * _samples(experiment.spec_json)
+        done = len(repo.done_keys(session, experiment.id))
+        experiment_id = experiment.id
+    try:
+        with store.session() as session:
+            run_id = runs.enqueue_run(session, experiment_id, total, done, options.to_json(), who).id
+    except IntegrityError:  # the database allows one queued-or-running run per experiment
+        with store.session() as session:
+            active = runs.active_run(session, experiment_id)
+        raise busy_error(name, active.id if active is not None else 0) from None
+    return run_id
 
-    A run's error is stored on its run row (see :func:`status`); the manager keeps only
-    errors raised before the run row existed (another process holds the experiment, its
-    stored definition is unreadable), which the store cannot hold.
-    """
 
-    def __init__(self) -> None:
-        self._threads: dict[str, threading.Thread] = {}
-        self._errors: dict[str, str] = {}
-        self._lock = threading.Lock()
-
-    def start(self, store: Store, name: str, options: RunOptions | None = None) -> None:
-        with self._lock:
-            thread = self._threads.get(name)
-            if thread is not None and thread.is_alive():
-                raise SteerLabError(f"Experiment '{name}' is already running; wait for it or cancel it.")
-            with store.session() as session:
-                get_experiment(session, name)  # a clear error now rather than in the thread
-            self._errors.pop(name, None)
-            thread = threading.Thread(
-                target=self._work,
-                args=(store, name, options or RunOptions()),
-                name=f"run-{name}",
-                daemon=True,
-            )
-            self._threads[name] = thread
-            thread.start()
-
-    def _work(self, store: Store, name: str, options: RunOptions) -> None:
-        stored: list[int] = []
-        try:
-            run_stored(store, name, options, started=stored.append)
-        except Exception as exc:
-            if not stored:  # otherwise the run row holds the error
-                self._errors[name] = describe_error(exc)
-
-    def error(self, name: str) -> str:
-        """Why this process's last start of ``name`` failed before its run was stored; "" if it did not."""
-        return self._errors.get(name, "")
-
-    def is_alive(self, name: str) -> bool:
-        thread = self._threads.get(name)
-        return thread is not None and thread.is_alive()
-
-    def join(self, name: str, timeout: float | None = None) -> None:
-        thread = self._threads.get(name)
-        if thread is not None:
-            thread.join(timeout)
+def queue_experiment_file(store: Store, path: str | Path, options: RunOptions | None = None, who: str = "") -> int:
+    """Validate and store an experiment file as ``steerlab run`` does, then queue its run; returns the run id."""
+    options = options or RunOptions()
+    spec = load_experiment_file(path, [Path(d) for d in options.allowed_dirs])
+    if options.model:
+        spec = replace(spec, model=options.model)
+    if options.name:
+        spec = replace(spec, name=options.name)
+    store_spec(store, spec, str(path), options)
+    return enqueue(store, spec.name, options, who)
 
 
 def cancel(store: Store, name: str) -> bool:
-    """Ask the experiment's active run to stop after its current decode step."""
+    """Stop the experiment's active run: a queued one never starts, a running one stops after its current step."""
     with store.session() as session:
-        run = repo.active_run(session, get_experiment(session, name).id)
+        run = runs.active_run(session, get_experiment(session, name).id)
         if run is None:
             return False
-        repo.request_cancel(session, run.id)
+        if not (run.status == "queued" and runs.cancel_queued(session, run.id)):
+            runs.request_cancel(session, run.id)
         return True
+
+
+def missing_worker(store: Store) -> str:
+    """One sentence when queued runs wait and no worker seems alive; "" otherwise."""
+    with store.session() as session:
+        queue = runs.queue_health(session)
+    # An idle worker claims within one poll; a busy one shows through its run's live lease.
+    if queue.queued and queue.live_runs == 0 and queue.oldest_queued_seconds > max(10.0, 3 * poll_seconds()):
+        noun = "run is" if queue.queued == 1 else "runs are"
+        return (
+            f"No worker is running: {queue.queued} queued {noun} waiting; start one with `steerlab worker` "
+            "(scripts/run.sh starts one beside the dashboard) against this store."
+        )
+    return ""
 
 
 def status(store: Store, name: str) -> RunStatus:
@@ -139,10 +154,10 @@ def status(store: Store, name: str) -> RunStatus:
         experiment = get_experiment(session, name)
         total = len(experiment.prompts) * len(experiment.variants) * _samples(experiment.spec_json)
         done = len(repo.done_keys(session, experiment.id))
-        run = repo.latest_run(session, experiment.id)
+        run = runs.latest_run(session, experiment.id)
         if run is None:
             return RunStatus("never run", None, done, total, 0.0, None, "", None, None)
-        generated, seconds = repo.run_generation_time(session, run.id)
+        generated, seconds = runs.run_generation_time(session, run.id)
         rate = generated / seconds if seconds > 0 else 0.0
         running = run.status == "running"
         left = (total - done) / rate if rate > 0 and running and run.phase == "generating" else None
@@ -160,6 +175,11 @@ def status(store: Store, name: str) -> RunStatus:
             _aware(run.updated_at),
             run.phase,
             bool(run.cancel_requested),
+            run.owner,
+            _aware(run.heartbeat_at) if run.heartbeat_at is not None else None,
+            run.traceback,
+            run.attempts,
+            run.requested_by,
         )
 
 
@@ -176,8 +196,6 @@ def health(store: Store, name: str) -> list[VariantHealth]:
 
 
 def _samples(spec_json: str) -> int:
-    import json
-
     return int(json.loads(spec_json).get("generation", {}).get("samples_per_prompt", 1))
 
 

@@ -15,7 +15,7 @@ from engine.prompting import render_prompt
 from engine.spec import VariantSpec
 from engine.steering import BatchSteering
 from service.catalog import load_spec
-from service.running import ensure_vectors
+from service.vector_store import ensure_vectors
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from engine.stats import MIN_DECISIVE_VOTES
 from service import charts
 from service.adaptation import adaptation_table
 from service.catalog import load_spec
-from service.comparison import Comparison, compare, drill_down, too_few_votes
+from service.comparison import Comparison, compare, drill_down, drill_rows, too_few_votes
 from service.export import export_data
 
 STYLE = """
@@ -49,7 +49,7 @@ def _table(frame: pd.DataFrame) -> str:
 
 def html_report(store: Store, name: str, bootstrap_rounds: int = 1000) -> str:
     alt.data_transformers.disable_max_rows()
-    data = export_data(store, name)
+    data = export_data(store, name, rows=False)  # the outputs are sampled below; counts come from the summaries
     comparison = compare(store, name, bootstrap_rounds)
     e = data["experiment"]
     parts = [
@@ -57,7 +57,7 @@ def html_report(store: Store, name: str, bootstrap_rounds: int = 1000) -> str:
         f"<title>SteerLab report: {html.escape(name)}</title><style>{STYLE}</style></head><body>",
         f"<h1>SteerLab report: {html.escape(name)}</h1>",
         f"<p class='muted'>Model {html.escape(e['model'])} · {len(data['prompts'])} prompts · {len(data['variants'])} variants · "
-        f"{len(data['generations'])} generations · {comparison.votes} votes from {comparison.raters} rater{'s' if comparison.raters != 1 else ''} · "
+        f"{sum(s.generations for s in comparison.summaries)} generations · {comparison.votes} votes from {comparison.raters} rater{'s' if comparison.raters != 1 else ''} · "
         f"generated {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}</p>",
         f"<p>{html.escape(e['description'] or '')}</p>",
         "<h2>Variants</h2>",
@@ -147,9 +147,27 @@ def _ratings_section(c: Comparison) -> str:
     )
 
 
+# The report lists outputs of this many (prompt, sample) rows, spread over the prompts (every
+# variant's output on each): at 10,000 generations the full list made a report of many
+# megabytes that no one reads; the CSV and JSON exports hold every output.
+REPORT_OUTPUT_ROWS = 10
+
+
 def _outputs(store: Store, name: str) -> str:
+    every = drill_rows(store, name)
+    if not every:
+        return "<p class='muted'>No outputs yet.</p>"
+    step = max(1, len(every) / REPORT_OUTPUT_ROWS)
+    chosen = sorted({min(len(every) - 1, int(i * step)) for i in range(min(REPORT_OUTPUT_ROWS, len(every)))})
+    picked = drill_down(store, name, [(every[i].prompt_index, every[i].sample) for i in chosen])
+    note = (
+        f"<p class='muted'>A sample: {len(picked)} of {len(every)} prompt × sample rows, with every variant's output "
+        "on each. Every output is in the CSV and JSON exports.</p>"
+        if len(picked) < len(every)
+        else ""
+    )
     rows = []
-    for row in drill_down(store, name):
+    for row in picked:
         cells = "".join(
             f"<tr><th>{html.escape(variant)}</th><td class='output'>{html.escape(text)}</td></tr>"
             for variant, text in row.texts.items()
@@ -157,7 +175,7 @@ def _outputs(store: Store, name: str) -> str:
         rows.append(
             f"<h3>Prompt {row.prompt_index + 1}, sample {row.sample + 1}</h3><p><b>{html.escape(row.prompt)}</b></p><table>{cells}</table>"
         )
-    return "\n".join(rows) or "<p class='muted'>No outputs yet.</p>"
+    return note + "\n".join(rows)
 
 
 def _describe(spec: dict[str, Any]) -> str:

@@ -8,34 +8,37 @@ the units still missing; the unique (variant, prompt, sample) key rules out dupl
 
 from __future__ import annotations
 
-import math
-import os
-import socket
-import threading
+import json
+import logging
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db import repository as repo
-from db.schema import Experiment, Run
+from db import runs
+from db.runs import ClaimedRun
+from db.schema import Experiment
 from db.store import Store, StoreError
 from engine.errors import RunCancelled, SteerLabError
 from engine.experiment_file import load_experiment_file
-from engine.extract import extract_vector
-from engine.measure import measure_reversibility
 from engine.methods.base import ModelFacts
 from engine.models import LoadedModel, load_model
-from engine.prompting import plain_tokens, render_prompt
+from engine.prompting import render_prompt
 from engine.runner import CancelFlag, PreparedVariant, Progress, RowOutput, Unit, run_units
-from engine.side_effects import next_token_kl
-from engine.spec import ExperimentSpec, VariantSpec, VectorSpec, check_against_model, training_texts
-from engine.training import AdaptedModel, adapt
-from engine.vectors import SteeringVector, hash_pairs, load_vector
+from engine.spec import ExperimentSpec, check_against_model, training_texts
+from engine.training import adapt
 from service.catalog import get_experiment, import_experiment, stored_spec
+from service.lease import Heartbeat, lease_seconds, owner_name
+from service.measurements import store_variant_figures
 from service.scoring import score_experiment, score_fluency
+from service.vector_store import ensure_vectors, read_vector_files
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,19 @@ class RunOptions:
     # Folders besides the experiment file's own from which the file may name prompt and vector files.
     allowed_dirs: tuple[str, ...] = ()
 
+    def to_json(self) -> str:
+        """What a queued run needs to be run by a worker (``runs.options_json``)."""
+        return json.dumps({"batch_size": self.batch_size, "device": self.device, "dtype": self.dtype})
+
+    @classmethod
+    def from_json(cls, text: str) -> RunOptions:
+        stored = json.loads(text or "{}")
+        return cls(
+            batch_size=int(stored.get("batch_size", cls.batch_size)),
+            device=str(stored.get("device", cls.device)),
+            dtype=str(stored.get("dtype", cls.dtype)),
+        )
+
 
 @dataclass(frozen=True)
 class RunResult:
@@ -60,22 +76,28 @@ class RunResult:
 
 
 class _StoreCancel:
-    """Cancelled by a local event, or by a cancel request stored for the run (another tab)."""
+    """Cancelled by a local event, by a cancel request stored for the run (another tab or
+    host), or because the run's lease was lost (another worker took it over)."""
 
-    def __init__(self, store: Store, run_id: int, local: CancelFlag | None) -> None:
-        self._store, self._run_id, self._local = store, run_id, local
+    def __init__(self, store: Store, run_id: int, local: CancelFlag | None, heartbeat: Heartbeat) -> None:
+        self._store, self._run_id, self._local, self._heartbeat = store, run_id, local, heartbeat
         self._checked_at = 0.0
         self._stored = False
 
+    @property
+    def stopped_locally(self) -> bool:
+        """Stopped by this process (a worker shutting down) rather than by a user's cancel."""
+        return self._local is not None and self._local.is_set() and not self._stored
+
     def is_set(self) -> bool:
-        if self._local is not None and self._local.is_set():
+        if self._heartbeat.lost:
             return True
         now = time.monotonic()
         if now - self._checked_at > 1.0:
             self._checked_at = now
             with self._store.session() as session:
-                self._stored = repo.cancel_requested(session, self._run_id)
-        return self._stored
+                self._stored = runs.cancel_requested(session, self._run_id)
+        return self._stored or (self._local is not None and self._local.is_set())
 
 
 def run_experiment_file(
@@ -102,15 +124,21 @@ def run_spec(
     cancel: CancelFlag | None = None,
 ) -> RunResult:
     """Validate ``spec`` against its model, store (or extend) it, then run what is missing."""
+    model = store_spec(store, spec, source, options)
+    return run_stored(store, spec.name, options, progress, cancel, model)
+
+
+def store_spec(store: Store, spec: ExperimentSpec, source: str, options: RunOptions = RunOptions()) -> LoadedModel:
+    """Validate ``spec`` against its model and store (or extend) it; returns the loaded model."""
     _check_batch_size(options.batch_size)
     model = load_model(spec.model, options.device, options.dtype)
     check_against_model(spec, ModelFacts.of(model), source)
     for scorer in spec.scorers:
         scorer.check_available()
-    vector_files = _read_vector_files(spec, model, source)
+    vector_files = read_vector_files(spec, model, source)
     with store.session() as session:
         import_experiment(session, spec, source, vector_files, options.replace)
-    return run_stored(store, spec.name, options, progress, cancel, model)
+    return model
 
 
 def run_stored(
@@ -121,19 +149,29 @@ def run_stored(
     cancel: CancelFlag | None = None,
     model: LoadedModel | None = None,
     started: Callable[[int], None] | None = None,
+    claimed: ClaimedRun | None = None,
+    owner: str | None = None,
+    requeue_on_stop: bool = False,
 ) -> RunResult:
     """Run (or resume) a stored experiment's missing generations.
 
-    The run row is stored first (``started`` is then called with its id), so every later
-    step is watched through it: its phase (``PHASES``) while it works, and its status and
-    error message when it ends. Errors before that (another process holds the experiment)
-    are only raised.
+    The run row is claimed first (``started`` is then called with its id), so every later
+    step is watched through it: its phase (``PHASES``) while it works, its heartbeat and
+    lease, and its status, error message and traceback when it ends. Errors before that
+    (the experiment already has a live run) are only raised.
+
+    ``claimed``: a run a worker has already claimed, held by ``owner``. Without it this is a
+    foreground run, which claims a row itself: the experiment's queued run, or a new one
+    (a run whose lease expired is marked interrupted first). ``requeue_on_stop``: when the
+    local ``cancel`` stops it (a worker shutting down), hand the run back to the queue
+    instead of marking it cancelled.
     """
     _check_batch_size(options.batch_size)
+    lease = lease_seconds()
+    holder = owner or owner_name("foreground")
     with store.session() as session:
         experiment = get_experiment(session, name)
         spec = stored_spec(experiment)
-        _claim(session, experiment)
         variant_ids = [v.id for v in experiment.variants]
         prompt_ids = [p.id for p in experiment.prompts]
         done = repo.done_keys(session, experiment.id)
@@ -144,27 +182,31 @@ def run_stored(
             for v in range(len(variant_ids))
         ]
         pending = [u for u in all_units if (variant_ids[u.variant], prompt_ids[u.prompt], u.sample) not in done]
-        run = repo.start_run(
+        total, already = len(all_units), len(all_units) - len(pending)
+        if claimed is None:
+            run_id = _take(session, experiment, total, already, options, holder, lease)
+        else:
+            run_id = claimed.run_id
+            runs.restart_counts(session, run_id, total, already, options.batch_size)
+        runs.set_run_hardware(
             session,
-            experiment,
-            total=len(all_units),
-            done=len(all_units) - len(pending),
-            batch_size=options.batch_size,
-            device=str(model.device) if model is not None else options.device,
-            dtype=_dtype_name(model) if model is not None else options.dtype,
-            owner=_owner(),
+            run_id,
+            str(model.device) if model is not None else options.device,
+            _dtype_name(model) if model is not None else options.dtype,
         )
-        repo.set_run_phase(session, run.id, LOADING if model is None else PREPARING)
-        experiment_id, run_id = experiment.id, run.id
+        runs.set_run_phase(session, run_id, LOADING if model is None else PREPARING)
+        experiment_id = experiment.id
+    log.info("Run %s of '%s' started by %s: %s of %s generations to do", run_id, name, holder, len(pending), total)
     if started is not None:
         started(run_id)
-    stop = _StoreCancel(store, run_id, cancel)
+    heartbeat = Heartbeat(store, run_id, holder, lease)
+    stop = _StoreCancel(store, run_id, cancel, heartbeat)
 
     def phase(now: str) -> None:  # between phases is also where a cancel request is honoured
         if stop.is_set():
             raise RunCancelled()
         with store.session() as session:
-            repo.set_run_phase(session, run_id, now)
+            runs.set_run_phase(session, run_id, now)
 
     def store_batch(rows: list[RowOutput]) -> None:
         with store.session() as session:
@@ -187,12 +229,13 @@ def run_stored(
             )
             repo.mark_non_finite(session, (i for i, r in zip(ids, rows, strict=True) if r.non_finite))
 
-    status, error = "failed", ""
+    status, error, trace = "failed", "", ""
+    heartbeat.start()
     try:
         if model is None:
             model = load_model(spec.model, options.device, options.dtype)
             with store.session() as session:
-                repo.set_run_hardware(session, run_id, str(model.device), _dtype_name(model))
+                runs.set_run_hardware(session, run_id, str(model.device), _dtype_name(model))
         check_against_model(spec, ModelFacts.of(model), f"stored experiment '{name}'")
         if spec.vectors:
             phase(EXTRACTING)
@@ -226,7 +269,7 @@ def run_stored(
             already_done=len(all_units) - len(pending),
         )
         phase(MEASURING)
-        _store_variant_figures(store, experiment_id, run_id, spec, model, variants, vectors, adapted)
+        store_variant_figures(store, experiment_id, run_id, spec, model, variants, vectors, adapted)
         phase(SCORING)
         score_experiment(store, name)
         score_fluency(store, name, model)
@@ -237,14 +280,80 @@ def run_stored(
         status = "interrupted"
         raise
     except Exception as exc:
-        error = describe_error(exc)
+        error, trace = describe_error(exc), traceback.format_exc()
         raise
     finally:
-        with store.session() as session:
-            repo.finish_run(session, run_id, status, error)
-            if status == "done":
-                repo.set_run_phase(session, run_id, "")
+        heartbeat.stop()
+        status = _finish(
+            store, run_id, holder, status, error, trace, heartbeat.lost, requeue_on_stop and stop.stopped_locally
+        )
+        log.log(
+            logging.WARNING if status in ("failed", "interrupted") else logging.INFO,
+            "Run %s of '%s' ended: %s%s",
+            run_id,
+            name,
+            status,
+            f" ({error})" if error else "",
+        )
     return RunResult(name, run_id, status, len(pending), len(all_units))
+
+
+def _finish(
+    store: Store, run_id: int, owner: str, status: str, error: str, trace: str, lost: bool, requeue: bool
+) -> str:
+    """Store how the run ended, unless it is no longer ours; returns the status it ended with."""
+    if lost:  # another worker holds it now (or it was deleted): its row is not ours to write
+        return "interrupted"
+    with store.session() as session:
+        if status == "cancelled" and requeue and runs.release_run(session, run_id, owner):
+            return "queued"
+        if not runs.finish_run(session, run_id, status, error, trace, owner=owner):
+            return "interrupted" if runs.run_exists(session, run_id) else "deleted"
+        if status == "done":
+            runs.set_run_phase(session, run_id, "")
+    return status
+
+
+def busy_error(name: str, run_id: int) -> SteerLabError:
+    return SteerLabError(
+        f"Experiment '{name}' already has a queued or running run (run {run_id}); wait for it or cancel it."
+    )
+
+
+def _take(
+    session: Session, experiment: Experiment, total: int, done: int, options: RunOptions, owner: str, lease: float
+) -> int:
+    """Claim a run row for a foreground run: the queued one, or a new one; refuse while another run lives."""
+    active = runs.active_run(session, experiment.id)
+    if active is not None:
+        if active.status == "queued" and not active.cancel_requested:
+            if runs.claim_run(session, active.id, owner, lease):
+                runs.restart_counts(session, active.id, total, done, options.batch_size)
+                return active.id
+        elif active.status == "queued":
+            runs.cancel_queued(session, active.id)
+        elif not runs.interrupt_expired(
+            session, active.id, f"its process ({active.owner}) stopped sending heartbeats before the run finished"
+        ):
+            raise busy_error(experiment.name, active.id)
+    try:
+        with session.begin_nested():  # a concurrent claim loses here, with the database's word
+            run = runs.start_run(
+                session,
+                experiment,
+                total,
+                done,
+                options.batch_size,
+                options.device,
+                options.dtype,
+                owner,
+                lease,
+                options.to_json(),
+            )
+    except IntegrityError:
+        again = runs.active_run(session, experiment.id)
+        raise busy_error(experiment.name, again.id if again is not None else 0) from None
+    return run.id
 
 
 # What a run is doing, stored in ``Run.phase`` (a finished run keeps the phase it stopped in,
@@ -270,189 +379,6 @@ def _dtype_name(model: LoadedModel) -> str:
     return str(model.dtype).removeprefix("torch.")
 
 
-def _training_figures(adapted: AdaptedModel, base: LoadedModel, probe: list[int]) -> dict[str, float]:
-    f = adapted.figures
-    return {
-        "reversibility_max_abs_logit_diff": adapted.undo_difference(base, probe),
-        "training_seconds": f.training_seconds,
-        "trainable_parameters": float(f.trainable_parameters),
-        "training_peak_memory_bytes": float(f.peak_memory_bytes),
-        "training_examples": float(f.examples),
-        "extra_parameter_bytes": float(f.extra_parameter_bytes),
-        "layers_touched": float(f.layers_touched),
-        "training_final_loss": f.final_loss,
-        "training_cached": float(f.cached),
-        "steering_parameters": 0.0,
-        "extraction_seconds": 0.0,
-    }
-
-
 def _check_batch_size(batch_size: int) -> None:
     if batch_size < 1:
         raise SteerLabError(f"Batch size {batch_size} is too small; give 1 or more.")
-
-
-def _owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
-
-
-def _claim(session: Session, experiment: Experiment) -> None:
-    """One run per experiment: refuse if a live run holds it; free it if its process died."""
-    active: Run | None = repo.active_run(session, experiment.id)
-    if active is None:
-        return
-    host, _, rest = active.owner.partition(":")
-    pid = int(rest.split(":")[0]) if rest.split(":")[0].isdigit() else -1
-    alive = host == socket.gethostname() and _pid_alive(pid)
-    if alive and pid != os.getpid():
-        raise SteerLabError(
-            f"Experiment '{experiment.name}' is already being run (run {active.id}, process {pid}); "
-            "wait for it to finish or cancel it first."
-        )
-    if alive:  # same process: another thread (a dashboard worker) holds it
-        raise SteerLabError(
-            f"Experiment '{experiment.name}' is already being run (run {active.id}); wait or cancel it."
-        )
-    repo.finish_run(session, active.id, "interrupted", "its process ended before the run finished")
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _read_vector_files(spec: ExperimentSpec, model: LoadedModel, source: str) -> dict[str, bytes]:
-    out = {}
-    for vector in spec.vectors:
-        if vector.file is not None:
-            loaded = load_vector(vector.file, vector.name)
-            loaded.check_fits(model.hidden_size, model.model_id, f"{source}: vector file '{vector.file}'")
-            out[vector.name] = Path(vector.file).read_bytes()
-    return out
-
-
-def ensure_vectors(
-    store: Store, name: str, spec: ExperimentSpec, model: LoadedModel, only: set[str] | None = None
-) -> dict[str, SteeringVector]:
-    """Every vector the variants use, extracted now if not stored for this model and pairs."""
-    needed = only if only is not None else {n for v in spec.variants for n in v.vector_names()}
-    out: dict[str, SteeringVector] = {}
-    for vector_spec in spec.vectors:
-        if vector_spec.name not in needed:
-            continue
-        with store.session() as session:
-            row = next(v for v in get_experiment(session, name).vectors if v.name == vector_spec.name)
-            stored = row.data
-        vector = _usable(stored, vector_spec, model, name)
-        if vector is None:
-            vector = _extract(model, vector_spec)
-            with store.session() as session:
-                row = next(v for v in get_experiment(session, name).vectors if v.name == vector_spec.name)
-                repo.store_vector_data(
-                    session,
-                    row,
-                    vector.to_bytes(),
-                    model.model_id,
-                    vector.hidden_size,
-                    vector.method,
-                    vector.pairs_hash,
-                    vector.extraction_seconds,
-                )
-        out[vector_spec.name] = vector
-    return out
-
-
-def _usable(data: bytes | None, spec: VectorSpec, model: LoadedModel, experiment: str) -> SteeringVector | None:
-    if data is None:
-        if spec.file is not None:
-            raise SteerLabError(
-                f"Vector '{spec.name}' of experiment '{experiment}' has no stored data; import its file again."
-            )
-        return None
-    vector = SteeringVector.from_bytes(data, source=f"stored vector '{spec.name}'", name=spec.name)
-    if spec.file is not None:
-        vector.check_fits(model.hidden_size, model.model_id, f"stored vector '{spec.name}'")
-        return vector
-    used = [spec.pairs[spec.pair_index]] if spec.method == "single_pair" else list(spec.pairs)
-    fresh = vector.model_id == model.model_id and vector.pairs_hash == hash_pairs(used) and vector.method == spec.method
-    return vector if fresh and vector.read == spec.read else None
-
-
-def _extract(model: LoadedModel, spec: VectorSpec) -> SteeringVector:
-    return extract_vector(
-        model,
-        spec.name,
-        spec.pairs,
-        lambda text: plain_tokens(model, text),
-        method=spec.method,
-        read=spec.read,
-        pair_index=spec.pair_index,
-    )
-
-
-def _store_variant_figures(
-    store: Store,
-    experiment_id: int,
-    run_id: int,
-    spec: ExperimentSpec,
-    model: LoadedModel,
-    variants: list[PreparedVariant],
-    vectors: dict[str, SteeringVector],
-    adapted: dict[str, AdaptedModel],
-) -> None:
-    """Reversibility, side effects and compute figures of every variant (a few probes each)."""
-    probe = plain_tokens(model, spec.probe_prompt)
-    plain_variant = VariantSpec("plain")
-    neutral_plain = [render_prompt(model, p, plain_variant, spec.chat_template) for p in spec.neutral_prompts]
-    with store.session() as session:
-        experiment = session.get(Experiment, experiment_id)
-        assert experiment is not None
-        for row, variant_spec, prepared in zip(experiment.variants, spec.variants, variants, strict=True):
-            costs: dict[str, float] = {}  # read before the probes below add their own passes
-            for edit in prepared.edits:
-                for key, value in edit.cost().items():
-                    if key != "seconds":
-                        costs[key] = costs.get(key, 0.0) + value
-            neutral = [render_prompt(model, p, variant_spec, spec.chat_template) for p in spec.neutral_prompts]
-            kl = next_token_kl(model, prepared.edits, neutral, neutral_plain, prepared.model)
-            if variant_spec.name in adapted:
-                repo.set_variant_metrics(
-                    session,
-                    row.id,
-                    run_id,
-                    _finite({**_training_figures(adapted[variant_spec.name], model, probe), "side_effect_kl": kl}),
-                )
-                continue
-            figures = measure_reversibility(model, prepared.edits, probe)
-            used = variant_spec.vector_names()
-            repo.set_variant_metrics(
-                session,
-                row.id,
-                run_id,
-                _finite(
-                    {
-                        "reversibility_max_abs_logit_diff": figures.max_abs_logit_diff,
-                        "probe_max_abs_logit_shift": figures.steered_max_abs_logit_diff,
-                        "toggle_ms": figures.toggle_ms,
-                        "steering_parameters": float(sum(e.parameter_count for e in prepared.edits)),
-                        "layers_touched": float(len({layer for e in prepared.edits for layer in e.layers})),
-                        "extraction_seconds": float(sum(vectors[n].extraction_seconds for n in used)),
-                        "prompt_tokens_mean": sum(len(t) for t in prepared.prompt_tokens) / len(prepared.prompt_tokens),
-                        "side_effect_kl": kl,
-                        **costs,
-                    }
-                ),
-            )
-
-
-def _finite(values: dict[str, float]) -> dict[str, float]:
-    """The figures that are numbers: an absurd coefficient makes some inf/NaN, which are left out
-    (pages show a missing figure as missing), so the store never holds NaN."""
-    return {k: v for k, v in values.items() if math.isfinite(v)}

@@ -18,6 +18,7 @@ from db import repository as repo
 from db.schema import Generation
 from db.store import Store
 from engine.stats import Estimate, bootstrap_mean
+from service import cache
 from service.catalog import get_experiment, stored_spec
 from service.scoring import FLUENCY
 
@@ -77,23 +78,36 @@ class VariantSummary:
 
 
 def variant_summaries(store: Store, name: str, bootstrap_rounds: int = 1000) -> list[VariantSummary]:
+    """Per-variant figures with 95% intervals; recomputed only when the experiment's data changed."""
+    with store.session() as session:
+        version = repo.data_version(session, get_experiment(session, name).id)
+    return cache.cached(
+        (store.url, "summaries", name, bootstrap_rounds),
+        version,
+        lambda: _variant_summaries(store, name, bootstrap_rounds),
+    )
+
+
+def _variant_summaries(store: Store, name: str, bootstrap_rounds: int) -> list[VariantSummary]:
     with store.session() as session:
         experiment = get_experiment(session, name)
         spec = stored_spec(experiment)
         compute = repo.variant_compute(session, experiment.id)
         figures = repo.variant_metrics(session, experiment.id)
         scores = repo.generation_metrics(session, experiment.id)
-        generations = repo.generations_of(session, experiment.id)
+        by_variant: dict[int, list[tuple[int, int]]] = {}  # variant id -> (generation id, prompt id)
+        for generation_id, variant_id, prompt_id in repo.generation_index(session, experiment.id):
+            by_variant.setdefault(variant_id, []).append((generation_id, prompt_id))
         runs = _run_ids(session, experiment.id)
         baseline = next((v for v in experiment.variants if v.kind == "baseline"), None)
         baseline_runs = runs.get(baseline.id, frozenset()) if baseline is not None else frozenset()
         out = []
         for variant in experiment.variants:
             c = compute.get(variant.id, repo.VariantCompute(variant.id, 0, 0, 0.0, 0))
-            mine = [g for g in generations if g.variant_id == variant.id]
+            mine = by_variant.get(variant.id, [])
             estimates = {}
             for metric in [s.name for s in spec.scorers] + [FLUENCY]:
-                scored = [(scores[g.id][metric], g.prompt_id) for g in mine if metric in scores.get(g.id, {})]
+                scored = [(scores[g][metric], p) for g, p in mine if metric in scores.get(g, {})]
                 if metric == FLUENCY and not scored:
                     continue
                 estimates[metric] = bootstrap_mean(

@@ -19,10 +19,14 @@ from engine.spec import ExperimentSpec, VariantSpec
 from engine.sweep import Cell, SweepConfig, pareto_front, parse_cell_name, parse_sweep, recommend, sweep_experiment
 from service.catalog import import_experiment, load_spec, stored_spec
 from service.editing import model_facts, save_variant
-from service.jobs import RunManager
+from service.jobs import enqueue
+from service.provenance import scorer_hash
 from service.running import RunOptions, RunResult, run_spec
 from service.scoring import FLUENCY
+from service.staleness import stale_figures
 from service.summary import variant_summaries
+
+SWEEP_SUFFIX = "__sweep"  # engine.sweep names a sweep's experiment after its source with this suffix
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,9 @@ class SweepResult:
     baseline_perplexity: float
     front: list[Cell]
     recommended: Cell | None
+    # One sentence per group of figures the results rest on that no longer follow the
+    # definitions (the sweep's own stale scores, or a source scorer changed since the sweep).
+    stale: tuple[str, ...] = ()
 
 
 def config_of(spec: ExperimentSpec, source: str) -> SweepConfig:
@@ -88,10 +95,11 @@ SWEEP_FORM_LABELS = {
 
 
 def start_sweep(
-    store: Store, manager: RunManager, experiment_name: str, raw_config: dict[str, Any], batch_size: int = 32
+    store: Store, experiment_name: str, raw_config: dict[str, Any], batch_size: int = 32, who: str = ""
 ) -> str:
+    """Store the sweep experiment and queue its run for a worker; returns the sweep's name."""
     name = create_sweep(store, experiment_name, raw_config)
-    manager.start(store, name, RunOptions(batch_size=batch_size))
+    enqueue(store, name, RunOptions(batch_size=batch_size), who)
     return name
 
 
@@ -143,6 +151,25 @@ def analyse(store: Store, sweep_name: str) -> SweepResult:
         base_ppl,
         pareto_front(cells),
         recommend(cells, base_ppl, config.fluency_tolerance) if math.isfinite(base_ppl) else None,
+        tuple(str(f) for f in stale_figures(store, sweep_name)) + _source_drift(store, spec, config),
+    )
+
+
+def _source_drift(store: Store, sweep: ExperimentSpec, config: SweepConfig) -> tuple[str, ...]:
+    """A sentence if the experiment the sweep came from now defines the sweep's scorer differently."""
+    source_name = sweep.name.removesuffix(SWEEP_SUFFIX)
+    with store.session() as session:
+        source = repo.find_experiment(session, source_name)
+        if source is None or sweep.name == source_name:
+            return ()
+        source_spec = stored_spec(source)
+    mine = next((s for s in sweep.scorers if s.name == config.scorer), None)
+    theirs = next((s for s in source_spec.scorers if s.name == config.scorer), None)
+    if mine is None or theirs is None or scorer_hash(sweep, mine) == scorer_hash(source_spec, theirs):
+        return ()
+    return (
+        f"Experiment '{source_name}' has changed scorer '{config.scorer}' since this sweep was stored; "
+        "run the sweep again to score its cells with the new definition.",
     )
 
 

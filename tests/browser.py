@@ -90,6 +90,24 @@ def dashboard(
 
 
 @contextmanager
+def worker(db: Path, workdir: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A ``steerlab worker`` beside the dashboard, as scripts/run.sh starts one: it runs the runs pages queue."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "STEERLAB_POLL_SECONDS": "0.2"}
+    command = [sys.executable, "-m", "engine", "worker", "--db", str(db), "--create"]
+    with (workdir / "worker.log").open("w") as log:
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            yield proc
+        finally:
+            proc.terminate()  # a soft stop: its run, if any, goes back to the queue
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextmanager
 def chromium() -> Iterator[Any]:
     """Debian's Chromium through Playwright, with every expectation waiting up to WAIT_MS."""
     from playwright.sync_api import expect, sync_playwright

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import CHROMIUM, LAUNCH_ARGS, dashboard, require_chromium
+from tests.browser import CHROMIUM, LAUNCH_ARGS, dashboard, require_chromium, worker
 from tests.conftest import MOOD_FILE, needs_models
 
 require_chromium()
@@ -23,7 +23,8 @@ pytestmark = needs_models
 
 @pytest.fixture
 def app_url(tmp_path: Path) -> Iterator[str]:
-    with dashboard(tmp_path / "e2e.db", tmp_path) as url:
+    # The dashboard only queues runs; a worker beside it runs them (as scripts/run.sh starts them).
+    with dashboard(tmp_path / "e2e.db", tmp_path) as url, worker(tmp_path / "e2e.db", tmp_path):
         yield url
 
 

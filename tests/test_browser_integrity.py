@@ -229,7 +229,7 @@ def test_empty_pair_rows_are_never_stored_as_text(app: str, browser: Any, db: Pa
     expect(page.get_by_text("Vector 'empty' has no filled pair")).to_be_visible()
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM vectors WHERE name = 'empty'").fetchone() == (0,)
-        assert conn.execute("SELECT count(*) FROM vectors WHERE spec_json LIKE '%\"nan\"%'").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM experiments WHERE spec_json LIKE '%\"nan\"%'").fetchone() == (0,)
     page.context.close()
 
 

@@ -6,13 +6,17 @@ import json
 import math
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from db import repository as repo
+from db.schema import Generation
 from db.store import Store
 from engine.errors import SteerLabError
-from service.editing import create_experiment, save_variant, save_vector
+from service.editing import create_experiment, save_variant, save_vector, upload_vector
 from tests.conftest import TINYSTORIES, needs_models
+from tests.helpers import random_vector
 
 pytestmark = needs_models
 
@@ -26,7 +30,11 @@ def db(tmp_path: Path) -> Path:
 
 def stored_vectors(db: Path) -> dict[str, dict[str, object]]:
     with sqlite3.connect(db) as conn:
-        return {n: json.loads(s) for n, s in conn.execute("SELECT name, spec_json FROM vectors")}
+        # The definitions live in the experiment's spec_json only (vector rows hold extracted data).
+        (spec_json,) = conn.execute("SELECT spec_json FROM experiments").fetchone()
+        vectors: dict[str, dict[str, object]] = json.loads(spec_json)["vectors"]
+        assert {n for (n,) in conn.execute("SELECT name FROM vectors")} == set(vectors), "one row per vector"
+        return vectors
 
 
 def test_pairs_table_rows_empty_are_skipped_and_half_filled_are_refused(db: Path) -> None:
@@ -55,3 +63,58 @@ def test_a_prompting_variant_needs_its_text_and_errors_use_the_forms_words(db: P
     with pytest.raises(SteerLabError) as info:
         save_variant(store, "e", bad)
     assert "edit 1" in str(info.value) and "interventions[0]" not in str(info.value)
+
+
+def variants_with_outputs(store: Store) -> set[str]:
+    with store.session() as session:
+        experiment = repo.find_experiment(session, "e")
+        assert experiment is not None
+        return {g.variant.name for g in repo.generations_of(session, experiment.id)}
+
+
+def give_every_variant_an_output(store: Store) -> None:
+    with store.session() as session:
+        experiment = repo.find_experiment(session, "e")
+        assert experiment is not None
+        have = variants_with_outputs(store)
+        prompt = experiment.prompts[0]
+        session.add_all(
+            Generation(
+                experiment_id=experiment.id,
+                variant_id=v.id,
+                prompt_id=prompt.id,
+                sample_index=0,
+                text="t",
+                token_count=1,
+                seconds=0.1,
+                peak_memory_bytes=1,
+            )
+            for v in experiment.variants
+            if v.name not in have
+        )
+
+
+def test_a_variant_keeps_its_outputs_until_what_decides_them_changes(db: Path, tiny: Any) -> None:
+    store = Store(str(db))
+    first, second = (random_vector(tiny, seed=seed, scale=0.01).to_bytes() for seed in (0, 1))
+    upload_vector(store, "e", "mine", first, "mine.safetensors")
+    steered: dict[str, Any] = {
+        "name": "steered",
+        "interventions": [{"method": "add", "vector": "mine", "layers": [0], "coefficient": 1}],
+    }
+    save_variant(store, "e", steered)
+    give_every_variant_an_output(store)
+    everything = variants_with_outputs(store)
+    assert "steered" in everything and len(everything) >= 2
+    # A description, or the same file uploaded again, does not change the outputs.
+    save_variant(store, "e", {**steered, "description": "a note"}, original_name="steered")
+    upload_vector(store, "e", "mine", first, "mine.safetensors")
+    assert variants_with_outputs(store) == everything
+    # Other numbers under the same vector name: the variant that adds it loses its outputs.
+    upload_vector(store, "e", "mine", second, "mine.safetensors")
+    assert variants_with_outputs(store) == everything - {"steered"}
+    give_every_variant_an_output(store)
+    save_variant(
+        store, "e", {**steered, "interventions": [{**steered["interventions"][0], "coefficient": 2}]}, "steered"
+    )
+    assert variants_with_outputs(store) == everything - {"steered"}

@@ -35,6 +35,7 @@ import yaml
 from safetensors.torch import save
 
 from db import repository as repo
+from db import runs
 from db.store import Store
 from engine.errors import SteerLabError
 from engine.fields import Where
@@ -872,7 +873,7 @@ def test_csv_export_neutralises_formulas(golden: Path, tmp_path: Path) -> None:
             import_experiment(session, spec, "csv test", {})
         with store.session() as session:
             stored = get_experiment(session, FORMULAS[0])
-            run = repo.start_run(
+            run = runs.start_run(
                 session, stored, total=35, done=0, batch_size=8, device="cpu", dtype="float32", owner="test"
             )
             rows = [

@@ -247,3 +247,43 @@ def test_bad_settings_are_one_sentence(raw: dict[str, object], fragment: str) ->
     with pytest.raises(SteerLabError, match=None) as info:
         parse(raw, Where("exp.yaml", "variants[0].interventions[0]"))
     assert fragment in str(info.value), str(info.value)
+
+
+def test_form_fields_and_stored_form_come_from_one_declaration() -> None:
+    methods = registry()
+    assert [(f.name, f.kind, f.default) for f in methods["add"].fields] == [
+        ("vector", "vector", None),
+        ("layers", "layers", [0]),
+        ("coefficient", "float", 4.0),
+        ("scope", "choice", "all"),
+    ]
+    for cls in methods.values():
+        declared = set(cls.settings.model_fields)
+        assert {f.name.split(".")[0] for f in cls.fields} <= declared
+        assert all(f.help for f in cls.fields)
+    # The form sends a nested setting flattened ('condition.applies'); files and the store nest it.
+    names = [f.name for f in methods["conditional"].fields]
+    assert "condition.applies" in names and "condition.layer" not in names  # unset layer: no widget
+    form = {
+        "method": "conditional",
+        "vector": "sad",
+        "layers": [0],
+        "coefficient": 1.0,
+        "condition.applies": ["a sad story"],
+        "condition.not_applies": ["a recipe"],
+        "condition.threshold": 0.3,
+    }
+    edit = parse(form, Where.form("Variant form"))
+    stored = edit.to_dict()
+    assert stored["condition"] == {
+        "applies": ["a sad story"],
+        "not_applies": ["a recipe"],
+        "threshold": 0.3,
+        "comparator": ">",
+        "mode": "hard",
+        "read": "mean",
+        "sharpness": 10.0,
+    }
+    assert parse(stored, Where("stored")) == edit
+    with pytest.raises(SteerLabError, match=r"^Variant form, condition, 'threshold': is 2\.0, outside"):
+        parse({**form, "condition.threshold": 2.0}, Where.form("Variant form"))

@@ -13,6 +13,7 @@ import yaml
 from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 
+from db import runs
 from db.schema import Generation, GenerationMetric, VariantMetric
 from db.store import Store
 from engine.experiment_file import load_experiment_file
@@ -20,12 +21,13 @@ from engine.generation import Decoding, broken_rows, generate, generate_checked
 from engine.runner import Progress
 from engine.steering import BatchSteering
 from engine.vectors import SteeringVector
-from service import running
+from service import measurements, running, vector_store
 from service.catalog import save_spec
-from service.jobs import RunManager, health, status
+from service.jobs import enqueue, health, status
 from service.running import GENERATING, MEASURING, SCORING, RunOptions, run_experiment_file, run_stored
 from service.scoring import score_experiment
 from service.sweeps import create_sweep
+from service.worker import Worker
 from tests.conftest import MOOD_FILE, ROOT, needs_models
 from tests.helpers import add_edit, random_vector, tokens
 
@@ -56,7 +58,7 @@ def blow_up(monkeypatch: pytest.MonkeyPatch, factor: float) -> None:
     numbers), but a long enough vector, or a half-precision model, overflows at far smaller
     ones; the engine must cope whatever the cause.
     """
-    real = running.ensure_vectors
+    real = vector_store.ensure_vectors
 
     def scaled(*args: Any, **kwargs: Any) -> dict[str, SteeringVector]:
         vectors = real(*args, **kwargs)
@@ -139,7 +141,7 @@ def test_the_phase_is_stored_while_the_run_works(tmp_path: Path, tiny: Any, monk
         s = status(Store(store.url), NAME)  # another connection, like another tab
         seen.append((s.phase, s.describe(), s.seconds_left))
 
-    measure = running._store_variant_figures
+    measure = measurements.store_variant_figures
     score = score_experiment
 
     def measuring(*args: Any) -> None:
@@ -150,7 +152,7 @@ def test_the_phase_is_stored_while_the_run_works(tmp_path: Path, tiny: Any, monk
         look()
         return score(*args)
 
-    monkeypatch.setattr(running, "_store_variant_figures", measuring)
+    monkeypatch.setattr(running, "store_variant_figures", measuring)
     monkeypatch.setattr(running, "score_experiment", scoring)
     run_stored(store, NAME, RunOptions(device="cpu"), progress=look, model=tiny)
     phases = [p for p, _, _ in seen]
@@ -173,12 +175,11 @@ def test_a_failed_run_stores_its_error_and_phase(tmp_path: Path, tiny: Any, monk
     assert (s.state, s.phase, s.error) == ("failed", SCORING, "RuntimeError: the scorer fell over")
     assert s.describe() == f"2 / 2 generations · failed while {SCORING}"
 
-    manager = RunManager()  # a background run: its error is in the store, not only in memory
-    manager.start(store, NAME, RunOptions(device="cpu"))
-    manager.join(NAME, timeout=60)
-    assert manager.error(NAME) == ""
+    enqueue(store, NAME, RunOptions(device="cpu"))  # a worker's run: its error and traceback are stored
+    assert Worker(store, once=True).run() == 1
     s = status(store, NAME)
     assert s.state == "failed" and s.error == "RuntimeError: the scorer fell over" and s.run_id == 2
+    assert "the scorer fell over" in s.traceback and "Traceback (most recent call last)" in s.traceback
 
 
 # --- dashboard ------------------------------------------------------------------------
@@ -224,18 +225,39 @@ def test_run_page_shows_phase_state_and_the_broken_variant(db: Path) -> None:
 
 
 def test_run_page_shows_a_failed_runs_stored_error(db: Path) -> None:
-    from db import repository as repo
     from service.catalog import get_experiment
 
     with Store(str(db)).session() as session:
-        run = repo.latest_run(session, get_experiment(session, NAME).id)
+        run = runs.latest_run(session, get_experiment(session, NAME).id)
         assert run is not None
-        repo.finish_run(session, run.id, "failed", "CUDA out of memory [see](http://x)")
-        repo.set_run_phase(session, run.id, SCORING)
+        runs.finish_run(session, run.id, "failed", "CUDA out of memory [see](http://x)", "Traceback: line 1 in x")
+        runs.set_run_phase(session, run.id, SCORING)
     at = open_page("run")
     assert metrics(at)["Phase"] == SCORING
     assert "The failed run stopped while scoring: CUDA out of memory \\[see\\]\\(http" in texts(at)
+    assert [c.value for c in at.code] == ["Traceback: line 1 in x"]
     assert next(b for b in at.button if b.label == "Resume run").disabled is False
+
+
+def test_run_page_queues_and_says_when_no_worker_is_there(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.catalog import get_experiment
+    from service.editing import save_variant
+
+    save_variant(Store(str(db)), NAME, {"name": "prompt_only", "prefix": "A sad story. "})
+    at = open_page("run")
+    next(b for b in at.button if b.label == "Resume run").click().run()
+    assert metrics(at)["State"] == "queued" and "Run queued" in texts(at)
+    assert "No worker is running" not in texts(at), "a worker has a moment to claim it"
+    monkeypatch.setenv("STEERLAB_POLL_SECONDS", "0.01")
+    with Store(str(db)).session() as session:  # as if queued long ago, with no worker to claim it
+        run = runs.latest_run(session, get_experiment(session, NAME).id)
+        assert run is not None and run.status == "queued"
+        run.updated_at = run.updated_at.replace(year=run.updated_at.year - 1)
+    at.run()
+    assert "No worker is running: 1 queued run is waiting; start one with `steerlab worker`" in texts(at)
+    next(b for b in at.button if b.label == "Cancel run").click().run()
+    at.run()  # the status drawn above the button was read before the click
+    assert metrics(at)["State"] == "cancelled" and "No worker is running" not in texts(at)
 
 
 def test_the_status_reruns_the_page_when_it_sees_the_run_end(db: Path) -> None:

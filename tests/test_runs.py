@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,19 @@ def generation_keys(db: Path) -> list[tuple[int, int, int]]:
         return conn.execute("SELECT variant_id, prompt_id, sample_index FROM generations").fetchall()
 
 
+def wait_until_leases_expire(db: Path, seconds: float = 30) -> None:
+    """Until no running run of ``db`` holds a live lease (its process died: no more heartbeats)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        with sqlite3.connect(db) as conn:
+            leases = [r[0] for r in conn.execute("SELECT lease_expires_at FROM runs WHERE status = 'running'")]
+        now = datetime.now(UTC).replace(tzinfo=None)
+        if all(lease is None or datetime.fromisoformat(lease) < now for lease in leases):
+            return
+        assert time.monotonic() < deadline, f"leases still live: {leases}"
+        time.sleep(0.1)
+
+
 @needs_models
 def test_cancelled_run_resumes_to_the_same_outputs_as_an_uninterrupted_one(tmp_path: Path) -> None:
     path = small_mood_file(tmp_path)
@@ -79,7 +93,8 @@ def test_cancelled_run_resumes_to_the_same_outputs_as_an_uninterrupted_one(tmp_p
 def test_run_killed_with_sigkill_continues_without_duplicates(tmp_path: Path) -> None:
     path = small_mood_file(tmp_path, samples=3, tokens=48)
     db = tmp_path / "kill.db"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # A short lease: the killed run is free for the next one two seconds after its last heartbeat.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "STEERLAB_LEASE_SECONDS": "2"}
     command = [
         sys.executable,
         "-m",
@@ -114,6 +129,7 @@ def test_run_killed_with_sigkill_continues_without_duplicates(tmp_path: Path) ->
             proc.kill()
     partial = generation_keys(db)
     assert 8 <= len(partial) < 210 and len(partial) % 4 == 0, "only whole batches are stored"
+    wait_until_leases_expire(db)  # until then, another run of the experiment is refused
 
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -122,6 +138,9 @@ def test_run_killed_with_sigkill_continues_without_duplicates(tmp_path: Path) ->
     with sqlite3.connect(db) as conn:
         states = [row[0] for row in conn.execute("SELECT status FROM runs ORDER BY id")]
     assert states == ["interrupted", "done"], "the killed run is marked interrupted when the next one starts"
+    with sqlite3.connect(db) as conn:
+        error = conn.execute("SELECT error FROM runs WHERE id = 1").fetchone()[0]
+    assert "stopped sending heartbeats" in error
 
 
 @needs_models
@@ -141,7 +160,9 @@ def test_one_run_per_experiment_at_a_time(tmp_path: Path) -> None:
 
     result = run_experiment_file(store, path, RunOptions(device="cpu"), cancel=TryConcurrent())
     assert result.status == "done"
-    assert blocked and "already being run" in blocked[0]
+    assert blocked == [
+        "Experiment 'tinystories_mood' already has a queued or running run (run 1); wait for it or cancel it."
+    ]
 
 
 def test_bad_batch_size(store: Store) -> None:

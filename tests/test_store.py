@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from db import repository as repo
+from db import runs
 from db.migrate import head_revision, schema_version
 from db.schema import Base
 from db.store import Store, StoreError, resolve_url
@@ -30,7 +32,7 @@ def make_experiment(store: Store) -> int:
             {"v": {"pairs": []}},
             [repo.NewVariant("base", "baseline", {})],
         )
-        run = repo.start_run(s, e, total=2, done=0, batch_size=2, device="cpu", dtype="float32", owner="x")
+        run = runs.start_run(s, e, total=2, done=0, batch_size=2, device="cpu", dtype="float32", owner="x")
         ids = repo.record_batch(
             s, e.id, run.id, [repo.NewGeneration(e.variants[0].id, p.id, 0, "t", 3, 0.1, 10) for p in e.prompts]
         )
@@ -43,7 +45,7 @@ def test_sqlite_is_wal_with_foreign_keys_and_versioned(store: Store) -> None:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
         version = conn.execute(text("SELECT value FROM meta WHERE key='schema_version'")).scalar()
-        assert version == str(schema_version()) == "4"
+        assert version == str(schema_version()) == "5"
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == head_revision()
 
 
@@ -62,7 +64,8 @@ def test_a_generation_cannot_be_stored_twice_and_a_failed_batch_stores_nothing(s
     with pytest.raises(IntegrityError), store.session() as s:
         e = repo.find_experiment(s, "e")
         assert e is not None
-        run = repo.start_run(s, e, 2, 0, 2, "cpu", "float32", "x")
+        run = runs.latest_run(s, e.id)  # the experiment's one active run
+        assert run is not None
         repo.record_batch(
             s,
             experiment_id,
@@ -153,3 +156,80 @@ def test_the_database_refuses_a_second_vote_on_a_pair(store: Store) -> None:
         repo.add_rating(s, experiment_id, "bob", high, low, "right")  # another rater may
         repo.add_rating(s, experiment_id, "ann", high, low, "right", repeat=1)  # a deliberate repeat may
         assert len(repo.ratings_of(s, experiment_id)) == 3
+
+
+def r0003_store(path: Path, *edits: str) -> Path:
+    """A small complete store as SteerLab at schema revision 0003 left it (tests/data, SQL text),
+    with ``edits`` (SQL) applied before it is opened by this SteerLab."""
+    with sqlite3.connect(path) as conn:
+        conn.executescript((Path(__file__).parent / "data" / "store_r0003.sql").read_text())
+        for edit in edits:
+            conn.execute(edit)
+    return path
+
+
+R0003_TABLES = ("experiments", "prompts", "variants", "vectors", "runs", "generations", "variant_metrics",
+                "generation_metrics", "ratings", "memberships", "audit_events")  # fmt: skip
+R0003_SAMPLES = (
+    "SELECT id, variant_id, prompt_id, sample_index, text, token_count FROM generations ORDER BY id",
+    "SELECT generation_id, name, value FROM generation_metrics ORDER BY id",
+    "SELECT variant_id, name, value FROM variant_metrics ORDER BY id",
+    "SELECT rater, left_generation_id, right_generation_id, choice FROM ratings ORDER BY id",
+    "SELECT id, name, position, kind FROM variants ORDER BY id",
+    "SELECT name, data, pairs_hash, model_id FROM vectors",
+    "SELECT user, role FROM memberships ORDER BY id",
+    "SELECT status, done_units, total_units FROM runs",
+)
+
+
+def snapshot(path: Path) -> tuple[dict[str, int], list[list[tuple[object, ...]]]]:
+    with sqlite3.connect(path) as conn:
+        counts = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in R0003_TABLES}
+        return counts, [conn.execute(q).fetchall() for q in R0003_SAMPLES]
+
+
+def test_a_store_at_revision_0003_is_upgraded_to_head_keeping_every_row(tmp_path: Path) -> None:
+    from service.catalog import load_spec
+    from service.staleness import stale_figures
+
+    db = r0003_store(tmp_path / "r3.db")
+    with sqlite3.connect(db) as conn:
+        row_definitions = {n: json.loads(s) for n, s in conn.execute("SELECT name, spec_json FROM variants")}
+    before = snapshot(db)
+    assert before[0]["generations"] == 18 and before[0]["ratings"] == 12
+    store = Store(str(db))
+    assert snapshot(db) == before, "every experiment, generation, metric, vote and member is kept"
+    with store.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == head_revision()
+    (backup,) = tmp_path.glob("r3.db.before-upgrade-r0003-*")
+    assert snapshot(backup) == before
+    # One copy of the definition is left, and it holds what the rows held.
+    spec = load_spec(store, "small_mood")
+    assert {v.name: v.to_dict() for v in spec.variants} == row_definitions
+    # Figures from before provenance was recorded are not trusted: each is reported stale.
+    stale = {(f.kind, f.name): f for f in stale_figures(store, "small_mood")}
+    assert stale[("score", "sad_words")].count == 18
+    assert "before SteerLab recorded" in stale[("score", "fluency_ppl")].reason
+    assert set(stale) >= {("variant figures", v) for v in ("baseline", "sad_x2", "prompt_sad")}
+    store.close()
+
+
+def test_the_upgrade_folds_definitions_found_only_in_rows_into_the_experiment(tmp_path: Path) -> None:
+    from service.catalog import load_spec
+
+    # As if a buggy path had stored a variant and a vector without the experiment's copy.
+    db = r0003_store(
+        tmp_path / "r3.db",
+        "UPDATE experiments SET spec_json = json_remove(spec_json, '$.variants[2]', '$.vectors.sad')",
+    )
+    with sqlite3.connect(db) as conn:
+        prompt_sad = json.loads(conn.execute("SELECT spec_json FROM variants WHERE name = 'prompt_sad'").fetchone()[0])
+        sad = json.loads(conn.execute("SELECT spec_json FROM vectors WHERE name = 'sad'").fetchone()[0])
+    before = snapshot(db)
+    store = Store(str(db))
+    assert snapshot(db) == before
+    spec = load_spec(store, "small_mood").to_dict()
+    assert [v["name"] for v in spec["variants"]] == ["baseline", "sad_x2", "prompt_sad"]
+    assert spec["variants"][2] == prompt_sad and spec["vectors"]["sad"] == sad
+    store.close()

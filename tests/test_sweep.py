@@ -88,7 +88,7 @@ def test_sweep_section_is_validated(tmp_path: Path) -> None:
     data["sweep"]["scorer"] = "joy"
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(data))
-    with pytest.raises(SteerLabError, match=r"sweep\.scorer: names scorer 'joy'"):
+    with pytest.raises(SteerLabError, match=r"sweep\.scorer \(line \d+\): names scorer 'joy'"):
         load_experiment_file(path)
 
 

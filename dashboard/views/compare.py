@@ -10,14 +10,25 @@ from dashboard.common import chosen_experiment, page_header, store
 from dashboard.run_status import health_warnings
 from dashboard.text import md, plain_block
 from service import charts
-from service.comparison import MIN_DECISIVE_VOTES, compare, diff_html, drill_down, escape_text, too_few_votes
+from service.comparison import (
+    MIN_DECISIVE_VOTES,
+    diff_html,
+    drill_rows,
+    drill_texts,
+    escape_text,
+    too_few_votes,
+)
+from service.staleness import stale_figures, warning
 
 page_header("Compare")
 name = chosen_experiment("analyst", "comparing variants")
 health_warnings(name)
+if stale := stale_figures(store(), name):  # figures computed from an older definition of what they measure
+    st.warning(md(warning(stale)))
 
 
-c = compare(store(), name)
+view = charts.compare_view(store(), name)
+c = view.comparison
 st.caption(
     f"Experiment **{md(name)}** · {c.votes} votes from {c.raters} rater{'s' if c.raters != 1 else ''} · "
     f"baseline: {md(c.baseline) if c.baseline else 'none'}. "
@@ -31,18 +42,17 @@ with votes_tab:
     if c.votes == 0:
         st.info("No votes yet: rate some pairs on the Rate page.")
     else:
+        # Charts come as cached Vega-Lite specs (see charts.compare_view): building them is slow.
         if c.baseline:
-            st.altair_chart(charts.win_rate_chart(c), width="stretch")
-            st.dataframe(charts.win_rate_table(c), hide_index=True, width="stretch")
-        bt_chart = charts.bradley_terry_chart(c)
-        if bt_chart is not None:
-            st.altair_chart(bt_chart, width="stretch")
-        note = charts.bradley_terry_note(c)
-        if note:
+            st.vega_lite_chart(spec=view.charts["win_rate"], width="stretch")
+            st.dataframe(view.tables["win_rate"], hide_index=True, width="stretch")
+        if view.charts["bradley_terry"] is not None:
+            st.vega_lite_chart(spec=view.charts["bradley_terry"], width="stretch")
+        for note in view.notes["bradley_terry"]:
             st.caption(note)
-        st.dataframe(charts.bradley_terry_table(c), hide_index=True, width="stretch")
+        st.dataframe(view.tables["bradley_terry"], hide_index=True, width="stretch")
         # The matrix has a fixed cell size (readable labels whatever the number of variants).
-        st.altair_chart(charts.matrix_chart(c), width="content")
+        st.vega_lite_chart(spec=view.charts["matrix"], width="content")
         left, right = st.columns(2)
         lw = c.left_wins
         enough = lw.enough(MIN_DECISIVE_VOTES)
@@ -76,43 +86,41 @@ with votes_tab:
         right.caption(shared)
 
 with scores_tab:
-    chart = charts.scores_chart(c)
-    if chart is None:
+    if view.charts["scores"] is None:
         st.info("This experiment has no automatic scorers.")
     else:
-        st.altair_chart(chart)
-        st.dataframe(charts.scores_table(c), hide_index=True, width="stretch")
+        st.vega_lite_chart(spec=view.charts["scores"])
+        st.dataframe(view.tables["scores"], hide_index=True, width="stretch")
 
 with compute_tab:
-    compute_chart = charts.compute_chart(c)
-    if compute_chart is not None:
-        st.altair_chart(compute_chart)
-    reversibility = charts.reversibility_chart(c)
-    if reversibility is not None:
-        st.altair_chart(reversibility)
-    for line in [*charts.compute_notes(c), *charts.reversibility_notes(c)]:
+    for key in ("compute", "reversibility"):
+        if view.charts[key] is not None:
+            st.vega_lite_chart(spec=view.charts[key])
+    for line in [*view.notes["compute"], *view.notes["reversibility"]]:
         st.caption(md(line))
     wide = ["timed with the baseline", *charts.TIMING]  # room for "(not comparable)" marks
     st.dataframe(
-        charts.compute_table(c),
+        view.tables["compute"],
         hide_index=True,
         width="stretch",
         column_config={column: st.column_config.TextColumn(width="medium") for column in wide},
     )
 
 with drill_tab:
-    rows = drill_down(store(), name)
+    # The list of rows first, then the texts of the one picked: not every output on each view.
+    rows = drill_rows(store(), name)
     if not rows:
         st.info("No outputs yet: run the experiment first.")
     else:
         labels = [f"Prompt {r.prompt_index + 1}, sample {r.sample + 1}: {r.prompt[:60]}" for r in rows]
         picked = rows[st.selectbox("Prompt", range(len(rows)), format_func=lambda i: labels[i])]
+        texts = drill_texts(store(), name, picked.prompt_index, picked.sample)
         st.markdown(plain_block(picked.prompt, empty="(empty prompt)"), unsafe_allow_html=True)
-        variants = list(picked.texts)
+        variants = list(texts)
         c1, c2 = st.columns(2)
         first = c1.selectbox("Variant", variants, index=0)
         second = c2.selectbox("against", variants, index=min(1, len(variants) - 1))
-        left_html, right_html = diff_html(picked.texts[first], picked.texts[second])
+        left_html, right_html = diff_html(texts[first], texts[second])
         style = "<style>mark.removed{background:#ffd6d6} mark.added{background:#d6f5d6}</style>"
         box = "<div class='steerlab-text' style='white-space:pre-wrap;overflow-wrap:anywhere'>{}</div>"
         empty = f"<i>{escape_text('(empty output)')}</i>"

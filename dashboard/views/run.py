@@ -1,4 +1,4 @@
-"""Run: start, watch, cancel and resume a run in the background."""
+"""Run: queue, watch, cancel and resume a run; a worker process runs it."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from service.running import RunOptions
 page_header("Run")
 name = chosen_experiment()
 st.caption(
-    f"Experiment **{md(name)}**. The run works in the background: leave this page, reload it, or open it in "
-    "another tab, and the progress is the same. A stopped run resumes where it stopped."
+    f"Experiment **{md(name)}**. Start queues the run for a worker process (`steerlab worker`), so it goes on "
+    "whatever happens to this page or the dashboard: leave it, reload it, or open it in another tab or on another "
+    "host, and the progress is the same. A stopped run resumes where it stopped."
 )
 st.number_input(
     "Rows per mixed batch",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard.common import attempt, chosen_experiment, page_header, run_manager, store
+from dashboard.common import attempt, chosen_experiment, identity, page_header, store
 from dashboard.run_status import health_warnings, run_status
 from dashboard.text import md
 from service import charts
@@ -57,7 +57,10 @@ with st.form("sweep_form"):
                 "coefficients": coefficients,
                 "max_cells": int(max_cells),
             }
-            attempt(lambda: start_sweep(store(), run_manager(), name, raw, SWEEP_BATCH), "Sweep started.")
+            attempt(
+                lambda: start_sweep(store(), name, raw, SWEEP_BATCH, identity().user),
+                "Sweep queued; a worker starts it shortly.",
+            )
 
 
 sweep_stored = sweep_name in {e.name for e in list_experiments(store())}
@@ -72,9 +75,11 @@ else:
         noun="sweep",
         resume_only=True,
     )
-# A sweep just started may not have stored its run yet: its thread tells it is under way.
-if sweep_stored and status(store(), sweep_name).state != "running" and not run_manager().is_alive(sweep_name):
+# Results once the sweep's run has ended (a queued or running sweep shows its progress above).
+if sweep_stored and not status(store(), sweep_name).active:
     result = attempt(lambda: analyse(store(), sweep_name))
+    if result is not None and result.stale:
+        st.warning(md(" ".join(result.stale)))
     if result is not None and result.cells:
         st.altair_chart(charts.sweep_heatmaps(result))
         st.altair_chart(charts.pareto_chart(result))

@@ -1,7 +1,9 @@
 """Variants: add, edit and delete variants and the vectors they use.
 
-The steering-edit editor is built from each method's declared fields, so a method added
-to the engine's registry shows up here without changes to this page.
+The steering-edit editor is built from each method's declared settings (one pydantic
+declaration per method gives its validation, stored form and these fields), so a method
+added to the engine's registry, or installed as a plugin, shows up here without changes
+to this page.
 """
 
 from __future__ import annotations
@@ -27,6 +29,17 @@ from service.editing import (
     upload_vector,
 )
 from service.summary import generation_counts
+
+
+def _flattened(settings: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{inner}": v for inner, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
 
 page_header("Variants")
 name = chosen_experiment("owner", "editing variants and vectors")
@@ -126,7 +139,8 @@ elif kind == "steering":
     vector_names = [v.name for v in spec.vectors]
     if not vector_names:
         st.warning("This experiment has no vectors yet: add one below first.")
-    old = [i.to_dict() for i in existing.interventions] if existing else []
+    # Flattened like the form's fields: a nested setting ('condition': {'applies': ...}) is 'condition.applies'.
+    old = [_flattened(i.to_dict()) for i in existing.interventions] if existing else []
     count = int(st.number_input("Stacked edits", 1, 8, max(1, len(old)), key=f"count:{k}"))
     edits = []
     for j in range(count):

@@ -8,18 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from engine.fields import Where, check_keys
 from engine.methods.base import (
-    SCOPE_FIELD,
-    VECTOR_LAYERS_SCOPE_FIELDS,
     PositionMasks,
     PreparedEdit,
     VectorLayersMethod,
-    read_vector_layers_scope,
+    VectorLayersScope,
     unit_directions,
     vector_for,
 )
@@ -32,19 +28,15 @@ class Ablate(VectorLayersMethod):
     name = "ablate"
     title = "Directional ablation"
     summary = "Project the vector's direction out of the hidden states at the chosen layers."
-    fields = (*VECTOR_LAYERS_SCOPE_FIELDS, SCOPE_FIELD)
+    settings = VectorLayersScope
 
     vector: str
     layer_list: tuple[int, ...]
     scope: str = "all"
 
     @classmethod
-    def parse(cls, raw: Mapping[str, Any], where: Where) -> Ablate:
-        check_keys(raw, ("vector", "layers", "scope"), where)
-        return cls(*read_vector_layers_scope(raw, where))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"method": self.name, "vector": self.vector, "layers": list(self.layer_list), "scope": self.scope}
+    def from_settings(cls, settings: VectorLayersScope) -> Ablate:
+        return cls(settings.vector, settings.layers, settings.scope)
 
     def prepare(self, model: LoadedModel, vectors: Mapping[str, SteeringVector]) -> PreparedEdit:
         return _Ablation(

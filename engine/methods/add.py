@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated
 
 import torch
+from pydantic import Field
 
-from engine.fields import Where, as_choice, as_coefficient, as_int_list, as_str, check_keys, required
+from engine.declaration import COEFFICIENT, LAYERS, VECTOR, Settings, choice
 from engine.methods.base import (
     SCOPES,
-    FieldInfo,
     PositionMasks,
     PreparedEdit,
     VectorLayersMethod,
@@ -27,17 +27,23 @@ from engine.models import LoadedModel
 from engine.vectors import SteeringVector
 
 
+class AddSettings(Settings):
+    vector: Annotated[str, VECTOR] = Field(description="Which of the experiment's vectors to add.")
+    layers: Annotated[tuple[int, ...], LAYERS] = Field(
+        description="Decoder layers whose output is edited.", examples=[[0]]
+    )
+    coefficient: Annotated[float, COEFFICIENT] = Field(
+        description="Strength; negative steers the other way.", examples=[4.0]
+    )
+    scope: Annotated[str, choice(SCOPES)] = Field("all", description="Which tokens are steered.")
+
+
 @dataclass(frozen=True)
 class AddVector(VectorLayersMethod):
     name = "add"
     title = "Vector addition"
     summary = "Add a steering vector, times a coefficient, to the hidden states at the chosen layers."
-    fields = (
-        FieldInfo("vector", "vector", help="Which of the experiment's vectors to add."),
-        FieldInfo("layers", "layers", default=[0], help="Decoder layers whose output is edited."),
-        FieldInfo("coefficient", "float", default=4.0, help="Strength; negative steers the other way."),
-        FieldInfo("scope", "choice", default="all", choices=SCOPES, help="Which tokens are steered."),
-    )
+    settings = AddSettings
 
     vector: str
     layer_list: tuple[int, ...]
@@ -45,23 +51,8 @@ class AddVector(VectorLayersMethod):
     scope: str = "all"
 
     @classmethod
-    def parse(cls, raw: Mapping[str, Any], where: Where) -> AddVector:
-        check_keys(raw, ("vector", "layers", "coefficient", "scope"), where)
-        return cls(
-            vector=as_str(required(raw, "vector", where), where.child("vector")),
-            layer_list=as_int_list(required(raw, "layers", where), where.child("layers")),
-            coefficient=as_coefficient(required(raw, "coefficient", where), where.child("coefficient")),
-            scope=as_choice(raw.get("scope", "all"), SCOPES, where.child("scope")),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "method": self.name,
-            "vector": self.vector,
-            "layers": list(self.layer_list),
-            "coefficient": self.coefficient,
-            "scope": self.scope,
-        }
+    def from_settings(cls, settings: AddSettings) -> AddVector:
+        return cls(settings.vector, settings.layers, settings.coefficient, settings.scope)
 
     def prepare(self, model: LoadedModel, vectors: Mapping[str, SteeringVector]) -> PreparedEdit:
         deltas = scaled_deltas(vector_for(vectors, self.vector), self.layer_list, self.coefficient, model)

@@ -6,9 +6,16 @@ into a :class:`PreparedEdit`: tensors on the model's device plus ``apply``, the 
 edit at one layer. The batch machinery in :mod:`engine.steering` decides which rows an
 edit touches; a method only sees its own rows.
 
+A method declares its settings once, as a :class:`engine.declaration.Settings` model
+(``settings``): parsing, the stored form (``to_dict``), the dashboard's form fields
+(``fields``) and the JSON Schema of experiment files all come from that declaration; the
+method itself only says how to build itself from validated settings (``from_settings``)
+and how to edit (``prepare``).
+
 Subclasses register themselves by name when their module is imported; every module in
-:mod:`engine.methods` is imported by :func:`engine.methods.registry`, so adding a method
-is adding a module.
+:mod:`engine.methods` is imported by :func:`engine.methods.registry`, and so is every
+installed plugin's ``steerlab.methods`` entry point (:mod:`engine.plugins`), so adding a
+method is adding a module.
 """
 
 from __future__ import annotations
@@ -16,10 +23,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
+from pydantic import Field
 
+from engine.declaration import LAYERS, VECTOR, Settings, choice, form_fields
+from engine.declaration import FieldInfo as FieldInfo  # re-exported: the form widgets import it from here
 from engine.errors import SteerLabError
 from engine.fields import Where
 from engine.models import LoadedModel
@@ -59,17 +69,6 @@ class PositionMasks:
     def prompt_only(attention_mask: torch.Tensor) -> PositionMasks:
         prompt = attention_mask.bool()
         return PositionMasks(prompt, torch.zeros_like(prompt))
-
-
-@dataclass(frozen=True)
-class FieldInfo:
-    """One setting of a method, described for forms (the dashboard builds widgets from it)."""
-
-    name: str
-    kind: Literal["vector", "layers", "float", "int", "choice", "text", "texts", "bool"]
-    default: Any = None
-    help: str = ""
-    choices: tuple[str, ...] = ()
 
 
 class PreparedEdit(ABC):
@@ -129,23 +128,39 @@ class SteeringMethod(ABC):
     name: ClassVar[str]
     title: ClassVar[str]
     summary: ClassVar[str]
-    fields: ClassVar[tuple[FieldInfo, ...]]
+    # The one declaration of the method's settings: validation, plain data, the dashboard's
+    # form fields and the JSON Schema of experiment files all come from it.
+    settings: ClassVar[type[Settings]]
+    fields: ClassVar[tuple[FieldInfo, ...]]  # derived from ``settings``
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if "settings" in cls.__dict__:
+            cls.fields = form_fields(cls.settings)
         if "name" in cls.__dict__:
             if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
                 raise RuntimeError(f"two steering methods are named {cls.name!r}")
+            if not (isinstance(getattr(cls, "settings", None), type) and issubclass(cls.settings, Settings)):
+                raise TypeError(f"steering method {cls.name!r} declares no settings (a Settings subclass)")
             _REGISTRY[cls.name] = cls
 
     @classmethod
-    @abstractmethod
     def parse(cls, raw: Mapping[str, Any], where: Where) -> SteeringMethod:
         """Validate settings from a file or form; raise SteerLabError naming the field."""
+        return cls.from_settings(cls.settings.checked(raw, where))
 
+    @classmethod
     @abstractmethod
+    def from_settings(cls, settings: Any) -> SteeringMethod:
+        """The method with these validated settings (an instance of ``cls.settings``)."""
+
     def to_dict(self) -> dict[str, Any]:
-        """The settings as plain data, such that ``parse(to_dict())`` gives them back."""
+        """The settings as plain data, such that ``parse(to_dict())`` gives them back.
+
+        Read from the attributes named like the declared fields (``layers`` is the property).
+        """
+        values = {key: getattr(self, key) for key in self.settings.model_fields}
+        return {"method": self.name, **self.settings.model_construct(**values).plain()}
 
     @property
     @abstractmethod
@@ -226,13 +241,6 @@ def unit_directions(vector: SteeringVector, layers: Sequence[int], model: Loaded
     return out
 
 
-VECTOR_LAYERS_SCOPE_FIELDS = (
-    FieldInfo("vector", "vector", help="Which of the experiment's vectors."),
-    FieldInfo("layers", "layers", default=[0], help="Decoder layers whose output is edited."),
-)
-SCOPE_FIELD = FieldInfo("scope", "choice", default="all", choices=SCOPES, help="Which tokens are edited.")
-
-
 class VectorLayersMethod(SteeringMethod):
     """A method that edits with one experiment vector at a list of layers (add, ablate, conditional)."""
 
@@ -245,3 +253,13 @@ class VectorLayersMethod(SteeringMethod):
 
     def vector_names(self) -> tuple[str, ...]:
         return (self.vector,)
+
+
+class VectorLayersScope(Settings):
+    """The settings most methods share: which vector, which layers, which tokens."""
+
+    vector: Annotated[str, VECTOR] = Field(description="Which of the experiment's vectors.")
+    layers: Annotated[tuple[int, ...], LAYERS] = Field(
+        description="Decoder layers whose output is edited.", examples=[[0]]
+    )
+    scope: Annotated[str, choice(SCOPES)] = Field("all", description="Which tokens are edited.")

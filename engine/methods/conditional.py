@@ -19,33 +19,21 @@ import itertools
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import Field
 
+from engine.declaration import COEFFICIENT, LAYERS, VECTOR, Check, Settings, choice, nested, number, texts, whole
 from engine.errors import SteerLabError
 from engine.extract import READ_POSITIONS, read_activations
-from engine.fields import (
-    Where,
-    as_choice,
-    as_coefficient,
-    as_float,
-    as_int,
-    as_list,
-    as_mapping,
-    as_str,
-    check_keys,
-    required,
-)
+from engine.fields import Where, as_float
 from engine.methods.base import (
-    SCOPE_FIELD,
-    VECTOR_LAYERS_SCOPE_FIELDS,
-    FieldInfo,
+    SCOPES,
     ModelFacts,
     PositionMasks,
     PreparedEdit,
     VectorLayersMethod,
-    read_vector_layers_scope,
     scaled_deltas,
     vector_for,
 )
@@ -56,59 +44,61 @@ MODES = ("hard", "soft")
 COMPARATORS = (">", "<")
 
 
-@dataclass(frozen=True)
-class Condition:
-    applies: tuple[str, ...]
-    not_applies: tuple[str, ...]
-    threshold: float
-    comparator: str = ">"
-    mode: str = "hard"
-    layer: int | None = None  # None: the first steered layer
-    read: str = "mean"
-    sharpness: float = 10.0
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "applies": list(self.applies),
-            "not_applies": list(self.not_applies),
-            "threshold": self.threshold,
-            "comparator": self.comparator,
-            "mode": self.mode,
-            "read": self.read,
-            "sharpness": self.sharpness,
-        }
-        if self.layer is not None:
-            out["layer"] = self.layer
-        return out
-
-
-def _texts(raw: Mapping[str, Any], key: str, where: Where) -> tuple[str, ...]:
-    items = as_list(required(raw, key, where), where.child(key))
-    if not items:
-        where.child(key).fail("is an empty list", "give at least one example text")
-    return tuple(as_str(t, where.child(key).child(i)) for i, t in enumerate(items))
-
-
-def parse_condition(raw: Any, where: Where) -> Condition:
-    data = as_mapping(raw, where)
-    check_keys(data, ("applies", "not_applies", "threshold", "comparator", "mode", "layer", "read", "sharpness"), where)
-    threshold = as_float(required(data, "threshold", where), where.child("threshold"))
+def _threshold(value: Any, where: Where) -> float:
+    threshold = as_float(value, where)
     if not -1.0 <= threshold <= 1.0:
-        where.child("threshold").fail(
+        where.fail(
             f"is {threshold}, outside the range of cosine similarity [-1, 1]",
             "pick a value in [-1, 1] (python -m engine calibrate suggests one)",
         )
-    layer = data.get("layer")
-    return Condition(
-        applies=_texts(data, "applies", where),
-        not_applies=_texts(data, "not_applies", where),
-        threshold=threshold,
-        comparator=as_choice(data.get("comparator", ">"), COMPARATORS, where.child("comparator")),
-        mode=as_choice(data.get("mode", "hard"), MODES, where.child("mode")),
-        layer=None if layer is None else as_int(layer, where.child("layer"), 0),
-        read=as_choice(data.get("read", "mean"), READ_POSITIONS, where.child("read")),
-        sharpness=as_float(data.get("sharpness", 10.0), where.child("sharpness"), 0.0, 1e4),
+    return threshold
+
+
+THRESHOLD = Check(_threshold, {"type": "number", "minimum": -1.0, "maximum": 1.0}, "float")
+
+
+class Condition(Settings):
+    """When a conditional edit applies: learnt from example prompts, decided by a similarity threshold."""
+
+    applies: Annotated[tuple[str, ...], texts(what="example text")] = Field(
+        description="Prompts where the behaviour should apply."
     )
+    not_applies: Annotated[tuple[str, ...], texts(what="example text")] = Field(
+        description="Prompts where it should not."
+    )
+    threshold: Annotated[float, THRESHOLD] = Field(
+        description="Cosine-similarity threshold in [-1, 1].", examples=[0.0]
+    )
+    comparator: Annotated[str, choice(COMPARATORS)] = Field(
+        ">", description="Steer when the similarity is above (>) or below (<)."
+    )
+    mode: Annotated[str, choice(MODES)] = Field("hard", description="hard: per-row gate; soft: per-token sigmoid.")
+    layer: Annotated[int | None, whole(0)] = Field(
+        None, description="Layer whose hidden state is compared (default: the first steered layer)."
+    )
+    read: Annotated[str, choice(READ_POSITIONS)] = Field(
+        "mean", description="Compare the prompt's last token or its mean over tokens."
+    )
+    sharpness: Annotated[float, number(0.0, 1e4)] = Field(
+        10.0, description="Soft mode: how steeply the sigmoid turns similarity into strength."
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.plain()
+
+
+def parse_condition(raw: Any, where: Where) -> Condition:
+    return Condition.checked(raw, where)
+
+
+class ConditionalSettings(Settings):
+    vector: Annotated[str, VECTOR] = Field(description="Which of the experiment's vectors.")
+    layers: Annotated[tuple[int, ...], LAYERS] = Field(
+        description="Decoder layers whose output is edited.", examples=[[0]]
+    )
+    coefficient: Annotated[float, COEFFICIENT] = Field(description="Strength of the behaviour vector.", examples=[2.0])
+    scope: Annotated[str, choice(SCOPES)] = Field("all", description="Which tokens are edited.")
+    condition: Annotated[Condition, nested(Condition)] = Field(description="When the edit applies.")
 
 
 @dataclass(frozen=True)
@@ -116,28 +106,7 @@ class ConditionalAdd(VectorLayersMethod):
     name = "conditional"
     title = "Conditional steering (prompt-conditioned mask)"
     summary = "Add the vector only where the prompt resembles the 'applies' examples more than the 'not applies' ones."
-    fields = (
-        *VECTOR_LAYERS_SCOPE_FIELDS,
-        FieldInfo("coefficient", "float", default=2.0, help="Strength of the behaviour vector."),
-        SCOPE_FIELD,
-        FieldInfo("condition.applies", "texts", help="Prompts where the behaviour should apply."),
-        FieldInfo("condition.not_applies", "texts", help="Prompts where it should not."),
-        FieldInfo("condition.threshold", "float", default=0.0, help="Cosine-similarity threshold in [-1, 1]."),
-        FieldInfo(
-            "condition.comparator",
-            "choice",
-            default=">",
-            choices=COMPARATORS,
-            help="Steer when the similarity is above (>) or below (<).",
-        ),
-        FieldInfo(
-            "condition.mode",
-            "choice",
-            default="hard",
-            choices=MODES,
-            help="hard: per-row gate; soft: per-token sigmoid.",
-        ),
-    )
+    settings = ConditionalSettings
 
     vector: str
     layer_list: tuple[int, ...]
@@ -146,27 +115,8 @@ class ConditionalAdd(VectorLayersMethod):
     condition: Condition
 
     @classmethod
-    def parse(cls, raw: Mapping[str, Any], where: Where) -> ConditionalAdd:
-        data = _unflatten(raw)
-        check_keys(data, ("vector", "layers", "coefficient", "scope", "condition"), where)
-        vector, layers, scope = read_vector_layers_scope(data, where)
-        return cls(
-            vector,
-            layers,
-            scope,
-            as_coefficient(required(data, "coefficient", where), where.child("coefficient")),
-            parse_condition(required(data, "condition", where), where.child("condition")),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "method": self.name,
-            "vector": self.vector,
-            "layers": list(self.layer_list),
-            "coefficient": self.coefficient,
-            "scope": self.scope,
-            "condition": self.condition.to_dict(),
-        }
+    def from_settings(cls, settings: ConditionalSettings) -> ConditionalAdd:
+        return cls(settings.vector, settings.layers, settings.scope, settings.coefficient, settings.condition)
 
     @property
     def condition_layer(self) -> int:
@@ -185,15 +135,6 @@ class ConditionalAdd(VectorLayersMethod):
         directions = condition_directions(model, self.condition)
         deltas = scaled_deltas(vector_for(vectors, self.vector), self.layer_list, self.coefficient, model)
         return _Conditional(self, deltas, directions, time.perf_counter() - started)
-
-
-def _unflatten(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """Accept dashboard-style ``condition.x`` keys as well as a nested ``condition`` mapping."""
-    out: dict[str, Any] = {k: v for k, v in raw.items() if not k.startswith("condition.")}
-    nested = {k.split(".", 1)[1]: v for k, v in raw.items() if k.startswith("condition.")}
-    if nested:
-        out["condition"] = {**(raw.get("condition") or {}), **nested}
-    return out
 
 
 def _tokens(model: LoadedModel, texts: Sequence[str]) -> list[list[int]]:

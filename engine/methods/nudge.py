@@ -15,18 +15,18 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import Field, ValidationInfo, model_validator
 
+from engine.declaration import VECTOR, Settings, choice, number, texts, where_of, whole
 from engine.errors import SteerLabError
-from engine.fields import MAX_COEFFICIENT, Where, as_choice, as_float, as_int, as_list, as_str, check_keys, required
+from engine.fields import MAX_COEFFICIENT, Where
 from engine.generation import forward, left_pad, positions_from_mask
 from engine.layers import hidden_output, replace_hidden_output
 from engine.methods.base import (
-    SCOPE_FIELD,
     SCOPES,
-    FieldInfo,
     ModelFacts,
     PositionMasks,
     PreparedEdit,
@@ -43,30 +43,45 @@ TARGETS = ("words", "avoid", "vector")
 MAX_STEPS = 100
 
 
+class NudgeSettings(Settings):
+    layer: Annotated[int, whole()] = Field(description="The decoder layer whose output is nudged.", examples=[0])
+    target: Annotated[str, choice(TARGETS)] = Field(
+        "words", description="Raise target words, lower avoided ones, or turn toward a vector."
+    )
+    words: Annotated[tuple[str, ...], texts(what="word", verb="list")] = Field(
+        (), description="Target (or avoided) words, for the words/avoid targets."
+    )
+    vector: Annotated[str, VECTOR] = Field("", description="For the vector target.")
+    steps: Annotated[int, whole(maximum=MAX_STEPS)] = Field(
+        description="Optimisation steps (forward + backward each).", examples=[5]
+    )
+    step_size: Annotated[float, number(1e-6, MAX_COEFFICIENT)] = Field(2.0, description="Length of each step.")
+    max_norm: Annotated[float, number(1e-6, MAX_COEFFICIENT)] = Field(
+        8.0, description="Largest length the delta may reach."
+    )
+    reapply_every: Annotated[int, whole(0, 100_000)] = Field(
+        0, description="Optimise again every k generated tokens (0 = only on the prompt)."
+    )
+    scope: Annotated[str, choice(SCOPES)] = Field("all", description="Which tokens are edited.")
+
+    @model_validator(mode="after")
+    def _target_has_what_it_needs(self, info: ValidationInfo) -> NudgeSettings:
+        where = where_of(info)
+        if self.steps < 1:
+            where.child("steps").fail(f"is {self.steps}, so nothing would be optimised", "give 1 or more steps")
+        if self.target == "vector" and not self.vector:
+            where.child("vector").fail("is missing", "add it")
+        if self.target != "vector" and not self.words:
+            where.child("words").fail("is missing", "add it")
+        return self
+
+
 @dataclass(frozen=True)
 class Nudge(SteeringMethod):
     name = "nudge"
     title = "Gradient-guided nudging"
     summary = "Optimise a small per-row delta at one layer so the model leans toward target words (or a vector)."
-    fields = (
-        FieldInfo("layer", "int", default=0, help="The decoder layer whose output is nudged."),
-        FieldInfo(
-            "target",
-            "choice",
-            default="words",
-            choices=TARGETS,
-            help="Raise target words, lower avoided ones, or turn toward a vector.",
-        ),
-        FieldInfo("words", "texts", help="Target (or avoided) words, for the words/avoid targets."),
-        FieldInfo("vector", "vector", help="For the vector target."),
-        FieldInfo("steps", "int", default=5, help="Optimisation steps (forward + backward each)."),
-        FieldInfo("step_size", "float", default=2.0, help="Length of each step."),
-        FieldInfo("max_norm", "float", default=8.0, help="Largest length the delta may reach."),
-        FieldInfo(
-            "reapply_every", "int", default=0, help="Optimise again every k generated tokens (0 = only on the prompt)."
-        ),
-        SCOPE_FIELD,
-    )
+    settings = NudgeSettings
 
     layer: int
     target: str
@@ -79,32 +94,18 @@ class Nudge(SteeringMethod):
     scope: str = "all"
 
     @classmethod
-    def parse(cls, raw: Mapping[str, Any], where: Where) -> Nudge:
-        keys = ("layer", "target", "words", "vector", "steps", "step_size", "max_norm", "reapply_every", "scope")
-        check_keys(raw, keys, where)
-        target = as_choice(raw.get("target", "words"), TARGETS, where.child("target"))
-        steps = as_int(required(raw, "steps", where), where.child("steps"), maximum=MAX_STEPS)
-        if steps < 1:
-            where.child("steps").fail(f"is {steps}, so nothing would be optimised", "give 1 or more steps")
-        words: tuple[str, ...] = ()
-        vector = ""
-        if target == "vector":
-            vector = as_str(required(raw, "vector", where), where.child("vector"))
-        else:
-            items = as_list(required(raw, "words", where), where.child("words"))
-            if not items:
-                where.child("words").fail("is an empty list", "list at least one word")
-            words = tuple(as_str(w, where.child("words").child(i)) for i, w in enumerate(items))
+    def from_settings(cls, settings: NudgeSettings) -> Nudge:
+        vector_target = settings.target == "vector"
         return cls(
-            layer=as_int(required(raw, "layer", where), where.child("layer")),
-            target=target,
-            steps=steps,
-            step_size=as_float(raw.get("step_size", 2.0), where.child("step_size"), 1e-6, MAX_COEFFICIENT),
-            max_norm=as_float(raw.get("max_norm", 8.0), where.child("max_norm"), 1e-6, MAX_COEFFICIENT),
-            words=words,
-            vector=vector,
-            reapply_every=as_int(raw.get("reapply_every", 0), where.child("reapply_every"), 0, 100_000),
-            scope=as_choice(raw.get("scope", "all"), SCOPES, where.child("scope")),
+            layer=settings.layer,
+            target=settings.target,
+            steps=settings.steps,
+            step_size=settings.step_size,
+            max_norm=settings.max_norm,
+            words=() if vector_target else settings.words,
+            vector=settings.vector if vector_target else "",
+            reapply_every=settings.reapply_every,
+            scope=settings.scope,
         )
 
     def to_dict(self) -> dict[str, Any]:

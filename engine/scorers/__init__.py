@@ -1,4 +1,4 @@
-"""Automatic scorers: one module per kind, found by :func:`registry`."""
+"""Automatic scorers: one module per kind (or a plugin's ``steerlab.scorers`` entry point), found by :func:`registry`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import importlib
 import pkgutil
 from typing import Any
 
+from engine import plugins
 from engine.fields import Where, as_choice, as_mapping, as_str, required
 from engine.scorers.base import Scorer, registered_scorers
 
@@ -14,6 +15,7 @@ def registry() -> dict[str, type[Scorer]]:
     for info in pkgutil.iter_modules(__path__):
         if info.name != "base":
             importlib.import_module(f"{__name__}.{info.name}")
+    plugins.load(plugins.SCORERS_GROUP, Scorer, registered_scorers, "kind")
     return registered_scorers()
 
 

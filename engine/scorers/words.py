@@ -8,11 +8,13 @@ phrase (each phrase counts as one hit).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated
 
-from engine.fields import Where, as_list, as_str, check_keys, required
+from pydantic import Field
+
+from engine.declaration import Settings, texts
 from engine.scorers.base import Scorer
 
 _WORD = re.compile(r"[a-z0-9']+")
@@ -22,25 +24,25 @@ def words_of(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
+class WordListSettings(Settings):
+    words: Annotated[tuple[str, ...], texts(lowercase=True, what="word", verb="list")] = Field(
+        description="Words (case-blind); 'cr*' matches any word starting with 'cr', 'all alone' a phrase.",
+        examples=[["sad", "cry*", "all alone"]],
+    )
+
+
 @dataclass(frozen=True)
 class WordListScorer(Scorer):
     kind = "words"
     summary = "Share of words in the output that are on a word list (per generation)."
+    settings = WordListSettings
 
     name: str
     words: tuple[str, ...]
 
     @classmethod
-    def parse(cls, name: str, raw: Mapping[str, Any], where: Where) -> WordListScorer:
-        check_keys(raw, ("words",), where)
-        items = as_list(required(raw, "words", where), where.child("words"))
-        words = tuple(as_str(w, where.child("words").child(i)).strip().lower() for i, w in enumerate(items))
-        if not words:
-            where.child("words").fail("is an empty list", "list at least one word")
-        return cls(name, words)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "words": list(self.words)}
+    def from_settings(cls, name: str, settings: WordListSettings) -> WordListScorer:
+        return cls(name, settings.words)
 
     def score(self, texts: Sequence[str], references: Sequence[Sequence[str]] | None = None) -> list[float]:
         return [self.rate(text) for text in texts]

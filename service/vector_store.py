@@ -1,0 +1,92 @@
+"""Steering vectors in the store: read a run's vector files, reuse stored vectors, extract the rest.
+
+A stored vector is reused only if it was extracted for this model, from these pairs, by
+this method and reading; otherwise it is extracted again and stored with that provenance
+(``model_id``, ``hidden_size``, ``method``, ``pairs_hash``, ``extraction_seconds``). The
+vector's definition itself lives in the experiment's definition, not in its row.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from db import repository as repo
+from db.store import Store
+from engine.errors import SteerLabError
+from engine.extract import extract_vector
+from engine.models import LoadedModel
+from engine.prompting import plain_tokens
+from engine.spec import ExperimentSpec, VectorSpec
+from engine.vectors import SteeringVector, hash_pairs, load_vector
+from service.catalog import get_experiment
+
+
+def read_vector_files(spec: ExperimentSpec, model: LoadedModel, source: str) -> dict[str, bytes]:
+    """The bytes of every vector the definition names by file, each checked against the model."""
+    out = {}
+    for vector in spec.vectors:
+        if vector.file is not None:
+            loaded = load_vector(vector.file, vector.name)
+            loaded.check_fits(model.hidden_size, model.model_id, f"{source}: vector file '{vector.file}'")
+            out[vector.name] = Path(vector.file).read_bytes()
+    return out
+
+
+def ensure_vectors(
+    store: Store, name: str, spec: ExperimentSpec, model: LoadedModel, only: set[str] | None = None
+) -> dict[str, SteeringVector]:
+    """Every vector the variants use, extracted now if not stored for this model and pairs."""
+    needed = only if only is not None else {n for v in spec.variants for n in v.vector_names()}
+    out: dict[str, SteeringVector] = {}
+    for vector_spec in spec.vectors:
+        if vector_spec.name not in needed:
+            continue
+        with store.session() as session:
+            row = next(v for v in get_experiment(session, name).vectors if v.name == vector_spec.name)
+            stored = row.data
+        vector = usable_vector(stored, vector_spec, model, name)
+        if vector is None:
+            vector = extract(model, vector_spec)
+            with store.session() as session:
+                row = next(v for v in get_experiment(session, name).vectors if v.name == vector_spec.name)
+                repo.store_vector_data(
+                    session,
+                    row,
+                    vector.to_bytes(),
+                    model.model_id,
+                    vector.hidden_size,
+                    vector.method,
+                    vector.pairs_hash,
+                    vector.extraction_seconds,
+                )
+        out[vector_spec.name] = vector
+    return out
+
+
+def usable_vector(data: bytes | None, spec: VectorSpec, model: LoadedModel, experiment: str) -> SteeringVector | None:
+    """The stored vector if it still matches its definition and the model; None if it must be extracted."""
+    if data is None:
+        if spec.file is not None:
+            raise SteerLabError(
+                f"Vector '{spec.name}' of experiment '{experiment}' has no stored data; import its file again."
+            )
+        return None
+    vector = SteeringVector.from_bytes(data, source=f"stored vector '{spec.name}'", name=spec.name)
+    if spec.file is not None:
+        vector.check_fits(model.hidden_size, model.model_id, f"stored vector '{spec.name}'")
+        return vector
+    used = [spec.pairs[spec.pair_index]] if spec.method == "single_pair" else list(spec.pairs)
+    fresh = vector.model_id == model.model_id and vector.pairs_hash == hash_pairs(used) and vector.method == spec.method
+    return vector if fresh and vector.read == spec.read else None
+
+
+def extract(model: LoadedModel, spec: VectorSpec) -> SteeringVector:
+    return extract_vector(
+        model,
+        spec.name,
+        spec.pairs,
+        lambda text: plain_tokens(model, text),
+        method=spec.method,
+        read=spec.read,
+        pair_index=spec.pair_index,
+    )

@@ -1,0 +1,170 @@
+"""SteerLab on a real PostgreSQL server: the store, a run, votes, Compare, exports and deletes.
+
+The server is a throwaway one (tests/postgres.py) on 127.0.0.1; every test has its own database.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from sqlalchemy import func, select, text
+
+from db.migrate import head_revision
+from db.schema import Generation, Rating, Run
+from db.store import Store, StoreError
+from engine.errors import SteerLabError
+from engine.experiment_file import load_experiment_file
+from service.catalog import delete_experiment, list_experiments, save_spec
+from service.comparison import compare
+from service.export import export_csv, export_data
+from service.jobs import enqueue, status
+from service.rating import next_item, record_vote
+from service.running import RunOptions, run_experiment_file
+from tests.conftest import MOOD_FILE, ROOT, needs_models
+from tests.postgres import PostgresServer, postgres_server
+from tests.test_worker import FAST, wait_for
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[PostgresServer]:
+    with postgres_server() as running:
+        yield running
+
+
+def _open(url: str, results: Any) -> None:
+    try:
+        store = Store(url)
+        with store.engine.connect() as connection:
+            results.put(connection.execute(text("SELECT version_num FROM alembic_version")).scalar())
+    except Exception as exc:  # reported to the test, which names it
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_four_processes_opening_a_new_postgresql_store_at_once_create_it_once(server: PostgresServer) -> None:
+    url = server.new_database()
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    workers = [ctx.Process(target=_open, args=(url, results), daemon=True) for _ in range(4)]
+    try:
+        for w in workers:
+            w.start()
+        outcomes = [results.get(timeout=120) for _ in workers]
+    finally:
+        for w in workers:
+            w.join(timeout=30)
+            if w.is_alive():
+                w.kill()
+    assert outcomes == [head_revision()] * 4
+
+
+def test_a_password_in_a_postgresql_url_never_shows_in_its_error(server: PostgresServer) -> None:
+    url = f"postgresql+psycopg://steerlab:S3cretPassw0rd@127.0.0.1:{server.port}/no_such_database"
+    with pytest.raises(StoreError) as caught:
+        Store(url)
+    assert "S3cretPassw0rd" not in str(caught.value)
+    assert "no_such_database" in str(caught.value)
+
+
+@needs_models
+def test_run_vote_compare_export_and_delete_on_postgresql(server: PostgresServer, tmp_path: Path) -> None:
+    data = yaml.safe_load(MOOD_FILE.read_text())
+    data["generation"].update(samples_per_prompt=1, max_new_tokens=8)
+    data["prompts"] = data["prompts"][:2]
+    data["variants"] = data["variants"][:3]
+    path = tmp_path / "mood.yaml"
+    path.write_text(yaml.safe_dump(data))
+    store = Store(server.new_database())
+    result = run_experiment_file(store, path, RunOptions(device="cpu"))
+    assert result.status == "done" and result.total == 6
+    name = result.experiment
+    assert run_experiment_file(store, path, RunOptions(device="cpu")).generated == 0  # complete: nothing twice
+
+    item = next_item(store, name, "erin")
+    assert item is not None
+    record_vote(store, name, "erin", item.left_id, item.right_id, "left")
+    with pytest.raises(SteerLabError, match="already rated this pair"):
+        record_vote(store, name, "erin", item.right_id, item.left_id, "right")  # same pair, sides swapped
+    comparison = compare(store, name, bootstrap_rounds=50)
+    assert comparison is not None
+    ratings = export_data(store, name)["ratings"]
+    assert [r["rater"] for r in ratings] == ["erin"]
+    assert export_csv(store, name).count("\n") == 7  # a header and one row per output
+
+    with store.session() as session:
+        assert session.scalar(select(func.count()).select_from(Generation)) == 6
+        assert session.scalar(select(func.count()).select_from(Rating)) == 1
+    delete_experiment(store, name, "test")
+    assert [e.name for e in list_experiments(store)] == []
+    with store.session() as session:  # the cascade reached every row
+        for table in (Generation, Rating, Run):
+            assert session.scalar(select(func.count()).select_from(table)) == 0
+
+
+def _count(store: Store, query: str) -> int:
+    with store.engine.connect() as connection:
+        return int(connection.execute(text(query)).scalar() or 0)
+
+
+@contextmanager
+def _worker(url: str) -> Iterator[subprocess.Popen[str]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", "worker", "--db", url],
+        cwd=ROOT,
+        env={**os.environ, **FAST},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+@needs_models
+def test_workers_on_two_hosts_share_a_postgresql_queue_and_take_over_a_killed_run(
+    server: PostgresServer, tmp_path: Path
+) -> None:
+    """What two hosts on one database URL do: one worker is killed mid-run; of the two left, one takes it over."""
+    url = server.new_database()
+    store = Store(url)
+    data = yaml.safe_load(MOOD_FILE.read_text())
+    data["generation"].update(samples_per_prompt=2, max_new_tokens=16)
+    data["prompts"] = data["prompts"][:4]
+    path = tmp_path / "mood.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with store.session() as session:
+        save_spec(session, None, load_experiment_file(path))
+    run_id = enqueue(store, "tinystories_mood", RunOptions(batch_size=4, device="cpu"))
+    with pytest.raises(SteerLabError, match="already has a queued or running run"):
+        enqueue(store, "tinystories_mood", RunOptions(device="cpu"))  # the partial unique index, on PostgreSQL
+    with _worker(url) as first:
+        wait_for(
+            lambda: _count(store, "SELECT count(*) FROM generations") >= 8 or first.poll() is not None,
+            120,
+            "the first batches",
+        )
+        assert first.poll() is None, first.stdout.read() if first.stdout else ""
+        first.send_signal(signal.SIGKILL)
+    with _worker(url) as second, _worker(url) as third:
+        wait_for(lambda: status(store, "tinystories_mood").state in ("done", "failed"), 180, "the takeover")
+        for proc in (second, third):
+            proc.send_signal(signal.SIGTERM)
+        outputs = [proc.communicate(timeout=60)[0] for proc in (second, third)]
+    assert "".join(outputs).count("taken over") == 1, outputs
+    s = status(store, "tinystories_mood")
+    assert (s.state, s.run_id, s.attempts, s.done, s.total) == ("done", run_id, 2, 56, 56), s
+    assert _count(store, "SELECT count(*) FROM generations") == 56
+    assert _count(store, "SELECT count(DISTINCT (variant_id, prompt_id, sample_index)) FROM generations") == 56
