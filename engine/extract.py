@@ -19,13 +19,13 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+# The names experiment files may use live in a torch-free module; re-exported here.
+from engine.extraction_choices import EXTRACTION_METHODS as EXTRACTION_METHODS
+from engine.extraction_choices import READ_POSITIONS as READ_POSITIONS
 from engine.generation import forward, left_pad, positions_from_mask
 from engine.layers import hidden_output
 from engine.models import LoadedModel
 from engine.vectors import SteeringVector, hash_pairs
-
-EXTRACTION_METHODS = ("mean_diff", "pca", "single_pair")
-READ_POSITIONS = ("last", "mean")
 
 
 def read_activations(

@@ -20,22 +20,12 @@ from typing import Any
 
 import torch
 
+# Decoding is plain settings that experiment definitions hold, so it lives in a torch-free module; re-exported here.
+from engine.decoding import Decoding as Decoding
 from engine.errors import RunCancelled
 from engine.methods.base import PositionMasks
 from engine.models import LoadedModel
 from engine.steering import BatchSteering
-
-
-@dataclass(frozen=True)
-class Decoding:
-    """How new tokens are chosen."""
-
-    max_new_tokens: int = 48
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 0  # 0 = no top-k cut
-    top_p: float = 1.0  # 1.0 = no nucleus cut
-    stop_at_eos: bool = True  # benchmarks switch this off so every row runs the same length
 
 
 def left_pad(model: LoadedModel, prompts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:

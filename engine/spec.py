@@ -11,6 +11,10 @@ What a file may hold is declared once, as pydantic models (:class:`ExperimentSet
 :class:`GenerationSettings`, :class:`VariantSettings`, and each method's and scorer's own
 settings): they validate, and :mod:`engine.spec_schema` turns them into the JSON Schema of
 experiment files. The specs themselves stay frozen dataclasses (callers ``replace`` them).
+
+Importing this module (and parsing an experiment) loads neither torch nor transformers, so
+the store, the dashboard's forms and other front ends can read and check definitions
+without them; tests/test_torch_free.py keeps it so.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ from engine.declaration import (
     where_of,
     whole,
 )
-from engine.extract import EXTRACTION_METHODS, READ_POSITIONS
+from engine.decoding import Decoding
+from engine.extraction_choices import EXTRACTION_METHODS, READ_POSITIONS
 from engine.fields import (
     MAX_NAME_CHARS,
     Where,
@@ -49,11 +54,10 @@ from engine.fields import (
     check_keys,
     required,
 )
-from engine.generation import Decoding
 from engine.methods.base import ModelFacts, SteeringMethod
 from engine.scorers import Scorer, parse_scorer
 from engine.sweep_config import parse_sweep
-from engine.training import TRAINING_METHODS, TrainingSpec, parse_training
+from engine.training_spec import TRAINING_METHODS, TrainingSpec, parse_training
 
 VARIANT_KINDS = ("baseline", "prompting", "steering", "lora", "finetune")
 CHAT_TEMPLATE_MODES = ("auto", "off")

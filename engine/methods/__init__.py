@@ -3,6 +3,8 @@
 To add a method, add a module here with one :class:`SteeringMethod` subclass that sets
 ``name``, or ship it in a package of your own under the ``steerlab.methods`` entry point
 (:mod:`engine.plugins`); experiment files, the CLI and the dashboard pick it up from the registry.
+Import torch inside ``prepare`` and the edit's methods, not at the top of the module: parsing an
+experiment imports every method, and definitions are read where torch is not loaded.
 """
 
 from __future__ import annotations

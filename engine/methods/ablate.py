@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from engine.methods.base import (
     PositionMasks,
@@ -19,8 +18,12 @@ from engine.methods.base import (
     unit_directions,
     vector_for,
 )
-from engine.models import LoadedModel
-from engine.vectors import SteeringVector
+
+if TYPE_CHECKING:  # annotations only: importing a method must not load torch (see engine.methods.base)
+    import torch
+
+    from engine.models import LoadedModel
+    from engine.vectors import SteeringVector
 
 
 @dataclass(frozen=True)

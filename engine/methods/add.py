@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import torch
 from pydantic import Field
 
 from engine.declaration import COEFFICIENT, LAYERS, VECTOR, Settings, choice
@@ -23,8 +22,12 @@ from engine.methods.base import (
     scaled_deltas,
     vector_for,
 )
-from engine.models import LoadedModel
-from engine.vectors import SteeringVector
+
+if TYPE_CHECKING:  # annotations only: importing a method must not load torch (see engine.methods.base)
+    import torch
+
+    from engine.models import LoadedModel
+    from engine.vectors import SteeringVector
 
 
 class AddSettings(Settings):

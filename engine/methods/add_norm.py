@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from engine.methods.add import AddVector
 from engine.methods.base import PositionMasks, PreparedEdit, scaled_deltas, vector_for
-from engine.models import LoadedModel
-from engine.vectors import SteeringVector
+
+if TYPE_CHECKING:  # annotations only: importing a method must not load torch (see engine.methods.base)
+    import torch
+
+    from engine.models import LoadedModel
+    from engine.vectors import SteeringVector
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,8 @@ class _NormPreserving(PreparedEdit):
         self.layers, self._deltas, self._scope = layers, deltas, scope
 
     def apply(self, layer: int, hidden: torch.Tensor, masks: PositionMasks) -> torch.Tensor:
+        import torch
+
         moved = hidden + self._deltas[layer]
         rescaled = moved * (hidden.norm(dim=-1, keepdim=True) / moved.norm(dim=-1, keepdim=True).clamp_min(1e-12))
         return torch.where(masks.scope(self._scope).unsqueeze(-1), rescaled, hidden)

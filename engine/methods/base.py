@@ -16,6 +16,12 @@ Subclasses register themselves by name when their module is imported; every modu
 :mod:`engine.methods` is imported by :func:`engine.methods.registry`, and so is every
 installed plugin's ``steerlab.methods`` entry point (:mod:`engine.plugins`), so adding a
 method is adding a module.
+
+Parsing an experiment imports every method, and experiment definitions are read where
+torch is not wanted (the store, the dashboard's forms), so this module and the built-in
+methods never import torch when they are imported: torch and the model and vector types
+appear here only in annotations, and a method imports what computes (torch, engine.extract,
+engine.generation) inside the functions that build or apply its tensors.
 """
 
 from __future__ import annotations
@@ -23,17 +29,20 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-import torch
 from pydantic import Field
 
 from engine.declaration import LAYERS, VECTOR, Settings, choice, form_fields
 from engine.declaration import FieldInfo as FieldInfo  # re-exported: the form widgets import it from here
 from engine.errors import SteerLabError
 from engine.fields import Where
-from engine.models import LoadedModel
-from engine.vectors import SteeringVector
+
+if TYPE_CHECKING:  # annotations only: importing this module must not load torch
+    import torch
+
+    from engine.models import LoadedModel
+    from engine.vectors import SteeringVector
 
 SCOPES = ("prompt", "generated", "all")
 Scope = Literal["prompt", "generated", "all"]
@@ -67,6 +76,8 @@ class PositionMasks:
 
     @staticmethod
     def prompt_only(attention_mask: torch.Tensor) -> PositionMasks:
+        import torch  # here: importing the method interface must not load torch
+
         prompt = attention_mask.bool()
         return PositionMasks(prompt, torch.zeros_like(prompt))
 

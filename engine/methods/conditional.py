@@ -19,14 +19,13 @@ import itertools
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import torch
 from pydantic import Field
 
 from engine.declaration import COEFFICIENT, LAYERS, VECTOR, Check, Settings, choice, nested, number, texts, whole
 from engine.errors import SteerLabError
-from engine.extract import READ_POSITIONS, read_activations
+from engine.extraction_choices import READ_POSITIONS
 from engine.fields import Where, as_float
 from engine.methods.base import (
     SCOPES,
@@ -37,8 +36,12 @@ from engine.methods.base import (
     scaled_deltas,
     vector_for,
 )
-from engine.models import LoadedModel
-from engine.vectors import SteeringVector
+
+if TYPE_CHECKING:  # annotations only: importing a method must not load torch (see engine.methods.base)
+    import torch
+
+    from engine.models import LoadedModel
+    from engine.vectors import SteeringVector
 
 MODES = ("hard", "soft")
 COMPARATORS = (">", "<")
@@ -143,6 +146,8 @@ def _tokens(model: LoadedModel, texts: Sequence[str]) -> list[list[int]]:
 
 def condition_directions(model: LoadedModel, condition: Condition) -> torch.Tensor:
     """Unit condition direction per layer, ``[layers, hidden]``, on the model's device."""
+    from engine.extract import read_activations
+
     applies = read_activations(model, _tokens(model, condition.applies), condition.read).mean(0)
     not_applies = read_activations(model, _tokens(model, condition.not_applies), condition.read).mean(0)
     difference = applies - not_applies
@@ -158,6 +163,10 @@ def similarities(
     model: LoadedModel, prompts: Sequence[Sequence[int]], directions: torch.Tensor, layer: int, read: str
 ) -> torch.Tensor:
     """Cosine similarity of each prompt's hidden state at ``layer`` with the condition direction."""
+    import torch
+
+    from engine.extract import read_activations
+
     hidden = read_activations(model, prompts, read)[:, layer].to(directions.device, directions.dtype)
     return torch.nn.functional.cosine_similarity(hidden, directions[layer].expand_as(hidden), dim=-1)
 
@@ -182,6 +191,8 @@ class _Conditional(PreparedEdit):
         self._gate = sims > c.threshold if c.comparator == ">" else sims < c.threshold
 
     def apply(self, layer: int, hidden: torch.Tensor, masks: PositionMasks) -> torch.Tensor:
+        import torch
+
         c = self._spec.condition
         scope = masks.scoped(self._spec.scope, hidden.dtype)
         if c.mode == "soft":
@@ -216,6 +227,8 @@ class Calibration:
 
 def calibrate(model: LoadedModel, spec: ConditionalAdd) -> Calibration:
     """The threshold that best separates the condition's own examples (by F1), and its scores."""
+    import torch
+
     c = spec.condition
     directions = condition_directions(model, c)
     texts = list(c.applies) + list(c.not_applies)

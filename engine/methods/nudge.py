@@ -15,16 +15,13 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import torch
 from pydantic import Field, ValidationInfo, model_validator
 
 from engine.declaration import VECTOR, Settings, choice, number, texts, where_of, whole
 from engine.errors import SteerLabError
 from engine.fields import MAX_COEFFICIENT, Where
-from engine.generation import forward, left_pad, positions_from_mask
-from engine.layers import hidden_output, replace_hidden_output
 from engine.methods.base import (
     SCOPES,
     ModelFacts,
@@ -33,8 +30,12 @@ from engine.methods.base import (
     SteeringMethod,
     vector_for,
 )
-from engine.models import LoadedModel
-from engine.vectors import SteeringVector
+
+if TYPE_CHECKING:  # annotations only: importing a method must not load torch (see engine.methods.base)
+    import torch
+
+    from engine.models import LoadedModel
+    from engine.vectors import SteeringVector
 
 TARGETS = ("words", "avoid", "vector")
 
@@ -140,6 +141,8 @@ class Nudge(SteeringMethod):
             )
 
     def prepare(self, model: LoadedModel, vectors: Mapping[str, SteeringVector]) -> PreparedEdit:
+        import torch
+
         goal: torch.Tensor
         if self.target == "vector":
             goal = vector_for(vectors, self.vector).for_layer(self.layer).to(model.device, torch.float32)
@@ -191,6 +194,11 @@ class _Nudging(PreparedEdit):
         self._optimise(model, sequences)
 
     def _optimise(self, model: LoadedModel, token_lists: Sequence[Sequence[int]]) -> None:
+        import torch
+
+        from engine.generation import forward, left_pad, positions_from_mask
+        from engine.layers import hidden_output, replace_hidden_output
+
         started = time.perf_counter()
         s = self._spec
         ids, mask = left_pad(model, token_lists)
@@ -231,6 +239,8 @@ class _Nudging(PreparedEdit):
         self._seconds += time.perf_counter() - started
 
     def _objective(self, logits: torch.Tensor, mask: torch.Tensor, last_hidden: torch.Tensor) -> torch.Tensor:
+        import torch
+
         if self._spec.target == "vector":
             return torch.nn.functional.cosine_similarity(last_hidden, self._goal.expand_as(last_hidden), dim=-1).sum()
         # log P(next token is a target word), at every real position of the text: a delta
