@@ -82,7 +82,7 @@ def _live_status(
             _start_button(left, name, key, options, noun, resume_only, s)
         if right.button(
             f"Cancel {noun}", disabled=not s.active or s.cancel_requested, key=f"cancel:{key}:{name}"
-        ) and cancel(store(), name):
+        ) and cancel(store(), name, identity()):
             st.info("Cancelling after the current step; finished batches stay stored.", icon=":material/info:")
     if done_message and s.state == "done" and s.total and s.done >= s.total:
         st.success(done_message, icon=":material/check_circle:")
@@ -118,12 +118,11 @@ def _worker_line(s: RunStatus) -> None:
         heard = f", last heartbeat {duration(age)} ago" if age is not None else ""
         again = f" (attempt {s.attempts}: taken over from a worker that stopped)" if s.attempts > 1 else ""
         st.caption(f"Run {s.run_id} is run by worker {md(s.worker)}{heard}{again}.")
-    elif s.state == "queued":
-        st.caption(f"Run {s.run_id} is queued; a worker starts it shortly.")
-    if s.active:
-        warning = missing_worker(store())
-        if warning:
-            st.warning(warning, icon=":material/warning:")  # our own sentence: its `command` renders as code
+    warning = missing_worker(store()) if s.active else ""
+    if s.state == "queued":
+        st.caption(f"Run {s.run_id} is queued" + ("." if warning else "; a worker starts it shortly."))
+    if warning:
+        st.warning(warning, icon=":material/warning:")  # our own sentence: its `command` renders as code
 
 
 def _errors(s: RunStatus) -> None:
@@ -151,12 +150,12 @@ def _start_button(
     label = f"Resume {noun}" if resumable else f"Start {noun}"
     finished = s.state == "done" and s.done >= s.total
     if column.button(label, type="primary", disabled=s.active or finished or s.total == 0, key=f"start:{key}:{name}"):
+        # No page-level "queued" message on success: it would stay on screen while the live
+        # status moves on to running and done; the status line says "queued" while it is true.
         try:
-            run_id = enqueue(store(), name, options(), who=identity().user)
+            enqueue(store(), name, options(), who=identity())
         except USER_ERRORS as exc:
             flash(md(exc), "error")
-        else:
-            flash(f"{noun.capitalize()} queued (run {run_id}); a worker starts it shortly.")
         st.rerun(scope="app")
 
 

@@ -19,17 +19,22 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from db.store import Store, StoreError, resolve_url
 from engine.errors import SteerLabError
 from engine.fields import printable
-from engine.runner import Progress
+from service.access import Identity
 from service.catalog import list_experiments
 from service.cli_tables import format_experiments, format_status, format_suite_task, format_summary, format_sweep
 from service.export import export_csv, export_json
 from service.logs import configure_logging
-from service.running import RunOptions
+
+if TYPE_CHECKING:
+    from engine.runner import Progress
+
+# Commands that run a model import what runs it inside themselves (see the gap noted in
+# service.jobs: the status tables still import the run code, and with it torch).
 
 PROG = "steerlab"
 DB_HELP = "SQLAlchemy URL or SQLite file (default: $STEERLAB_DB or steerlab.db)"
@@ -212,7 +217,7 @@ class _ProgressBar:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from service.running import run_experiment_file
+    from service.running import RunOptions, run_experiment_file
 
     store = Store(args.db)
     options = RunOptions(
@@ -221,7 +226,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.queue:
         from service.jobs import queue_experiment_file
 
-        run_id = queue_experiment_file(store, args.file, options, who=f"command line on {_host()}")
+        run_id = queue_experiment_file(
+            store, args.file, options, who=Identity(f"command line on {_host()}", signed_in=False)
+        )
         print(f"Queued run {run_id} ({store.display_url}); a worker will run it: watch it with `steerlab status`.")
         return 0
     progress = _ProgressBar("generating")
@@ -297,6 +304,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    from service.running import RunOptions
     from service.sweeps import promote_cells, run_sweep_file
 
     store = Store(args.db)
@@ -351,6 +359,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _suite(args: argparse.Namespace) -> int:
+    from service.running import RunOptions
     from service.suite import run_suite, suite_files
 
     files = suite_files(args.all, args.only)

@@ -22,6 +22,8 @@ from db import repository as repo
 from db import runs
 from db.store import Store
 from engine.experiment_file import load_experiment_file
+from service import audit
+from service.access import LOCAL, Identity, require
 from service.catalog import get_experiment
 from service.lease import poll_seconds
 from service.running import RunOptions, busy_error, store_spec
@@ -88,9 +90,10 @@ class VariantHealth:
         return self.non_finite == 0 and self.empty == 0
 
 
-def enqueue(store: Store, name: str, options: RunOptions | None = None, who: str = "") -> int:
-    """Queue a run of the stored experiment ``name`` for a worker; returns the run's id."""
+def enqueue(store: Store, name: str, options: RunOptions | None = None, who: Identity = LOCAL) -> int:
+    """Queue a run of the stored experiment ``name`` for a worker (owners only); returns the run's id."""
     options = options or RunOptions()
+    require(store, who, name, "owner", "start or resume its runs")
     with store.session() as session:
         experiment = get_experiment(session, name)
         total = len(experiment.prompts) * len(experiment.variants) * _samples(experiment.spec_json)
@@ -98,7 +101,8 @@ def enqueue(store: Store, name: str, options: RunOptions | None = None, who: str
         experiment_id = experiment.id
     try:
         with store.session() as session:
-            run_id = runs.enqueue_run(session, experiment_id, total, done, options.to_json(), who).id
+            run_id = runs.enqueue_run(session, experiment_id, total, done, options.to_json(), who.user).id
+            audit.record(session, who.user, "run queued", name, f"run {run_id}")
     except IntegrityError:  # the database allows one queued-or-running run per experiment
         with store.session() as session:
             active = runs.active_run(session, experiment_id)
@@ -106,7 +110,9 @@ def enqueue(store: Store, name: str, options: RunOptions | None = None, who: str
     return run_id
 
 
-def queue_experiment_file(store: Store, path: str | Path, options: RunOptions | None = None, who: str = "") -> int:
+def queue_experiment_file(
+    store: Store, path: str | Path, options: RunOptions | None = None, who: Identity = LOCAL
+) -> int:
     """Validate and store an experiment file as ``steerlab run`` does, then queue its run; returns the run id."""
     options = options or RunOptions()
     spec = load_experiment_file(path, [Path(d) for d in options.allowed_dirs])
@@ -114,18 +120,30 @@ def queue_experiment_file(store: Store, path: str | Path, options: RunOptions | 
         spec = replace(spec, model=options.model)
     if options.name:
         spec = replace(spec, name=options.name)
+    _refuse_if_busy(store, spec.name)  # before store_spec loads the model: a refusal takes no time
     store_spec(store, spec, str(path), options)
     return enqueue(store, spec.name, options, who)
 
 
-def cancel(store: Store, name: str) -> bool:
-    """Stop the experiment's active run: a queued one never starts, a running one stops after its current step."""
+def _refuse_if_busy(store: Store, name: str) -> None:
+    with store.session() as session:
+        experiment = repo.find_experiment(session, name)
+        active = runs.active_run(session, experiment.id) if experiment is not None else None
+    if active is not None:
+        raise busy_error(name, active.id)
+
+
+def cancel(store: Store, name: str, who: Identity = LOCAL) -> bool:
+    """Stop the experiment's active run (owners only): a queued one never starts, a running one stops
+    after its current step. False when no run is active."""
+    require(store, who, name, "owner", "cancel its runs")
     with store.session() as session:
         run = runs.active_run(session, get_experiment(session, name).id)
         if run is None:
             return False
         if not (run.status == "queued" and runs.cancel_queued(session, run.id)):
             runs.request_cancel(session, run.id)
+        audit.record(session, who.user, "run cancelled", name, f"run {run.id}")
         return True
 
 

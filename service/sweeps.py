@@ -17,6 +17,7 @@ from engine.methods.add import AddVector
 from engine.runner import CancelFlag, Progress
 from engine.spec import ExperimentSpec, VariantSpec
 from engine.sweep import Cell, SweepConfig, pareto_front, parse_cell_name, parse_sweep, recommend, sweep_experiment
+from service.access import LOCAL, Identity
 from service.catalog import import_experiment, load_spec, stored_spec
 from service.editing import model_facts, save_variant
 from service.jobs import enqueue
@@ -95,7 +96,7 @@ SWEEP_FORM_LABELS = {
 
 
 def start_sweep(
-    store: Store, experiment_name: str, raw_config: dict[str, Any], batch_size: int = 32, who: str = ""
+    store: Store, experiment_name: str, raw_config: dict[str, Any], batch_size: int = 32, who: Identity = LOCAL
 ) -> str:
     """Store the sweep experiment and queue its run for a worker; returns the sweep's name."""
     name = create_sweep(store, experiment_name, raw_config)

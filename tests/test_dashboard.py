@@ -167,7 +167,8 @@ def test_run_page_starts_a_background_run_that_finishes(db: Path) -> None:
     at = open_page("run")
     assert "21 / 24" in " ".join(m.value for m in at.metric)
     next(b for b in at.button if b.label == "Resume run").click().run()
-    assert not at.exception and "Run queued" in texts(at)
+    captions = " ".join(str(c.value) for c in at.caption)
+    assert not at.exception and "is queued; a worker starts it shortly" in captions
     assert Worker(Store(str(db)), once=True).run() == 1  # the worker process's loop, in this process
     at.run()
     assert "24 / 24" in " ".join(m.value for m in at.metric)

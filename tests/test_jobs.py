@@ -14,6 +14,7 @@ from db import runs
 from db.store import Store
 from engine.errors import SteerLabError
 from engine.experiment_file import load_experiment_file
+from service.access import Identity
 from service.catalog import get_experiment, save_spec
 from service.jobs import cancel, enqueue, missing_worker, status
 from service.running import RunOptions
@@ -43,7 +44,12 @@ def test_a_second_active_run_is_refused_in_one_sentence_and_a_cancelled_queued_r
     tmp_path: Path,
 ) -> None:
     store = stored_mood(tmp_path, samples=1, tokens=4)
-    first = enqueue(store, "tinystories_mood", RunOptions(batch_size=4, device="cpu"), who="ann@example.com")
+    first = enqueue(
+        store,
+        "tinystories_mood",
+        RunOptions(batch_size=4, device="cpu"),
+        who=Identity("ann@example.com", signed_in=False),
+    )
     assert status(store, "tinystories_mood").state == "queued"
     with pytest.raises(SteerLabError) as refused:
         enqueue(store, "tinystories_mood")
@@ -122,3 +128,23 @@ def test_queued_run_is_watched_cancelled_and_resumed_by_a_worker(tmp_path: Path)
         thread.join()
     finished = status(store, "tinystories_mood")
     assert (finished.done, finished.total, finished.error) == (140, 140, "")
+
+
+def test_only_owners_start_or_cancel_runs_and_both_are_in_the_audit_log(tmp_path: Path) -> None:
+    from service.access import AccessDenied, grant
+    from service.audit import recent
+
+    store = stored_mood(tmp_path, samples=1, tokens=4)
+    rater = Identity("rita@example.com", signed_in=True)
+    grant(store, Identity("admin", signed_in=False), "tinystories_mood", rater.user, "rater")
+    with pytest.raises(AccessDenied):
+        enqueue(store, "tinystories_mood", who=rater)
+    assert status(store, "tinystories_mood").state == "never run", "a refused start stores nothing"
+    run_id = enqueue(store, "tinystories_mood", who=Identity("olga@example.com", signed_in=False))
+    with pytest.raises(AccessDenied):
+        cancel(store, "tinystories_mood", who=rater)
+    assert cancel(store, "tinystories_mood", who=Identity("olga@example.com", signed_in=False))
+    events = [(e.actor, e.action, e.detail) for e in recent(store, "tinystories_mood")]
+    assert ("olga@example.com", "run queued", f"run {run_id}") in events
+    assert ("olga@example.com", "run cancelled", f"run {run_id}") in events
+    assert not any(actor == rater.user for actor, _, _ in events)

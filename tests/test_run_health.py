@@ -246,7 +246,8 @@ def test_run_page_queues_and_says_when_no_worker_is_there(db: Path, monkeypatch:
     save_variant(Store(str(db)), NAME, {"name": "prompt_only", "prefix": "A sad story. "})
     at = open_page("run")
     next(b for b in at.button if b.label == "Resume run").click().run()
-    assert metrics(at)["State"] == "queued" and "Run queued" in texts(at)
+    captions = " ".join(str(c.value) for c in at.caption)
+    assert metrics(at)["State"] == "queued" and "is queued; a worker starts it shortly" in captions
     assert "No worker is running" not in texts(at), "a worker has a moment to claim it"
     monkeypatch.setenv("STEERLAB_POLL_SECONDS", "0.01")
     with Store(str(db)).session() as session:  # as if queued long ago, with no worker to claim it
@@ -255,6 +256,8 @@ def test_run_page_queues_and_says_when_no_worker_is_there(db: Path, monkeypatch:
         run.updated_at = run.updated_at.replace(year=run.updated_at.year - 1)
     at.run()
     assert "No worker is running: 1 queued run is waiting; start one with `steerlab worker`" in texts(at)
+    captions = " ".join(str(c.value) for c in at.caption)
+    assert "is queued." in captions and "starts it shortly" not in captions, "no promise the page then denies"
     next(b for b in at.button if b.label == "Cancel run").click().run()
     at.run()  # the status drawn above the button was read before the click
     assert metrics(at)["State"] == "cancelled" and "No worker is running" not in texts(at)

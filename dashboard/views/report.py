@@ -7,20 +7,22 @@ download is written to the audit log.
 
 from __future__ import annotations
 
+import shlex
+
 import streamlit as st
 
 from dashboard.common import chosen_experiment, identity, page_header, store
-from dashboard.text import md
 from service.export import export_csv, export_json, html_report_for
 
 page_header("Report")
 name = chosen_experiment("analyst", "downloading reports and exports")
 who = identity()
 st.caption(
-    "The HTML report is self-contained: it opens offline, charts included. The same report comes from "
-    f"`python -m engine report {md(name)} --format html -o report.html`. Each file is prepared when you press "
-    "its button."
+    "The HTML report is self-contained: it opens offline, charts included. Each file is prepared when you press "
+    "its button. The same report from the command line:"
 )
+# A code block, not Markdown: the name is shown exactly, quoted for the shell, ready to copy.
+st.code(f"steerlab report {shlex.quote(name)} --format html -o report.html", language="bash")
 c1, c2, c3 = st.columns(3)
 c1.download_button(
     "HTML report",

@@ -12,9 +12,10 @@ from service.running import RunOptions
 page_header("Run")
 name = chosen_experiment()
 st.caption(
-    f"Experiment **{md(name)}**. Start queues the run for a worker process (`steerlab worker`), so it goes on "
-    "whatever happens to this page or the dashboard: leave it, reload it, or open it in another tab or on another "
-    "host, and the progress is the same. A stopped run resumes where it stopped."
+    f"Experiment **{md(name)}**. Start queues the run for a worker process (`steerlab worker`; `scripts/run.sh` "
+    "starts one beside the dashboard), so it goes on whatever happens to this page: leave it, reload it, or open it "
+    "in another tab or on another host, and the progress is the same. If the worker stops (stopping "
+    "`scripts/run.sh` stops both), the run waits in the queue and the next worker resumes it where it stopped."
 )
 st.number_input(
     "Rows per mixed batch",

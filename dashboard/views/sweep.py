@@ -58,7 +58,7 @@ with st.form("sweep_form"):
                 "max_cells": int(max_cells),
             }
             attempt(
-                lambda: start_sweep(store(), name, raw, SWEEP_BATCH, identity().user),
+                lambda: start_sweep(store(), name, raw, SWEEP_BATCH, identity()),
                 "Sweep queued; a worker starts it shortly.",
             )
 
