@@ -110,8 +110,11 @@ def _preparing_alone(engine: Engine) -> Iterator[None]:
 
 def prepare(engine: Engine, url_for_messages: str) -> None:
     """Create or upgrade the schema; a store from a newer SteerLab raises :class:`SchemaError`."""
-    if current_revision(engine) == head_revision():
-        return  # the common case, without taking the lock
+    try:
+        if current_revision(engine) == head_revision():
+            return  # the common case, without taking the lock
+    except SchemaError:
+        pass  # maybe half-created by another process right now (SQLite commits each CREATE): look under the lock
     with _preparing_alone(engine):
         _prepare(engine, url_for_messages)
 

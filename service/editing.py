@@ -15,7 +15,7 @@ from db.store import Store
 from engine import limits
 from engine.errors import SteerLabError
 from engine.experiment_file import parse_experiment_text
-from engine.fields import Where, printable, short
+from engine.fields import Where, as_name, printable, short
 from engine.methods import registry
 from engine.methods.base import FieldInfo, ModelFacts, SteeringMethod
 from engine.model_config import config_facts
@@ -86,9 +86,17 @@ def create_experiment(
     return _store_new(store, spec, source, who)
 
 
-def create_experiment_from_yaml(store: Store, text: str, filename: str, who: Identity = LOCAL) -> ExperimentSpec:
-    """An uploaded experiment file: it comes without a folder, so it may not name other files."""
+def create_experiment_from_yaml(
+    store: Store, text: str, filename: str, who: Identity = LOCAL, name: str = ""
+) -> ExperimentSpec:
+    """An uploaded experiment file: it comes without a folder, so it may not name other files.
+
+    ``name`` (when not blank) stores it under another name than the file's, so a team can
+    upload the same file twice, e.g. to run it again beside the first copy.
+    """
     spec = parse_experiment_text(text, uploaded(filename), None)
+    if name.strip():
+        spec = replace(spec, name=as_name(name, Where.form("the upload form", {"name": "Store as"}).child("name")))
     return _store_new(store, spec, short(printable(filename), 80), who)
 
 
@@ -96,7 +104,10 @@ def _store_new(store: Store, spec: ExperimentSpec, source: str, who: Identity) -
     check_against_model(spec, model_facts(spec.model), source)
     with store.session() as session:
         if repo.find_experiment(session, spec.name) is not None:
-            raise SteerLabError(f"{source}: an experiment named '{spec.name}' already exists; pick another name.")
+            raise SteerLabError(
+                f"{source}: an experiment named '{spec.name}' already exists; pick another name "
+                "(on the dashboard: type one under 'Store as')."
+            )
         experiment = save_spec(session, None, spec)
         make_owner(session, experiment, who)
         audit.record(session, who.user, "created", spec.name, f"from {source}")

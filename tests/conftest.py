@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,19 @@ if HF_CACHE.is_dir():
     os.environ.setdefault("HF_HUB_CACHE", str(HF_CACHE))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Streamlit's AppTest runs a page as the process's __main__ module and leaves it there. A
+# process started later with the "spawn" method re-runs __main__ first, so it would run the
+# dashboard (opening ./steerlab.db) before its own target. Every test starts from pytest's.
+_PYTEST_MAIN = sys.modules["__main__"]
+
+
+@pytest.fixture(autouse=True)
+def _pytest_is_main() -> Iterator[None]:
+    sys.modules["__main__"] = _PYTEST_MAIN
+    yield
+    sys.modules["__main__"] = _PYTEST_MAIN
+
 
 needs_models = pytest.mark.skipif(
     not (HF_CACHE.is_dir() and STORIES260K.is_dir()),

@@ -118,3 +118,23 @@ def test_a_variant_keeps_its_outputs_until_what_decides_them_changes(db: Path, t
         store, "e", {**steered, "interventions": [{**steered["interventions"][0], "coefficient": 2}]}, "steered"
     )
     assert variants_with_outputs(store) == everything - {"steered"}
+
+
+@needs_models
+def test_an_uploaded_file_can_be_stored_under_another_name_and_its_uploader_owns_it(tmp_path: Path) -> None:
+    from service.access import Identity, role_in
+    from service.catalog import list_experiments
+    from service.editing import create_experiment_from_yaml
+    from tests.conftest import MOOD_FILE
+
+    store = Store(str(tmp_path / "upload.db"))
+    text = MOOD_FILE.read_text()
+    ann = Identity("ann@example.com", signed_in=True)
+    assert create_experiment_from_yaml(store, text, "mood.yaml", ann).name == "tinystories_mood"
+    with pytest.raises(SteerLabError, match=r"already exists; pick another name .*'Store as'"):
+        create_experiment_from_yaml(store, text, "mood.yaml", ann)
+    with pytest.raises(SteerLabError, match=r"'Store as'.*101 characters long"):
+        create_experiment_from_yaml(store, text, "mood.yaml", ann, "x" * 101)
+    assert create_experiment_from_yaml(store, text, "mood.yaml", ann, " mood_again ").name == "mood_again"
+    assert role_in(store, ann, "mood_again") == "owner", "the signed-in uploader owns it, not the local user"
+    assert sorted(e.name for e in list_experiments(store)) == ["mood_again", "tinystories_mood"]

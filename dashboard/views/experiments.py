@@ -156,11 +156,19 @@ with new_tab, st.form("new_experiment"):
 
 with upload_tab:
     uploaded = st.file_uploader("Experiment YAML file", type=["yaml", "yml"], key="yaml_upload")
+    store_as = st.text_input(
+        "Store as", key="yaml_store_as", placeholder="the file's own name", help="Another name than the file's."
+    )
     if uploaded is not None and st.button("Create from file", type="primary"):
         with st.spinner("Checking the file and the model…"):
             spec = attempt(
                 partial(
-                    create_experiment_from_yaml, store(), uploaded.getvalue().decode("utf-8", "replace"), uploaded.name
+                    create_experiment_from_yaml,
+                    store(),
+                    uploaded.getvalue().decode("utf-8", "replace"),
+                    uploaded.name,
+                    who,
+                    store_as,
                 )
             )
         if spec is not None:
@@ -168,7 +176,7 @@ with upload_tab:
                 spec.name,
                 f"Created '{md(spec.name)}' with {len(spec.variants)} variants and {len(spec.prompts)} prompts. "
                 "Next: run it on the **Run** page.",
-                ("yaml_upload",),
+                ("yaml_upload", "yaml_store_as"),
             )
 
 names = experiment_names()
