@@ -74,3 +74,10 @@ def variant_figure_sources(session: Session, experiment_id: int) -> dict[int, se
     for variant_id, source_hash in rows:
         out.setdefault(variant_id, set()).add(source_hash)
     return out
+
+
+def generation_count(session: Session, experiment_id: int) -> int:
+    return int(
+        session.scalar(select(func.count()).select_from(Generation).where(Generation.experiment_id == experiment_id))
+        or 0
+    )

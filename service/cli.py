@@ -224,11 +224,15 @@ def _run(args: argparse.Namespace) -> int:
         args.batch_size, args.device, args.dtype, args.model, args.name, args.replace, _allowed_dirs(args)
     )
     if args.queue:
-        from service.jobs import queue_experiment_file
+        from service.jobs import NothingToRun, queue_experiment_file
 
-        run_id = queue_experiment_file(
-            store, args.file, options, who=Identity(f"command line on {_host()}", signed_in=False)
-        )
+        try:
+            run_id = queue_experiment_file(
+                store, args.file, options, who=Identity(f"command line on {_host()}", signed_in=False)
+            )
+        except NothingToRun as done:  # as `run` without --queue: a complete experiment is not an error
+            print(done)
+            return 0
         print(f"Queued run {run_id} ({store.display_url}); a worker will run it: watch it with `steerlab status`.")
         return 0
     progress = _ProgressBar("generating")

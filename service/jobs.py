@@ -21,12 +21,14 @@ from sqlalchemy.exc import IntegrityError
 from db import repository as repo
 from db import runs
 from db.store import Store
+from engine.errors import SteerLabError
 from engine.experiment_file import load_experiment_file
 from service import audit
 from service.access import LOCAL, Identity, require
 from service.catalog import get_experiment
 from service.lease import poll_seconds
 from service.running import RunOptions, busy_error, store_spec
+from service.staleness import all_current
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,10 @@ class VariantHealth:
         return self.non_finite == 0 and self.empty == 0
 
 
+class NothingToRun(SteerLabError):
+    """The experiment is complete and every derived figure is current: a run would do nothing."""
+
+
 def enqueue(store: Store, name: str, options: RunOptions | None = None, who: Identity = LOCAL) -> int:
     """Queue a run of the stored experiment ``name`` for a worker (owners only); returns the run's id."""
     options = options or RunOptions()
@@ -99,6 +105,13 @@ def enqueue(store: Store, name: str, options: RunOptions | None = None, who: Ide
         total = len(experiment.prompts) * len(experiment.variants) * _samples(experiment.spec_json)
         done = len(repo.done_keys(session, experiment.id))
         experiment_id = experiment.id
+        latest = runs.latest_run(session, experiment_id)
+        finished = latest is not None and latest.status == "done"
+    if total and done >= total and finished and all_current(store, name):
+        raise NothingToRun(
+            f"Experiment '{name}' is complete: all {total} outputs are generated and every score and figure "
+            "follows its current definition, so there is nothing to run."
+        )
     try:
         with store.session() as session:
             run_id = runs.enqueue_run(session, experiment_id, total, done, options.to_json(), who.user).id

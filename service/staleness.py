@@ -86,3 +86,27 @@ def warning(stale: list[StaleFigure]) -> str:
     return "Stale figures (shown as stored, but computed from an older definition): " + " ".join(
         s.reason for s in stale
     )
+
+
+def all_current(store: Store, name: str) -> bool:
+    """Whether a run would have nothing to do: every output scored by every scorer and by
+    fluency, every variant measured, and all of it from today's definition.
+
+    Outputs themselves are counted by the caller; this looks only at derived figures.
+    """
+    with store.session() as session:
+        experiment = get_experiment(session, name)
+        spec = stored_spec(experiment)
+        outputs = figures.generation_count(session, experiment.id)
+        score_sources = figures.generation_metric_sources(session, experiment.id)
+        variant_sources = figures.variant_figure_sources(session, experiment.id)
+        variant_ids = {v.name: v.id for v in experiment.variants}
+    wanted = {s.name: scorer_hash(spec, s) for s in spec.scorers}
+    wanted[FLUENCY] = fluency_hash(spec)
+    for metric, source in wanted.items():
+        if score_sources.get(metric, {}) != {source: outputs}:
+            return False
+    return all(
+        variant_sources.get(variant_ids.get(v.name, -1), set()) == {variant_figures_hash(spec, v)}
+        for v in spec.variants
+    )

@@ -58,6 +58,18 @@ def test_run_queue_then_a_worker_then_status(tmp_path: Path, capsys: pytest.Capt
     out = capsys.readouterr().out
     assert "done (run 1)" in out and "14 / 14 generations" in out and "traceback" not in out
     assert (tmp_path / "q.db.log").read_text().count("Run 1 of 'tinystories_mood' ended: done") == 1
+    # Queuing it again: complete, every figure current, so no pointless run is made.
+    assert main(["run", str(path), "--db", db, "--queue", "--device", "cpu"]) == 0
+    assert "is complete" in capsys.readouterr().out
+    assert main(["status", "tinystories_mood", "--db", db]) == 0
+    assert "done (run 1)" in capsys.readouterr().out
+    # A changed scorer makes its scores stale: now there is something to run.
+    data["scorers"][0]["words"] = ["the", "a"]
+    path.write_text(yaml.safe_dump(data))
+    assert main(["run", str(path), "--db", db, "--queue", "--device", "cpu"]) == 0
+    assert "Queued run 2" in capsys.readouterr().out
+    assert main(["worker", "--once", "--db", db]) == 0
+    capsys.readouterr()
 
     assert main(["score", "tinystories_mood", "--db", db, "--device", "cpu"]) == 0
     table = capsys.readouterr().out
