@@ -25,7 +25,7 @@ from dashboard.common import flash, identity, store
 from dashboard.text import md
 from service import USER_ERRORS
 from service.jobs import RunStatus, VariantHealth, cancel, enqueue, health, missing_worker, status
-from service.running import GENERATING, RunOptions
+from service.run_options import GENERATING, RunOptions
 
 STOPPED = ("failed", "cancelled", "interrupted")
 

@@ -27,7 +27,7 @@ from service import audit
 from service.access import LOCAL, Identity, require
 from service.catalog import get_experiment
 from service.lease import poll_seconds
-from service.running import RunOptions, busy_error, store_spec
+from service.run_options import RunOptions, busy_error
 from service.staleness import all_current
 
 
@@ -134,6 +134,8 @@ def queue_experiment_file(
     if options.name:
         spec = replace(spec, name=options.name)
     _refuse_if_busy(store, spec.name)  # before store_spec loads the model: a refusal takes no time
+    from service.running import store_spec  # the engine (torch) only where a model is loaded
+
     store_spec(store, spec, str(path), options)
     return enqueue(store, spec.name, options, who)
 

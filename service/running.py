@@ -8,7 +8,6 @@ the units still missing; the unique (variant, prompt, sample) key rules out dupl
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import traceback
@@ -35,35 +34,17 @@ from engine.training import adapt
 from service.catalog import get_experiment, import_experiment, stored_spec
 from service.lease import Heartbeat, lease_seconds, owner_name
 from service.measurements import store_variant_figures
+from service.run_options import EXTRACTING, LOADING, PREPARING, TRAINING, busy_error
+
+# Re-exported: callers import these from here as well as from service.run_options.
+from service.run_options import GENERATING as GENERATING
+from service.run_options import MEASURING as MEASURING
+from service.run_options import SCORING as SCORING
+from service.run_options import RunOptions as RunOptions
 from service.scoring import score_experiment, score_fluency
 from service.vector_store import ensure_vectors, read_vector_files
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    batch_size: int = 8
-    device: str = "auto"
-    dtype: str = "auto"
-    model: str | None = None  # overrides the file's model
-    name: str | None = None  # overrides the file's experiment name
-    replace: bool = False  # discard a stored experiment whose definition differs
-    # Folders besides the experiment file's own from which the file may name prompt and vector files.
-    allowed_dirs: tuple[str, ...] = ()
-
-    def to_json(self) -> str:
-        """What a queued run needs to be run by a worker (``runs.options_json``)."""
-        return json.dumps({"batch_size": self.batch_size, "device": self.device, "dtype": self.dtype})
-
-    @classmethod
-    def from_json(cls, text: str) -> RunOptions:
-        stored = json.loads(text or "{}")
-        return cls(
-            batch_size=int(stored.get("batch_size", cls.batch_size)),
-            device=str(stored.get("device", cls.device)),
-            dtype=str(stored.get("dtype", cls.dtype)),
-        )
 
 
 @dataclass(frozen=True)
@@ -314,12 +295,6 @@ def _finish(
     return status
 
 
-def busy_error(name: str, run_id: int) -> SteerLabError:
-    return SteerLabError(
-        f"Experiment '{name}' already has a queued or running run (run {run_id}); wait for it or cancel it."
-    )
-
-
 def _take(
     session: Session, experiment: Experiment, total: int, done: int, options: RunOptions, owner: str, lease: float
 ) -> int:
@@ -354,18 +329,6 @@ def _take(
         again = runs.active_run(session, experiment.id)
         raise busy_error(experiment.name, again.id if again is not None else 0) from None
     return run.id
-
-
-# What a run is doing, stored in ``Run.phase`` (a finished run keeps the phase it stopped in,
-# except a run that is done, whose phase is empty).
-LOADING = "loading model"
-PREPARING = "preparing"
-EXTRACTING = "extracting vectors"
-TRAINING = "training baselines"
-GENERATING = "generating"
-MEASURING = "measuring side effects"
-SCORING = "scoring"
-PHASES = (LOADING, PREPARING, EXTRACTING, TRAINING, GENERATING, MEASURING, SCORING)
 
 
 def describe_error(exc: Exception) -> str:

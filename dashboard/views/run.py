@@ -7,7 +7,7 @@ import streamlit as st
 from dashboard.common import chosen_experiment, page_header
 from dashboard.run_status import health_warnings, run_status
 from dashboard.text import md
-from service.running import RunOptions
+from service.run_options import RunOptions
 
 page_header("Run")
 name = chosen_experiment()

@@ -11,7 +11,7 @@ from service import charts
 from service.catalog import list_experiments, load_spec
 from service.editing import model_facts
 from service.jobs import status
-from service.running import RunOptions
+from service.run_options import RunOptions
 from service.sweeps import analyse, promote_cells, start_sweep
 
 page_header("Sweep")

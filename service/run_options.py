@@ -1,0 +1,54 @@
+"""How a run is asked for (its options), the phases it reports, and the "busy" sentence.
+
+Kept apart from :mod:`service.running`, which imports the engine (and torch): the queue,
+the status tables, the Run page and the command line's quick commands need only these.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from engine.errors import SteerLabError
+
+# What a run is doing, stored in ``Run.phase`` (a finished run keeps the phase it stopped in,
+# except a run that is done, whose phase is empty).
+LOADING = "loading model"
+PREPARING = "preparing"
+EXTRACTING = "extracting vectors"
+TRAINING = "training baselines"
+GENERATING = "generating"
+MEASURING = "measuring side effects"
+SCORING = "scoring"
+PHASES = (LOADING, PREPARING, EXTRACTING, TRAINING, GENERATING, MEASURING, SCORING)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    batch_size: int = 8
+    device: str = "auto"
+    dtype: str = "auto"
+    model: str | None = None  # overrides the file's model
+    name: str | None = None  # overrides the file's experiment name
+    replace: bool = False  # discard a stored experiment whose definition differs
+    # Folders besides the experiment file's own from which the file may name prompt and vector files.
+    allowed_dirs: tuple[str, ...] = ()
+
+    def to_json(self) -> str:
+        """What a queued run needs to be run by a worker (``runs.options_json``)."""
+        return json.dumps({"batch_size": self.batch_size, "device": self.device, "dtype": self.dtype})
+
+    @classmethod
+    def from_json(cls, text: str) -> RunOptions:
+        stored = json.loads(text or "{}")
+        return cls(
+            batch_size=int(stored.get("batch_size", cls.batch_size)),
+            device=str(stored.get("device", cls.device)),
+            dtype=str(stored.get("dtype", cls.dtype)),
+        )
+
+
+def busy_error(name: str, run_id: int) -> SteerLabError:
+    return SteerLabError(
+        f"Experiment '{name}' already has a queued or running run (run {run_id}); wait for it or cancel it."
+    )
