@@ -20,7 +20,7 @@ from db.store import Store
 from engine.stats import Estimate, bootstrap_mean
 from service import cache
 from service.catalog import get_experiment, stored_spec
-from service.scoring import FLUENCY
+from service.provenance import FLUENCY
 
 
 @dataclass(frozen=True)

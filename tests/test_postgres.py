@@ -6,12 +6,8 @@ The server is a throwaway one (tests/postgres.py) on 127.0.0.1; every test has i
 from __future__ import annotations
 
 import multiprocessing
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +26,9 @@ from service.export import export_csv, export_data
 from service.jobs import enqueue, status
 from service.rating import next_item, record_vote
 from service.running import RunOptions, run_experiment_file
-from tests.conftest import MOOD_FILE, ROOT, needs_models
+from tests.conftest import MOOD_FILE, needs_models
 from tests.postgres import PostgresServer, postgres_server
-from tests.test_worker import FAST, wait_for
+from tests.test_worker import wait_for, worker_process
 
 
 @pytest.fixture(scope="module")
@@ -115,24 +111,6 @@ def _count(store: Store, query: str) -> int:
         return int(connection.execute(text(query)).scalar() or 0)
 
 
-@contextmanager
-def _worker(url: str) -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine", "worker", "--db", url],
-        cwd=ROOT,
-        env={**os.environ, **FAST},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-
-
 @needs_models
 def test_workers_on_two_hosts_share_a_postgresql_queue_and_take_over_a_killed_run(
     server: PostgresServer, tmp_path: Path
@@ -150,7 +128,7 @@ def test_workers_on_two_hosts_share_a_postgresql_queue_and_take_over_a_killed_ru
     run_id = enqueue(store, "tinystories_mood", RunOptions(batch_size=4, device="cpu"))
     with pytest.raises(SteerLabError, match="already has a queued or running run"):
         enqueue(store, "tinystories_mood", RunOptions(device="cpu"))  # the partial unique index, on PostgreSQL
-    with _worker(url) as first:
+    with worker_process(url) as first:
         wait_for(
             lambda: _count(store, "SELECT count(*) FROM generations") >= 8 or first.poll() is not None,
             120,
@@ -158,7 +136,7 @@ def test_workers_on_two_hosts_share_a_postgresql_queue_and_take_over_a_killed_ru
         )
         assert first.poll() is None, first.stdout.read() if first.stdout else ""
         first.send_signal(signal.SIGKILL)
-    with _worker(url) as second, _worker(url) as third:
+    with worker_process(url) as second, worker_process(url) as third:
         wait_for(lambda: status(store, "tinystories_mood").state in ("done", "failed"), 180, "the takeover")
         for proc in (second, third):
             proc.send_signal(signal.SIGTERM)

@@ -48,3 +48,15 @@ def test_reading_experiment_definitions_loads_no_torch() -> None:
     assert {"add", "add_norm", "ablate", "conditional", "nudge"} <= set(result["methods"])
     assert {"words", "classifier"} <= set(result["scorers"])
     assert result["heavy"] == [], f"reading a definition imported {result['heavy']}"
+
+
+def test_the_command_line_and_the_run_queue_start_without_torch() -> None:
+    # `steerlab list`, `status`, `export`, `report` and the Run page's queue load no model,
+    # so they must not pay for importing torch (seconds on a small machine).
+    probe = (
+        "import json, sys; import service.cli, service.jobs, service.run_options; "
+        f"print(json.dumps(sorted(n for n in {HEAVY!r} if n in sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []

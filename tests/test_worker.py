@@ -65,7 +65,8 @@ def generations(db: Path) -> int:
 
 
 @contextmanager
-def worker_process(db: Path, *args: str) -> Iterator[subprocess.Popen[str]]:
+def worker_process(db: Path | str, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """`steerlab worker` as its own process on a SQLite file or a database URL, killed at the end."""
     command = [sys.executable, "-m", "engine", "worker", "--db", str(db), *args]
     proc = subprocess.Popen(
         command, cwd=ROOT, env={**os.environ, **FAST}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
