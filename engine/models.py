@@ -121,15 +121,27 @@ def _load_uncached(model_id: str, device: torch.device, dtype: torch.dtype) -> L
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _check_model_reference(model_id)
-    source = _locate(model_id)
+    folder, gguf_file = split_gguf(model_id)
+    source = _locate(folder)
     local_only = source != "hub"  # never wait on the network for files already on disk
+    extra: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_id, local_files_only=local_only)
-        model: Any = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype, local_files_only=local_only)
+        # A tokenizer saved beside a GGUF file (with its chat template) wins over the one inside the file.
+        beside = gguf_file is not None and source == "folder" and (Path(folder) / "tokenizer_config.json").is_file()
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=local_only, **({} if beside else extra))
+        model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=local_only, **extra)
     except (OSError, ValueError, KeyError) as exc:
         raise SteerLabError(_explain_load_failure(model_id, source, exc)) from exc
     model = model.to(device)
     return wrap_model(model_id, model, tokenizer)
+
+
+def split_gguf(model_id: str) -> tuple[str, str | None]:
+    """``(folder or hub id, GGUF file name)`` of a model reference; the name is None unless it ends in .gguf."""
+    if not model_id.lower().endswith(".gguf"):
+        return model_id, None
+    path = Path(model_id)
+    return str(path.parent), path.name
 
 
 def _check_model_reference(model_id: str) -> None:

@@ -67,3 +67,20 @@ def store(tmp_path: Path) -> Iterator[object]:
     s = Store(str(tmp_path / "test.db"))
     yield s
     s.close()
+
+
+SMOLLM2_DIR = SHARED / "models" / "smollm2-135m-instruct"
+SMOLLM2 = str(SMOLLM2_DIR / "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct from its GGUF file: Llama, 30 layers, hidden 576, ChatML template.
+
+    Loading dequantises every tensor (seconds to tens of seconds on 2 cores), so it is loaded once per session.
+    """
+    if not Path(SMOLLM2).is_file():
+        pytest.skip("../shared/models/smollm2-135m-instruct is missing")
+    from engine.models import load_model
+
+    return load_model(SMOLLM2, device="cpu")
