@@ -62,6 +62,9 @@ class Experiment(Base):
     # The secret of this experiment's rater link: whoever signs in through it becomes a
     # rater of this experiment (and of nothing else). None: no link handed out.
     rater_token: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Which exact weights the model reference named when a run last loaded it (JSON; see
+    # engine.model_source): a GGUF file's SHA-256, a hub revision. "{}" until the first run.
+    model_source: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
 
     prompts: Mapped[list[Prompt]] = relationship(
         back_populates="experiment", order_by="Prompt.position", cascade="all, delete-orphan", passive_deletes=True

@@ -2,13 +2,21 @@
 
 Figures (each a median over interleaved repeats, so machine noise hits both sides):
 - ``steer_overhead_ratio``: a batch with every row steered at one layer / the same batch unsteered;
-- ``mixed_batch_speedup``: 8 variants x 8 prompts run one variant at a time (8 batches of 8)
-  / the same 64 rows as one mixed batch;
+- ``mixed_batch_speedup`` (batching): 8 variants x 8 prompts run one variant at a time
+  (8 batches of 8) / the same 64 rows as one mixed batch;
+- ``mixing_cost_ratio`` (mixing): one batch of 64 rows that each carry a different
+  variant (64 distinct additions) / the same 64 rows all carrying one variant; 1.0 means
+  mixing is free. ``mixing_cost_ratio_gather_scatter`` is the same with the fused
+  addition path turned off (what distinct non-additive edits cost);
+- ``plain_tokens_per_second`` / ``steered_tokens_per_second``: generated tokens of the
+  overhead batch per second (prefill included);
 - ``toggle_ms``: attach + detach of a 3-layer edit;
 - ``reversibility_max_abs_diff``: largest logit difference between the untouched model
   and the model after an edit was attached, used and removed (must be 0.0).
 Headline keys are for the GPT-2-small-sized model (12 layers, hidden 768, random
-weights); ``models`` holds the figures of each model measured.
+weights), except ``mixing_cost_ratio`` and the ``smollm2_*`` keys, which come from the
+real instruct model SmolLM2-135M-Instruct (30 layers, hidden 576, from the shared GGUF
+file, prompted through its chat template); ``models`` holds the figures of each model.
 """
 
 from __future__ import annotations
@@ -17,11 +25,14 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from engine.generation import Decoding, generate
+from engine.chat import Message, render_chat
+from engine.generation import Decoding, forward, generate, left_pad, positions_from_mask
+from engine.layers import hidden_output
 from engine.measure import measure_reversibility, toggle_milliseconds
 from engine.methods.add import AddVector
 from engine.methods.base import PreparedEdit
@@ -30,6 +41,25 @@ from engine.steering import BatchSteering
 from engine.vectors import SteeringVector
 
 TINYSTORIES = "raincandy-u/TinyStories-656K"
+# The shared folder beside the project, as the tests and the demo experiment expect it.
+SMOLLM2 = (
+    Path(__file__).resolve().parents[2]
+    / "shared"
+    / "models"
+    / "smollm2-135m-instruct"
+    / ("SmolLM2-135M-Instruct.Q4_1.gguf")
+)
+SMOLLM2_LABEL = "smollm2-135m-instruct"
+QUESTIONS = (
+    "How do I make a cup of tea?",
+    "What should I pack for a weekend trip?",
+    "Can you explain what a budget is?",
+    "Why is the sky blue?",
+    "Give me a tip for learning a new language.",
+    "What is a good name for a cat?",
+    "How can I sleep better?",
+    "Describe a rainy afternoon.",
+)
 
 
 def run_benchmarks(quick: bool = False, log: Callable[[str], None] = lambda _line: None) -> dict[str, Any]:
@@ -55,14 +85,131 @@ def run_benchmarks(quick: bool = False, log: Callable[[str], None] = lambda _lin
     headline = figures["models"]["gpt2-small-random"]
     for key in ("steer_overhead_ratio", "mixed_batch_speedup", "toggle_ms"):
         figures[key] = headline[key]
+    # SmolLM2 (135M parameters, 30 layers) decodes far slower on a CPU than the models above: fewer tokens.
+    real_settings = (
+        {"mixing_rows": 16, "new_tokens": 4, "repeats": 1}
+        if quick
+        else {"mixing_rows": 64, "new_tokens": 16, "repeats": 3}
+    )
+    figures["settings"]["smollm2"] = real_settings
+    if SMOLLM2.is_file():
+        log(f"loading SmolLM2-135M-Instruct from {SMOLLM2} ...")
+        smollm2 = load_model(str(SMOLLM2), device="cpu")
+        log(f"measuring {SMOLLM2_LABEL} ({smollm2.n_layers} layers, hidden {smollm2.hidden_size}) ...")
+        real = measure_real_model(smollm2, log=log, **real_settings)
+        figures["models"][SMOLLM2_LABEL] = real
+        figures["mixing_cost_ratio"] = real["mixing_cost_ratio"]
+        for key in ("steer_overhead_ratio", "plain_tokens_per_second", "steered_tokens_per_second"):
+            figures[f"smollm2_{key}"] = real[key]
+    else:
+        log(f"SmolLM2 left out: {SMOLLM2} is missing (clone with ../shared beside the project)")
     figures["reversibility_max_abs_diff"] = max(m["reversibility_max_abs_diff"] for m in figures["models"].values())
     figures["targets"] = {
         "steer_overhead_ratio": "<= 1.05",
         "mixed_batch_speedup": ">= 3 (2 CPU cores, GPT-2-small size)",
+        "mixing_cost_ratio": "<= 1.05 (64 distinct variants in one batch cost at most 5% more than one)",
         "toggle_ms": "< 1",
         "reversibility_max_abs_diff": "== 0.0",
     }
     return figures
+
+
+def measure_real_model(
+    model: LoadedModel, repeats: int, new_tokens: int, mixing_rows: int, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Overhead, tokens per second and the cost of mixing on a chat model, prompted through its template.
+
+    Ratios are medians of per-repeat ratios: the two sides of a ratio run back to back, so
+    load from other processes on the machine mostly cancels out.
+    """
+    generator = torch.Generator().manual_seed(2)
+    # Random directions scaled to a tenth of a typical hidden state's length: big enough
+    # to change the text, small enough to keep the decode realistic.
+    scale = 0.1 * _typical_hidden_norm(model) / model.hidden_size**0.5
+    vectors = [
+        SteeringVector(
+            f"bench{i}",
+            torch.randn(model.n_layers, model.hidden_size, generator=generator) * scale,
+            tuple(range(model.n_layers)),
+        )
+        for i in range(8)
+    ]
+    prompts = [list(render_chat(model.tokenizer, [Message("user", q)]).tokens) for q in QUESTIONS]
+    decoding = Decoding(max_new_tokens=new_tokens, stop_at_eos=False)
+    middle = model.n_layers // 2
+
+    def edit(vector: SteeringVector, layers: Sequence[int], coefficient: float) -> PreparedEdit:
+        return AddVector(vector.name, tuple(layers), coefficient).prepare(model, {vector.name: vector})
+
+    one_layer = edit(vectors[0], [middle], 4.0)
+    plain, steered = _interleaved_all(
+        repeats,
+        lambda: generate(model, prompts, decoding),
+        lambda: generate(model, prompts, decoding, steering=BatchSteering(model, [[one_layer]] * len(prompts))),
+    )
+    plain_time, steered_time = statistics.median(plain), statistics.median(steered)
+    tokens = len(prompts) * new_tokens
+    log(f"  steered batch of {len(prompts)} {steered_time * 1000:.1f} ms vs plain {plain_time * 1000:.1f} ms")
+
+    # Mixing: the same rows, each with its own variant (vector x coefficient, all at the
+    # same three layers so both sides hook the same layers) or all with the first one.
+    coefficients = (1.0, 2.0, 3.0, 4.0, -1.0, -2.0, -3.0, -4.0)
+    three_layers = [middle - 4, middle, middle + 4]
+    distinct = [[edit(v, three_layers, c)] for v in vectors for c in coefficients][:mixing_rows]
+    rows = [prompts[i % len(prompts)] for i in range(mixing_rows)]
+    one_variant = [distinct[0]] * mixing_rows
+    uniform, mixed, gathered = _interleaved_all(
+        repeats,
+        lambda: generate(model, rows, decoding, steering=BatchSteering(model, one_variant)),
+        lambda: generate(model, rows, decoding, steering=BatchSteering(model, distinct)),
+        lambda: generate(model, rows, decoding, steering=BatchSteering(model, distinct, fuse_additions=False)),
+    )
+    uniform_time, mixed_time, gathered_time = (statistics.median(t) for t in (uniform, mixed, gathered))
+    log(
+        f"  {mixing_rows} rows: one variant {uniform_time:.2f} s, {mixing_rows} variants mixed {mixed_time:.2f} s "
+        f"(gather/scatter path {gathered_time:.2f} s)"
+    )
+
+    three = edit(vectors[0], [0, middle, model.n_layers - 1], 1.0)
+    toggle = toggle_milliseconds(BatchSteering(model, [[three]]), repeats=200)
+    reversibility = measure_reversibility(model, [three], prompts[0]).max_abs_logit_diff
+    return {
+        "layers": model.n_layers,
+        "hidden_size": model.hidden_size,
+        "parameters": sum(p.numel() for p in model.model.parameters()),
+        "plain_batch_seconds": plain_time,
+        "steered_batch_seconds": steered_time,
+        "steer_overhead_ratio": _paired_ratio(steered, plain),
+        "plain_tokens_per_second": tokens / plain_time,
+        "steered_tokens_per_second": tokens / steered_time,
+        "mixing_rows": mixing_rows,
+        "one_variant_batch_seconds": uniform_time,
+        "mixed_variants_batch_seconds": mixed_time,
+        "mixing_cost_ratio": _paired_ratio(mixed, uniform),
+        "mixing_cost_ratio_gather_scatter": _paired_ratio(gathered, uniform),
+        "mixed_tokens_per_second": mixing_rows * new_tokens / mixed_time,
+        "toggle_ms": toggle,
+        "reversibility_max_abs_diff": reversibility,
+    }
+
+
+def _typical_hidden_norm(model: LoadedModel) -> float:
+    """Median length of the middle layer's hidden states over a short templated prompt."""
+    captured: list[torch.Tensor] = []
+
+    def capture(_module: torch.nn.Module, _args: Any, output: Any) -> None:
+        hidden = hidden_output(output)
+        assert isinstance(hidden, torch.Tensor)
+        captured.append(hidden.detach())
+
+    handle = model.layers[model.n_layers // 2].register_forward_hook(capture)
+    try:
+        ids, mask = left_pad(model, [list(render_chat(model.tokenizer, [Message("user", QUESTIONS[0])]).tokens)])
+        with torch.no_grad():
+            forward(model, ids, mask, positions_from_mask(mask))
+    finally:
+        handle.remove()
+    return float(captured[0][0].norm(dim=-1).median())
 
 
 def measure_model(model: LoadedModel, repeats: int, new_tokens: int, log: Callable[[str], None]) -> dict[str, Any]:
@@ -130,6 +277,22 @@ def _interleaved(repeats: int, first: Callable[[], object], second: Callable[[],
         a.append(_seconds(first))
         b.append(_seconds(second))
     return statistics.median(a), statistics.median(b)
+
+
+def _interleaved_all(repeats: int, *jobs: Callable[[], object]) -> list[list[float]]:
+    """Seconds of several jobs at each repeat, run in turn after one warm-up each."""
+    for job in jobs:
+        job()
+    times: list[list[float]] = [[] for _ in jobs]
+    for _ in range(repeats):
+        for job, spent in zip(jobs, times, strict=True):
+            spent.append(_seconds(job))
+    return times
+
+
+def _paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float:
+    """Median of the per-repeat ratios (each pair ran back to back)."""
+    return statistics.median(n / d for n, d in zip(numerator, denominator, strict=True))
 
 
 def _seconds(job: Callable[[], object]) -> float:

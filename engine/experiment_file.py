@@ -20,6 +20,7 @@ import yaml
 
 from engine.errors import SteerLabError
 from engine.fields import Where, as_mapping, as_str, printable, short
+from engine.model_reference import resolve_beside
 from engine.prompt_files import read_prompts
 from engine.spec import ExperimentSpec, VectorSpec, parse_experiment
 
@@ -66,6 +67,9 @@ def parse_experiment_text(
         path = _confined(relative, base_dir, allowed_roots, where.child("prompts_file"), _PROMPTS_INSTEAD)
         prompts = read_prompts(path, f"named in {source}, field prompts_file")
     spec = parse_experiment(data, where, prompts)
+    # A model path is relative to the file's folder when it lies there (models are not confined to it:
+    # they are read, never shown, and usually live in a shared models folder).
+    spec = ExperimentSpec(**{**spec.__dict__, "model": resolve_beside(spec.model, base_dir)})
     return _resolve_vector_files(spec, base_dir, allowed_roots, where)
 
 

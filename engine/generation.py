@@ -4,7 +4,9 @@ SteerLab runs its own decode loop instead of ``model.generate`` for three reason
 the steering hooks must know which positions are prompt and which are generated at
 every step; each row samples from its own seeded generator, so a row's output does not
 depend on which other rows share its batch (and a resumed run reproduces an
-uninterrupted one); and cancellation is checked between steps.
+uninterrupted one); and cancellation is checked between steps. A conversation prompt's
+assistant turns are marked per token (``assistant``), so the ``assistant`` scope edits
+them at the prefill pass and every generated token after it.
 
 A row whose logits stop making sense (an absurd steering coefficient) is finished at that
 step with what it generated so far and flagged, instead of sampling from NaN or argmaxing
@@ -26,6 +28,12 @@ from engine.errors import RunCancelled
 from engine.methods.base import PositionMasks
 from engine.models import LoadedModel
 from engine.steering import BatchSteering
+
+
+def left_pad_flags(model: LoadedModel, flags: Sequence[Sequence[bool]], width: int) -> torch.Tensor:
+    """Per-token flags of each row (``[rows, width]`` booleans), padded on the left like the prompts."""
+    rows = [[False] * (width - len(f)) + [bool(x) for x in f] for f in flags]
+    return torch.tensor(rows, dtype=torch.bool, device=model.device)
 
 
 def left_pad(model: LoadedModel, prompts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,9 +89,14 @@ def generate(
     steering: BatchSteering | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_step: Callable[[], None] | None = None,
+    assistant: Sequence[Sequence[bool]] | None = None,
 ) -> list[list[int]]:
-    """Generate new tokens for each prompt (token ids, without the prompt, without EOS)."""
-    return generate_checked(model, prompts, decoding, seeds, steering, should_stop, on_step).tokens
+    """Generate new tokens for each prompt (token ids, without the prompt, without EOS).
+
+    ``assistant``: per row, per prompt token, whether it is assistant content of a
+    conversation (what the ``assistant`` scope edits besides the generated tokens).
+    """
+    return generate_checked(model, prompts, decoding, seeds, steering, should_stop, on_step, assistant).tokens
 
 
 def generate_checked(
@@ -94,8 +107,11 @@ def generate_checked(
     steering: BatchSteering | None = None,
     should_stop: Callable[[], bool] | None = None,
     on_step: Callable[[], None] | None = None,
+    assistant: Sequence[Sequence[bool]] | None = None,
 ) -> Generated:
     """Like :func:`generate`, with a per-row flag: its logits became non-finite (or collapsed)."""
+    if assistant is not None and [len(f) for f in assistant] != [len(p) for p in prompts]:
+        raise ValueError("assistant flags need one flag per prompt token of every row")
     if not prompts:
         return Generated([], [])
     generators = _generators(model, seeds, len(prompts)) if decoding.do_sample else None
@@ -104,7 +120,7 @@ def generate_checked(
             steering.begin(prompts)
         context = steering.attached() if steering is not None else nullcontext()
         with torch.no_grad(), context:
-            return _decode(model, prompts, decoding, generators, steering, should_stop, on_step)
+            return _decode(model, prompts, decoding, generators, steering, should_stop, on_step, assistant)
 
 
 def broken_rows(logits: torch.Tensor) -> torch.Tensor:
@@ -129,6 +145,7 @@ def _decode(
     steering: BatchSteering | None,
     should_stop: Callable[[], bool] | None,
     on_step: Callable[[], None] | None,
+    assistant: Sequence[Sequence[bool]] | None = None,
 ) -> Generated:
     batch = len(prompts)
     ids, mask = left_pad(model, prompts)
@@ -139,7 +156,8 @@ def _decode(
     finished = torch.zeros(batch, dtype=torch.bool, device=model.device)
     non_finite = torch.zeros(batch, dtype=torch.bool, device=model.device)
     if steering is not None:
-        steering.masks = PositionMasks.prompt_only(mask)
+        flags = None if assistant is None else left_pad_flags(model, assistant, mask.shape[1])
+        steering.masks = PositionMasks.prompt_only(mask, flags)
     result = forward(model, ids, mask, positions)
     for step_index in range(decoding.max_new_tokens):
         if should_stop is not None and should_stop():

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import functools
 import logging
+from pathlib import Path
 from typing import Any
 
 from engine.methods.base import ModelFacts
-from engine.models import _check_model_reference, _locate
+from engine.models import _cached_file, _check_model_reference, _locate, split_gguf
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,9 @@ def config_facts(model_id: str) -> ModelFacts | None:
 
     try:
         _check_model_reference(model_id)
+        folder, gguf_file = split_gguf(model_id)
+        if gguf_file is not None:
+            return _gguf_facts(model_id, folder, gguf_file)
         local_only = _locate(model_id) != "hub"
         config: Any = AutoConfig.from_pretrained(model_id, local_files_only=local_only)
     except Exception as exc:  # any failure: fall back to loading, which explains it in one sentence
@@ -41,3 +45,17 @@ def config_facts(model_id: str) -> ModelFacts | None:
     if layers is None or hidden is None:
         return None
     return ModelFacts(model_id, layers, hidden)
+
+
+def _gguf_facts(model_id: str, folder: str, gguf_file: str) -> ModelFacts | None:
+    # The GGUF file's own metadata (memory-mapped, a fraction of a second), not transformers' config
+    # conversion, which reads the whole tokenizer out of the file (seconds).
+    from engine.memory_estimate import gguf_shape
+
+    path = Path(model_id).expanduser() if _locate(folder, gguf_file) == "folder" else _cached_file(folder, gguf_file)
+    if path is None:
+        return None
+    shape = gguf_shape(path)
+    if shape.layers <= 0 or shape.hidden <= 0:
+        return None
+    return ModelFacts(model_id, shape.layers, shape.hidden)

@@ -1,4 +1,8 @@
-"""Read prompts from CSV, JSONL or plain-text files, naming the line of any problem."""
+"""Read prompts from CSV, JSONL or plain-text files, naming the line of any problem.
+
+A JSONL line is ``{"prompt": "..."}`` (a user message) or ``{"messages": [...]}`` (a
+conversation, see :mod:`engine.conversation`); CSV and text files hold texts only.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,14 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from engine import limits
+from engine.conversation import PromptItem, parse_messages
 from engine.errors import SteerLabError
-from engine.fields import middle, printable, short
+from engine.fields import Where, middle, printable, short
 
 PROMPT_FILE_TYPES = (".csv", ".jsonl", ".txt")
 
 
-def read_prompts(path: Path, named_in: str) -> list[str]:
+def read_prompts(path: Path, named_in: str) -> list[PromptItem]:
     """Prompts from ``path``; ``named_in`` says where the path came from, for messages."""
     shown = middle(printable(str(path)))
     try:
@@ -42,20 +47,21 @@ def read_prompts(path: Path, named_in: str) -> list[str]:
     return parse_prompts(text, path.suffix, f"Prompts file '{shown}'")
 
 
-def parse_prompts(text: str, suffix: str, source: str) -> list[str]:
+def parse_prompts(text: str, suffix: str, source: str) -> list[PromptItem]:
     """Prompts from file content (also used for uploads in the dashboard).
 
     Reading stops past the prompt limit, so a huge file is refused without holding all its lines.
     """
     # Universal line endings (\n, \r\n, \r); the csv module reads them untranslated.
     lines = io.StringIO(text, newline="" if suffix == ".csv" else None)
+    found: Iterable[PromptItem]
     if suffix == ".jsonl":
         found = _jsonl(lines, source)
     elif suffix == ".csv":
         found = _csv(lines, source)
     else:
         found = (line.strip() for line in lines if line.strip())
-    prompts: list[str] = []
+    prompts: list[PromptItem] = []
     most = limits.MAX_PROMPTS.value
     for prompt in found:
         if len(prompts) == most:
@@ -69,7 +75,7 @@ def parse_prompts(text: str, suffix: str, source: str) -> list[str]:
     return prompts
 
 
-def _jsonl(lines: Iterable[str], source: str) -> Iterator[str]:
+def _jsonl(lines: Iterable[str], source: str) -> Iterator[PromptItem]:
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -83,9 +89,18 @@ def _jsonl(lines: Iterable[str], source: str) -> Iterator[str]:
             raise SteerLabError(
                 f"{source}, line {number}: nests JSON too deeply; write one flat JSON object per line."
             ) from exc
+        if isinstance(item, dict) and "messages" in item:
+            if "prompt" in item:
+                raise SteerLabError(f'{source}, line {number}: has both "prompt" and "messages"; keep one of the two.')
+            # Errors name the line and the message: "..., line 7, field messages[1].role: ...".
+            yield parse_messages(item["messages"], Where(f"{source}, line {number}", "messages"))
+            continue
         prompt = item.get("prompt") if isinstance(item, dict) else item
         if not isinstance(prompt, str) or not prompt.strip():
-            raise SteerLabError(f'{source}, line {number}: has no non-empty "prompt" text; write {{"prompt": "..."}}.')
+            raise SteerLabError(
+                f'{source}, line {number}: has no non-empty "prompt" text nor "messages"; '
+                'write {"prompt": "..."} or {"messages": [{"role": "user", "content": "..."}]}.'
+            )
         yield prompt
 
 

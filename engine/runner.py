@@ -41,6 +41,12 @@ class PreparedVariant:
     prompt_tokens: tuple[tuple[int, ...], ...]  # one entry per experiment prompt
     edits: tuple[PreparedEdit, ...]
     model: LoadedModel | None = None  # its own weights (adapter or fine-tune); None: the shared model
+    # Per prompt, per prompt token: assistant content of a conversation (for the assistant
+    # scope); empty when no prompt has assistant turns.
+    assistant: tuple[tuple[bool, ...], ...] = ()
+
+    def assistant_flags(self, prompt: int) -> tuple[bool, ...]:
+        return self.assistant[prompt] if self.assistant else (False,) * len(self.prompt_tokens[prompt])
 
 
 @dataclass(frozen=True)
@@ -121,6 +127,8 @@ def run_batch(
     model = variants[batch[0].variant].model or model  # a batch shares one set of weights
     prompts = [variants[u.variant].prompt_tokens[u.prompt] for u in batch]
     seeds = [row_seed(generation.seed, u.prompt, u.sample) for u in batch]
+    marked = any(variants[u.variant].assistant for u in batch)
+    assistant = [variants[u.variant].assistant_flags(u.prompt) for u in batch] if marked else None
     steering = BatchSteering(model, [variants[u.variant].edits for u in batch])
     should_stop = cancel.is_set if cancel is not None else None
     edits = {id(e): e for u in batch for e in variants[u.variant].edits}
@@ -135,6 +143,7 @@ def run_batch(
             None if steering.is_empty else steering,
             should_stop,
             on_step=memory.sample,
+            assistant=assistant,
         )
         seconds = time.perf_counter() - started
     # Work an edit does for its own rows (nudging's gradient steps, a condition's gate) is

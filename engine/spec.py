@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, ClassVar
 
 from pydantic import ConfigDict, Field, ValidationInfo, model_validator
 
 from engine import limits, methods
+from engine.conversation import PROMPT_SCHEMA, PromptItem, parse_prompt, prompt_data
 from engine.declaration import (
     FLAG,
     NAME,
@@ -42,7 +43,7 @@ from engine.declaration import (
     whole,
 )
 from engine.decoding import Decoding
-from engine.extraction_choices import EXTRACTION_METHODS, READ_POSITIONS
+from engine.extraction_choices import EXTRACTION_METHODS, READ_POSITIONS, TEMPLATE_MODES
 from engine.fields import (
     MAX_NAME_CHARS,
     Where,
@@ -55,6 +56,7 @@ from engine.fields import (
     required,
 )
 from engine.methods.base import ModelFacts, SteeringMethod
+from engine.model_reference import MODEL_SCHEMA, parse_model_reference
 from engine.scorers import Scorer, parse_scorer
 from engine.sweep_config import parse_sweep
 from engine.training_spec import TRAINING_METHODS, TrainingSpec, parse_training
@@ -97,23 +99,91 @@ class GenerationSpec:
 
 
 @dataclass(frozen=True)
+class ContrastPair:
+    """One contrastive pair: a positive and a negative answer to the same conversation.
+
+    ``user`` and ``system`` are the conversation the two texts answer; None takes the
+    vector's own (``VectorSpec.user``, ``VectorSpec.system``), so a plain ``[positive,
+    negative]`` pair is two answers to the vector's user message ("" unless given). A pair
+    unpacks as ``(positive, negative)``, like the text pairs it generalises.
+    """
+
+    positive: str
+    negative: str
+    user: str | None = None
+    system: str | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter((self.positive, self.negative))
+
+    @property
+    def is_text_pair(self) -> bool:
+        return self.user is None and self.system is None
+
+    def to_data(self) -> list[str] | dict[str, str]:
+        if self.is_text_pair:
+            return [self.positive, self.negative]
+        out = {"system": self.system, "user": self.user, "positive": self.positive, "negative": self.negative}
+        return {key: value for key, value in out.items() if value is not None}
+
+
+@dataclass(frozen=True)
 class VectorSpec:
-    """A named vector: extracted from contrastive pairs, or read from a safetensors file."""
+    """A named vector: extracted from contrastive pairs or personas, or read from a safetensors file.
+
+    Pairs are answers (see :class:`ContrastPair`); personas are a positive and a negative
+    system prompt over shared ``questions``, read where the model starts to answer.
+    ``template``: ``auto`` reads them through the chat template when the experiment's prompts
+    go through it, ``off`` reads raw text (see :mod:`engine.contrast`).
+    """
 
     name: str
-    pairs: tuple[tuple[str, str], ...] = ()
+    pairs: tuple[ContrastPair, ...] = ()
     method: str = "mean_diff"
     read: str = "last"
     pair_index: int = 0
     file: str | None = None
+    template: str = "auto"
+    user: str = ""
+    system: str = ""
+    personas: tuple[str, str] | None = None
+    questions: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         if self.file is not None:
             return {"file": self.file}
-        out: dict[str, Any] = {"method": self.method, "read": self.read, "pairs": [list(p) for p in self.pairs]}
+        out: dict[str, Any] = {"method": self.method, "read": self.read}
+        # Only what differs from the defaults, so definitions written before these fields hash as they did.
+        if self.personas is not None:
+            out["personas"], out["questions"] = list(self.personas), list(self.questions)
+        else:
+            out["pairs"] = [p.to_data() for p in self.pairs]
         if self.method == "single_pair":
             out["pair_index"] = self.pair_index
+        if self.template != "auto":
+            out["template"] = self.template
+        if self.user:
+            out["user"] = self.user
+        if self.system:
+            out["system"] = self.system
         return out
+
+    @property
+    def plain_text_pairs(self) -> bool:
+        """Only [positive, negative] pairs with the default user, system and template (what a pairs table holds)."""
+        return (
+            self.file is None
+            and self.personas is None
+            and self.template == "auto"
+            and not self.user
+            and not self.system
+            and all(p.is_text_pair for p in self.pairs)
+        )
+
+    @property
+    def example_count(self) -> int:
+        """Contrastive examples it is extracted from: its pairs, or its questions."""
+        return len(self.questions) if self.personas is not None else len(self.pairs)
 
 
 @dataclass(frozen=True)
@@ -159,7 +229,7 @@ class VariantSpec:
 class ExperimentSpec:
     name: str
     model: str
-    prompts: tuple[str, ...]
+    prompts: tuple[PromptItem, ...]  # a user message's text, or a conversation (engine.conversation)
     variants: tuple[VariantSpec, ...]
     generation: GenerationSpec = field(default_factory=GenerationSpec)
     vectors: tuple[VectorSpec, ...] = ()
@@ -188,7 +258,7 @@ class ExperimentSpec:
             "rating_question": self.rating_question,
             "rating_overlap": self.rating_overlap,
             "neutral_prompts": list(self.neutral_prompts),
-            "prompts": list(self.prompts),
+            "prompts": [prompt_data(p) for p in self.prompts],
             "generation": self.generation.to_dict(),
             "vectors": {v.name: v.to_dict() for v in self.vectors},
             "variants": [v.to_dict() for v in self.variants],
@@ -257,12 +327,20 @@ def _parse_vectors(raw: Any, where: Where) -> tuple[VectorSpec, ...]:
     return tuple(out)
 
 
-def _pairs(raw: Any, where: Where) -> tuple[tuple[str, str], ...]:
+def _pairs(raw: Any, where: Where) -> tuple[ContrastPair, ...]:
     items = as_list(raw, where)
     if not items:
         where.fail("is an empty list", "give at least one [positive, negative] pair")
     limits.check(limits.MAX_PROMPTS, len(items), str(where), "pairs")
     return tuple(_parse_pair(p, where.child(i)) for i, p in enumerate(items))
+
+
+def _personas(raw: Any, where: Where) -> tuple[str, str]:
+    items = as_list(raw, where)
+    if len(items) != 2:
+        count = f"{len(items)} entry" if len(items) == 1 else f"{len(items)} entries"
+        where.fail(f"has {count}", "give two system prompts: [positive persona, negative persona]")
+    return _text(items[0], where.child(0)), _text(items[1], where.child(1))
 
 
 _PAIRS_SCHEMA = {
@@ -273,58 +351,140 @@ _PAIRS_SCHEMA = {
             {"type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 2},
             {
                 "type": "object",
-                "properties": {"positive": {"type": "string"}, "negative": {"type": "string"}},
+                "properties": {
+                    "positive": {"type": "string", "description": "The positive answer."},
+                    "negative": {"type": "string", "description": "The negative answer."},
+                    "user": {"type": "string", "description": "The user message both answer (default: the vector's)."},
+                    "system": {"type": "string", "description": "A system prompt before it (default: the vector's)."},
+                },
                 "required": ["positive", "negative"],
                 "additionalProperties": False,
             },
         ]
     },
 }
+_PERSONAS_SCHEMA = {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 2, "maxItems": 2}
+_ANY_TEXT = Check(lambda value, where: _text(value, where, allow_empty=True), {"type": "string"}, "text")
 
 
 class VectorSettings(Settings):
-    """One entry of ``vectors``: extracted from contrastive pairs, or read from a safetensors file."""
+    """One entry of ``vectors``: extracted from contrastive pairs or personas, or read from a safetensors file."""
 
-    model_config = ConfigDict(json_schema_extra={"anyOf": [{"required": ["pairs"]}, {"required": ["file"]}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [{"required": ["pairs"]}, {"required": ["personas", "questions"]}, {"required": ["file"]}]
+        }
+    )
 
     method: Annotated[str, choice(EXTRACTION_METHODS)] = Field(
         "mean_diff", description="mean_diff (CAA), pca (repeng-style) or single_pair (ActAdd, one pair)."
     )
     read: Annotated[str, choice(READ_POSITIONS)] = Field(
-        "last", description="Read the last token's hidden state, or the mean over the tokens."
+        "last",
+        description="Read the last token's hidden state, the mean over the tokens, or the mean over the answer's "
+        "tokens (answer_mean).",
     )
-    pairs: Annotated[tuple[tuple[str, str], ...] | None, Check(_pairs, _PAIRS_SCHEMA, "text")] = Field(
-        None, description="Contrastive pairs: [positive, negative] or {positive: ..., negative: ...}."
+    pairs: Annotated[tuple[ContrastPair, ...] | None, Check(_pairs, _PAIRS_SCHEMA, "text")] = Field(
+        None,
+        description="Contrastive pairs: [positive, negative], or {user: ..., positive: ..., negative: ...} "
+        "(two answers to one user message; optional system).",
     )
-    pair_index: Annotated[int, whole(0)] = Field(0, description="For single_pair: which pair (from 0).")
+    personas: Annotated[tuple[str, str] | None, Check(_personas, _PERSONAS_SCHEMA, "texts")] = Field(
+        None, description="Instead of pairs: [positive system prompt, negative system prompt] over the questions."
+    )
+    questions: Annotated[
+        tuple[str, ...] | None,
+        Check(_parse_texts, {"type": "array", "items": {"type": "string"}, "minItems": 1}, "texts"),
+    ] = Field(None, description="With personas: the user messages both personas answer.")
+    user: Annotated[str, _ANY_TEXT] = Field(
+        "", description="The user message [positive, negative] pairs answer on a chat model (default empty)."
+    )
+    system: Annotated[str, _ANY_TEXT] = Field("", description="A system prompt before every pair's user message.")
+    template: Annotated[str, choice(TEMPLATE_MODES)] = Field(
+        "auto",
+        description="auto: read the pairs through the chat template when the experiment's prompts go through it; "
+        "off: read them as raw text.",
+    )
+    pair_index: Annotated[int, whole(0)] = Field(
+        0, description="For single_pair: which pair (or question, with personas), from 0."
+    )
     file: Annotated[str | None, TEXT] = Field(
         None, description="Instead of pairs: a vector saved earlier, a safetensors file in this file's folder."
     )
 
     @model_validator(mode="after")
-    def _has_pairs_or_file(self, info: ValidationInfo) -> VectorSettings:
+    def _one_source(self, info: ValidationInfo) -> VectorSettings:
         where = where_of(info)
-        if self.file is None:
-            if self.pairs is None:
-                where.child("pairs").fail("is missing", "add it")
-            as_int(self.pair_index, where.child("pair_index"), 0, len(self.pairs) - 1)
+        if self.file is not None:
+            return self
+        if self.personas is not None or self.questions is not None:
+            examples = self._check_personas(where)
+        elif self.pairs is None:
+            where.child("pairs").fail("is missing", "add contrastive pairs (or personas and questions, or a file)")
+        else:
+            examples = len(self.pairs)
+        as_int(self.pair_index, where.child("pair_index"), 0, examples - 1)
         return self
+
+    def _check_personas(self, where: Where) -> int:
+        """The persona fields make sense together; returns the number of questions."""
+        if self.pairs is not None:
+            where.child("personas").fail(
+                "is given together with pairs", "extract one vector from pairs and another from personas"
+            )
+        if self.personas is None:
+            where.child("personas").fail(
+                "is missing while questions are given", "add personas: [positive system prompt, negative system prompt]"
+            )
+        if self.questions is None:
+            where.child("questions").fail("is missing", "add the user messages both personas answer")
+        if self.read == "answer_mean":
+            where.child("read").fail(
+                "is 'answer_mean', but persona pairs have no answer to average over",
+                "use read: last (where the model starts to answer) or mean",
+            )
+        if self.user:
+            where.child("user").fail(
+                "is given with personas, whose user messages are the questions", "remove it or add it to the questions"
+            )
+        if self.system:
+            where.child("system").fail(
+                "is given with personas, which are the system prompts", "remove it or write it into both personas"
+            )
+        return len(self.questions)
 
     def to_spec(self, name: str) -> VectorSpec:
         if self.file is not None:
             return VectorSpec(name, file=self.file)
-        return VectorSpec(name, self.pairs or (), self.method, self.read, self.pair_index)
+        return VectorSpec(
+            name,
+            self.pairs or (),
+            self.method,
+            self.read,
+            self.pair_index,
+            template=self.template,
+            user=self.user,
+            system=self.system,
+            personas=self.personas,
+            questions=self.questions or (),
+        )
 
 
-def _parse_pair(raw: Any, where: Where) -> tuple[str, str]:
+def _parse_pair(raw: Any, where: Where) -> ContrastPair:
     if isinstance(raw, Mapping):
-        check_keys(raw, ("positive", "negative"), where)
+        check_keys(raw, ("positive", "negative", "user", "system"), where)
         positive, negative = required(raw, "positive", where), required(raw, "negative", where)
+        user, system = raw.get("user"), raw.get("system")
     elif isinstance(raw, list) and len(raw) == 2:
-        positive, negative = raw
+        (positive, negative), user, system = raw, None, None
     else:
         where.fail("is not a pair", "write [positive text, negative text] or positive:/negative: fields")
-    return _text(positive, where.child("positive")), _text(negative, where.child("negative"))
+    return ContrastPair(
+        _text(positive, where.child("positive")),
+        _text(negative, where.child("negative")),
+        None if user is None else _text(user, where.child("user"), allow_empty=True),
+        None if system is None else _text(system, where.child("system"), allow_empty=True),
+    )
 
 
 # --- the declaration of experiment files (and of stored definitions) -----------------------
@@ -335,15 +495,13 @@ def _parse_pair(raw: Any, where: Where) -> tuple[str, str]:
 # readers, so every error stays one sentence naming the source and the field.
 
 
-def _prompts(value: Any, where: Where) -> tuple[str, ...]:
+def _prompts(value: Any, where: Where) -> tuple[PromptItem, ...]:
     items = as_list(value, where)
     limits.check(limits.MAX_PROMPTS, len(items), str(where.parent()))
-    prompts = [as_str(p, where.child(i)) for i, p in enumerate(items)]
-    if not prompts:
+    if not items:
         where.fail("is an empty list", "give at least one prompt")
-    longest = max(range(len(prompts)), key=lambda i: len(prompts[i]))
-    limits.check(limits.MAX_PROMPT_CHARS, len(prompts[longest]), str(where.child(longest)))
-    return tuple(prompts)
+    # Each is a text or a conversation; parse_prompt checks its length too.
+    return tuple(parse_prompt(p, where.child(i)) for i, p in enumerate(items))
 
 
 def _parse_scorers(raw: Any, where: Where) -> tuple[Scorer, ...]:
@@ -571,9 +729,10 @@ class ExperimentSettings(Settings):
 
     name: Annotated[str, NAME] = Field(description="The experiment's name in the store.")
     description: Annotated[str, _OPTIONAL_TEXT] = Field("", description="Optional free text.")
-    model: Annotated[
-        str, Check(lambda value, where: as_str(value, where).strip(), {"type": "string", "minLength": 1}, "text")
-    ] = Field(description="A Hugging Face hub id or a local model folder.")
+    model: Annotated[str, Check(parse_model_reference, MODEL_SCHEMA, "text")] = Field(
+        description="A Hugging Face hub id, a local model folder, a GGUF file (a path ending in .gguf, "
+        "or {path: folder or hub id, gguf_file: name}); stored as one string."
+    )
     chat_template: Annotated[str, choice(CHAT_TEMPLATE_MODES)] = Field(
         "auto", description="auto: prompts go through the tokenizer's chat template if it has one; off: never."
     )
@@ -591,11 +750,15 @@ class ExperimentSettings(Settings):
         DEFAULT_NEUTRAL_PROMPTS, description="Where side effects (KL) are measured."
     )
     prompts: Annotated[
-        tuple[str, ...], Check(_prompts, {"type": "array", "items": {"type": "string"}, "minItems": 1}, "texts")
-    ] = Field(description="The prompts every variant answers (or give prompts_file).")
+        tuple[PromptItem, ...], Check(_prompts, {"type": "array", "items": PROMPT_SCHEMA, "minItems": 1}, "texts")
+    ] = Field(
+        description="The prompts every variant answers: a user message's text, or a conversation "
+        "({messages: [{role, content}, ...]} ending with a user message). Or give prompts_file."
+    )
     prompts_file: Annotated[str | None, TEXT] = Field(
         None,
-        description="Instead of prompts: a .csv (column 'prompt'), .jsonl ({\"prompt\": ...}) or .txt file in this file's folder.",
+        description='Instead of prompts: a .csv (column \'prompt\'), .jsonl ({"prompt": ...} or {"messages": [...]}) '
+        "or .txt file in this file's folder.",
     )
     generation: Annotated[
         GenerationSettings,
@@ -677,7 +840,7 @@ class ExperimentSettings(Settings):
 EXPERIMENT_KEYS = tuple(ExperimentSettings.model_fields)
 
 
-def parse_experiment(raw: Any, where: Where, prompts: Sequence[str] | None = None) -> ExperimentSpec:
+def parse_experiment(raw: Any, where: Where, prompts: Sequence[PromptItem] | None = None) -> ExperimentSpec:
     """Validate plain data (a file's, a form's or a stored definition) into an ExperimentSpec.
 
     ``prompts`` replaces the ``prompts`` field when the caller has read them from a

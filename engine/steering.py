@@ -2,15 +2,28 @@
 
 :class:`BatchSteering` takes, for each row of a batch, the list of prepared edits of
 that row's variant, so one batch can carry many variants. It attaches one forward hook
-per edited decoder layer; the hook gathers each edit's rows, lets the edit compute their
-new hidden states, and scatters them into a new output tensor. Rows with no edit are
-never written, so they stay bitwise equal to the plain model's. The model itself is
-never changed, and hooks are removed in ``finally``: leaving :meth:`attached`, even by an
-exception, gives back exactly the original model.
+per edited decoder layer, which runs that layer's plan of steps:
+
+- a *fused addition*: every additive edit at the layer (``PreparedEdit.additive``: plain
+  vector addition) folded into one per-row delta matrix per scope, applied to the edited
+  rows with one ``addcmul``, so 64 rows carrying 64 different additions cost one op per
+  layer instead of 64 gathers and scatters;
+- *gathered edits*: any other edit gathers its rows, computes their new hidden states,
+  and writes them into a copy of the layer's output (one copy per layer, not per edit).
+
+Rows with no edit are never written, so they stay bitwise equal to the plain model's.
+Steps keep each row's order of edits at a layer (additions move only past edits of other
+rows). The model itself is never changed, and hooks are removed in ``finally``: leaving
+:meth:`attached`, even by an exception, gives back exactly the original model.
+
+With ``device_map="auto"`` layers sit on several devices: each layer's delta matrices and
+row indices are built on that layer's device, and the position masks are moved to the
+hidden state's device inside the hook (once per forward pass and device).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -21,26 +34,39 @@ from engine.layers import hidden_output, replace_hidden_output
 from engine.methods.base import PositionMasks, PreparedEdit
 from engine.models import LoadedModel
 
+# One edit and the batch rows it edits.
+_Entry = tuple[PreparedEdit, list[int]]
+
 
 class BatchSteering:
-    """Per-row edits for one batch; set :attr:`masks` before every forward pass."""
+    """Per-row edits for one batch; set :attr:`masks` before every forward pass.
 
-    def __init__(self, model: LoadedModel, row_edits: Sequence[Sequence[PreparedEdit]]) -> None:
+    ``fuse_additions=False`` sends every edit through the gather/scatter path (the
+    reference the fused path is tested and benchmarked against).
+    """
+
+    def __init__(
+        self, model: LoadedModel, row_edits: Sequence[Sequence[PreparedEdit]], fuse_additions: bool = True
+    ) -> None:
         self.model = model
         self.batch_size = len(row_edits)
         # Group rows by edit (one edit object per variant), keeping first-seen order so
         # a variant's stacked edits at one layer apply in the order they were listed.
-        rows_of: dict[int, tuple[PreparedEdit, list[int]]] = {}
+        rows_of: dict[int, _Entry] = {}
         for row, edits in enumerate(row_edits):
             for edit in edits:
                 rows_of.setdefault(id(edit), (edit, []))[1].append(row)
         self._rows = list(rows_of.values())
-        self._by_layer: dict[int, list[tuple[PreparedEdit, torch.Tensor | None]]] = {}
+        entries_of: dict[int, list[_Entry]] = {}
         for edit, rows in self._rows:
-            index = None if len(rows) == self.batch_size else torch.tensor(rows, device=model.device)
             for layer in edit.layers:
-                self._by_layer.setdefault(layer, []).append((edit, index))
+                entries_of.setdefault(layer, []).append((edit, rows))
+        self._steps = {
+            layer: _plan(layer, entries, self.batch_size, model.layer_device(layer), fuse_additions)
+            for layer, entries in entries_of.items()
+        }
         self.masks: PositionMasks | None = None
+        self._moved_masks: dict[torch.device, tuple[PositionMasks, PositionMasks]] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def begin(self, prompts: Sequence[Sequence[int]]) -> None:
@@ -62,7 +88,7 @@ class BatchSteering:
 
     @property
     def is_empty(self) -> bool:
-        return not self._by_layer
+        return not self._steps
 
     @contextmanager
     def attached(self) -> Iterator[BatchSteering]:
@@ -73,7 +99,7 @@ class BatchSteering:
             self._detach()
 
     def _attach(self) -> None:
-        for layer in self._by_layer:
+        for layer in self._steps:
             self._handles.append(self.model.layers[layer].register_forward_hook(self._make_hook(layer)))
 
     def _detach(self) -> None:
@@ -81,21 +107,127 @@ class BatchSteering:
             self._handles.pop().remove()
 
     def _make_hook(self, layer: int) -> Any:
-        entries = self._by_layer[layer]
+        steps = self._steps[layer]
 
         def hook(_module: torch.nn.Module, _args: Any, output: Any) -> Any:
             hidden = hidden_output(output)
             assert isinstance(hidden, torch.Tensor)
-            masks = self.masks or _all_prompt(hidden)
-            for edit, index in entries:
-                if index is None:
-                    hidden = edit.apply(layer, hidden, masks)
-                else:
-                    edited = edit.apply(layer, hidden.index_select(0, index), masks.rows(index))
-                    hidden = hidden.index_copy(0, index, edited)
+            masks = self._masks_on(hidden)
+            for step in steps:
+                hidden = step.run(layer, hidden, masks)
             return replace_hidden_output(output, hidden)
 
         return hook
+
+    def _masks_on(self, hidden: torch.Tensor) -> PositionMasks:
+        """This pass's masks on the hidden state's device (moved once per pass and device)."""
+        masks = self.masks
+        if masks is None:
+            return _all_prompt(hidden)
+        if masks.prompt.device == hidden.device:
+            return masks
+        cached = self._moved_masks.get(hidden.device)
+        if cached is None or cached[0] is not masks:
+            moved = {
+                f.name: value.to(hidden.device) if isinstance(value := getattr(masks, f.name), torch.Tensor) else value
+                for f in dataclasses.fields(masks)
+            }
+            cached = (masks, PositionMasks(**moved))
+            self._moved_masks[hidden.device] = cached
+        return cached[1]
+
+
+class _Gathered:
+    """Other edits, in order, each on its rows: gather them, apply, write the result back.
+
+    The layer's output is copied once for the whole stage (not once per edit), and the
+    rows are written into that copy, so many distinct edits cost their own rows' work.
+    """
+
+    def __init__(self, entries: list[tuple[PreparedEdit, torch.Tensor | None]]) -> None:
+        self.entries = entries
+
+    def run(self, layer: int, hidden: torch.Tensor, masks: PositionMasks) -> torch.Tensor:
+        owned = False  # whether ``hidden`` is our own copy, which may be written in place
+        for edit, index in self.entries:
+            if index is None:
+                hidden, owned = edit.apply(layer, hidden, masks), False
+                continue
+            edited = edit.apply(layer, hidden.index_select(0, index), masks.rows(index))
+            if not owned:
+                hidden, owned = hidden.clone(), True
+            hidden.index_copy_(0, index, edited)
+        return hidden
+
+
+class _FusedAdditions:
+    """Many additive edits at one layer as one ``h + scope_mask * delta_of_row`` per scope.
+
+    ``deltas`` holds, per scope, a ``[edited rows, hidden]`` matrix: the sum of the deltas
+    of that row's additions with that scope (zero for the row's other scopes). Only the
+    edited rows are gathered and written, so rows with no edit keep their exact bits.
+    """
+
+    def __init__(self, index: torch.Tensor | None, deltas: list[tuple[str, torch.Tensor]]) -> None:
+        self.index, self.deltas = index, deltas
+
+    def run(self, layer: int, hidden: torch.Tensor, masks: PositionMasks) -> torch.Tensor:
+        if self.index is None:
+            return self._add(hidden, masks)
+        edited = self._add(hidden.index_select(0, self.index), masks.rows(self.index))
+        return hidden.index_copy(0, self.index, edited)
+
+    def _add(self, hidden: torch.Tensor, masks: PositionMasks) -> torch.Tensor:
+        for scope, matrix in self.deltas:
+            # A 0/1 mask times a delta is exact, so this rounds like ``hidden + mask * delta``.
+            hidden = torch.addcmul(hidden, masks.scoped(scope, hidden.dtype), matrix.unsqueeze(1))
+        return hidden
+
+
+_Step = _Gathered | _FusedAdditions
+
+
+def _plan(layer: int, entries: list[_Entry], batch_size: int, device: torch.device, fuse: bool) -> list[_Step]:
+    """The steps of one layer: stages of additions (fused) and of other edits (gathered).
+
+    An edit joins the first stage of its kind that comes no earlier than the last stage
+    touching any of its rows, so each row sees its edits in their listed order; additions
+    commute with each other, and edits of different rows touch different rows.
+    """
+    # Each stage: whether it is additive, and its edits with their rows and (delta, scope).
+    stages: list[tuple[bool, list[tuple[PreparedEdit, list[int], tuple[torch.Tensor, str] | None]]]] = []
+    last_stage: dict[int, int] = {}
+    for edit, rows in entries:
+        addition = edit.additive(layer) if fuse else None
+        earliest = max(last_stage.get(r, 0) for r in rows)
+        target = next((i for i in range(earliest, len(stages)) if stages[i][0] == (addition is not None)), None)
+        if target is None:
+            stages.append((addition is not None, []))
+            target = len(stages) - 1
+        stages[target][1].append((edit, rows, addition))
+        for r in rows:
+            last_stage[r] = target
+
+    def index_of(rows: Sequence[int]) -> torch.Tensor | None:
+        return None if list(rows) == list(range(batch_size)) else torch.tensor(rows, device=device)
+
+    steps: list[_Step] = []
+    for additive, stage in stages:
+        if not additive:
+            steps.append(_Gathered([(edit, index_of(rows)) for edit, rows, _ in stage]))
+            continue
+        edited = sorted({r for _, rows, _ in stage for r in rows})
+        position = {row: i for i, row in enumerate(edited)}
+        matrices: dict[str, torch.Tensor] = {}
+        for _, rows, addition in stage:
+            assert addition is not None
+            delta, scope = addition
+            if scope not in matrices:
+                matrices[scope] = torch.zeros(len(edited), delta.shape[-1], dtype=delta.dtype, device=device)
+            where = torch.tensor([position[r] for r in rows], device=device)
+            matrices[scope].index_add_(0, where, delta.to(device).expand(len(rows), -1))
+        steps.append(_FusedAdditions(index_of(edited), list(matrices.items())))
+    return steps
 
 
 def _all_prompt(hidden: torch.Tensor) -> PositionMasks:

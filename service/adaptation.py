@@ -103,7 +103,7 @@ def adaptation_table(
             extra_parameters = int(f.get("steering_parameters", 0))
             extra_bytes = extra_parameters * 4
             setup = f.get("extraction_seconds", 0.0)
-            examples = sum(len(spec.vector(n).pairs) for n in variant.vector_names())
+            examples = sum(spec.vector(n).example_count for n in variant.vector_names())
         share = None
         if finetune and baseline and variant.name not in (baseline,):
             share = _share_of_gain(by_variant, variant.name, baseline, finetune, rounds, seed)

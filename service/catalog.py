@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from db import repository as repo
 from db.schema import Experiment, Variant, Vector
 from db.store import Store
+from engine.conversation import prompt_display
 from engine.errors import SteerLabError
 from engine.fields import Where
 from engine.spec import ExperimentSpec, parse_experiment
@@ -27,6 +28,14 @@ from service.provenance import variant_hash
 
 # Fields whose change makes every stored generation stale.
 _DEFINING = ("model", "prompts", "generation", "chat_template", "probe_prompt")
+
+
+def prompt_texts(spec: ExperimentSpec) -> list[str]:
+    """What the prompt rows hold: a prompt's text, or a conversation's ``Role: content`` lines.
+
+    Rows are for showing and joining; the messages themselves stay in the definition.
+    """
+    return [prompt_display(p) for p in spec.prompts]
 
 
 def stored_spec(experiment: Experiment) -> ExperimentSpec:
@@ -55,11 +64,11 @@ def save_spec(
     existed = experiment is not None
     if experiment is None:
         experiment = repo.create_experiment(
-            session, spec.name, spec.description, spec.model, data, spec.definition_hash(), spec.prompts, {}, []
+            session, spec.name, spec.description, spec.model, data, spec.definition_hash(), prompt_texts(spec), {}, []
         )
     else:
         old, old_vectors = _parsed_or_none(experiment), json.loads(experiment.spec_json).get("vectors", {})
-    if existed and [p.text for p in experiment.prompts] != list(spec.prompts):
+    if existed and [p.text for p in experiment.prompts] != prompt_texts(spec):
         raise SteerLabError(
             f"Experiment '{experiment.name}' cannot change its prompts; duplicate it to use other prompts."
         )

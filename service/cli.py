@@ -50,13 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--queue", action="store_true", help="validate and store the experiment, queue its run for a worker and return"
     )
-    run.add_argument("--model", help="hub id or local folder, instead of the file's model")
+    run.add_argument("--model", help="hub id, local folder or .gguf file, instead of the file's model")
     run.add_argument("--name", help="store under this experiment name instead of the file's")
     run.add_argument("--batch-size", type=int, default=8, help="rows per mixed batch (default 8)")
-    run.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda or multi (spread over every GPU; default auto)")
     run.add_argument(
         "--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default auto: float32 on CPU)"
     )
+    run.add_argument("--quantize", choices=("4bit", "8bit"), help="load the linear layers in 4 or 8 bits (GPU)")
     run.add_argument(
         "--replace", action="store_true", help="discard a stored experiment of that name whose definition differs"
     )
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--batch-size", type=int, default=32)
     sweep.add_argument("--device", default="auto")
     sweep.add_argument("--dtype", default="auto")
+    sweep.add_argument("--quantize", choices=("4bit", "8bit"), help="load the linear layers in 4 or 8 bits (GPU)")
     sweep.add_argument(
         "--add-cells", nargs="+", metavar="CELL", help="add these cells (like L1_x2) to the experiment as variants"
     )
@@ -221,7 +223,14 @@ def _run(args: argparse.Namespace) -> int:
 
     store = Store(args.db)
     options = RunOptions(
-        args.batch_size, args.device, args.dtype, args.model, args.name, args.replace, _allowed_dirs(args)
+        args.batch_size,
+        args.device,
+        args.dtype,
+        args.model,
+        args.name,
+        args.replace,
+        _allowed_dirs(args),
+        quantize=args.quantize,
     )
     if args.queue:
         from service.jobs import NothingToRun, queue_experiment_file
@@ -314,7 +323,14 @@ def _sweep(args: argparse.Namespace) -> int:
     store = Store(args.db)
     progress = _ProgressBar("sweeping")
     try:
-        options = RunOptions(args.batch_size, args.device, args.dtype, args.model, allowed_dirs=_allowed_dirs(args))
+        options = RunOptions(
+            args.batch_size,
+            args.device,
+            args.dtype,
+            args.model,
+            allowed_dirs=_allowed_dirs(args),
+            quantize=args.quantize,
+        )
         run, result = run_sweep_file(store, args.file, options, progress)
     finally:
         progress.close()
@@ -353,7 +369,8 @@ def _calibrate(args: argparse.Namespace) -> int:
         )
     model = load_model(spec.model, args.device)
     for i, intervention in enumerate(conditional):
-        result = calibrate(model, intervention)
+        # Examples are rendered as the experiment's prompts are (through the chat template, or raw).
+        result = calibrate(model, intervention.framed(spec.chat_template))
         print(
             f"{args.variant}, conditional edit {i}: threshold {result.threshold:.4f} "
             f"(precision {result.precision:.2f}, recall {result.recall:.2f}, F1 {result.f1:.2f} on {result.examples} examples; "

@@ -18,7 +18,7 @@ from engine.models import load_model
 from engine.scale import hidden_state_norms
 from engine.spec import VariantSpec, parse_variant
 from engine.vectors import SteeringVector
-from service.catalog import get_experiment, stored_spec
+from service.catalog import get_experiment, prompt_texts, stored_spec
 
 MAX_EDIT_RATIO = Limit("times the typical hidden-state norm", "STEERLAB_MAX_EDIT_RATIO", 20)
 NORM_PROMPTS = 8  # prompts the typical norm is measured on
@@ -52,7 +52,7 @@ def edit_scales(store: Store, experiment_name: str, variant: VariantSpec) -> lis
         if not isinstance(vector_name, str) or vector_name not in data or not isinstance(coefficient, (int, float)):
             continue
         vector = SteeringVector.from_bytes(data[vector_name], source=f"stored vector '{vector_name}'")
-        norms = norms or _norms(spec.model, tuple(spec.prompts[:NORM_PROMPTS]))
+        norms = norms or _norms(spec.model, tuple(prompt_texts(spec)[:NORM_PROMPTS]))
         for layer in [layers] if isinstance(layers, int) else list(layers or []):
             if layer in vector.layers and 0 <= layer < len(norms):
                 size = abs(float(coefficient)) * float(vector.for_layer(layer).norm())

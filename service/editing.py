@@ -13,6 +13,7 @@ from typing import Any
 from db import repository as repo
 from db.store import Store
 from engine import limits
+from engine.conversation import PromptItem
 from engine.errors import SteerLabError
 from engine.experiment_file import parse_experiment_text
 from engine.fields import Where, as_name, printable, short
@@ -41,7 +42,7 @@ def uploaded(filename: str) -> str:
     return f"Uploaded file '{short(printable(filename), 80)}'"
 
 
-def parse_uploaded_prompts(content: bytes, filename: str) -> list[str]:
+def parse_uploaded_prompts(content: bytes, filename: str) -> list[PromptItem]:
     """Prompts from an uploaded CSV, JSONL or TXT file (errors name the line)."""
     suffix = Path(filename).suffix.lower()
     if suffix not in PROMPT_FILE_TYPES:
@@ -98,6 +99,13 @@ def create_experiment_from_yaml(
     if name.strip():
         spec = replace(spec, name=as_name(name, Where.form("the upload form", {"name": "Store as"}).child("name")))
     return _store_new(store, spec, short(printable(filename), 80), who)
+
+
+def create_experiment_from_file(store: Store, path: Path, who: Identity = LOCAL) -> ExperimentSpec:
+    """An experiment file on the server (an example shipped with SteerLab), read as the command line reads it."""
+    from engine.experiment_file import load_experiment_file
+
+    return _store_new(store, load_experiment_file(path), path.name, who)
 
 
 def _store_new(store: Store, spec: ExperimentSpec, source: str, who: Identity) -> ExperimentSpec:

@@ -11,9 +11,11 @@ from typing import Any
 from db import repository as repo
 from db import runs
 from db.store import Store
+from engine.conversation import Conversation, PromptItem
 from service import audit
 from service.access import LOCAL, Identity, require
 from service.catalog import get_experiment, stored_spec
+from service.provenance import stored_model_source
 from service.summary import variant_summaries
 
 
@@ -48,6 +50,8 @@ def export_data(store: Store, name: str, rows: bool = True) -> dict[str, Any]:
                 "name": experiment.name,
                 "description": experiment.description,
                 "model": experiment.model_id,
+                # The exact weights the last run loaded (a GGUF file's SHA-256, a hub revision); {} before a run.
+                "model_source": stored_model_source(experiment.model_source),
                 "generation": spec.generation.to_dict(),
                 "definition_hash": experiment.definition_hash,
                 "created_at": experiment.created_at.isoformat(),
@@ -56,7 +60,8 @@ def export_data(store: Store, name: str, rows: bool = True) -> dict[str, Any]:
                 else {"id": run.id, "status": run.status, "done": run.done_units, "total": run.total_units},
                 "spec": spec.to_dict(),
             },
-            "prompts": [{"index": p.position, "text": p.text} for p in experiment.prompts],
+            # A conversation's row text is its transcript; its messages come from the definition.
+            "prompts": [_prompt_entry(p.position, p.text, spec.prompts[p.position]) for p in experiment.prompts],
             "variants": [
                 {
                     "name": v.name,
@@ -133,6 +138,7 @@ def export_csv(store: Store, name: str, who: Identity = LOCAL) -> str:
             "variant",
             "prompt_index",
             "prompt",
+            "prompt_messages",
             "sample",
             "text",
             "token_count",
@@ -141,6 +147,7 @@ def export_csv(store: Store, name: str, who: Identity = LOCAL) -> str:
             *rating_cols,
         ]
     )
+    messages = {p["index"]: json.dumps(p["messages"], ensure_ascii=False) for p in data["prompts"] if "messages" in p}
     for g in data["generations"]:
         t = tallies.get(g["id"], {})
         writer.writerow(
@@ -149,6 +156,7 @@ def export_csv(store: Store, name: str, who: Identity = LOCAL) -> str:
                 g["variant"],
                 g["prompt_index"],
                 g["prompt"],
+                messages.get(g["prompt_index"], ""),
                 g["sample"],
                 g["text"],
                 g["token_count"],
@@ -158,6 +166,14 @@ def export_csv(store: Store, name: str, who: Identity = LOCAL) -> str:
             ]
         )
     return out.getvalue()
+
+
+def _prompt_entry(index: int, text: str, prompt: PromptItem) -> dict[str, Any]:
+    """A prompt in the JSON export: its text (a conversation's transcript), and a conversation's messages."""
+    entry: dict[str, Any] = {"index": index, "text": text}
+    if isinstance(prompt, Conversation):
+        entry["messages"] = [m.to_dict() for m in prompt.messages]
+    return entry
 
 
 def _num(value: float) -> float | None:

@@ -18,10 +18,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+from collections.abc import Mapping
 from typing import Any
 
+from sqlalchemy.orm import Session
+
+from db import repository as repo
 from engine.scorers.base import Scorer
 from engine.spec import ExperimentSpec, VariantSpec, training_texts
+
+logger = logging.getLogger(__name__)
 
 FLUENCY = "fluency_ppl"
 
@@ -67,3 +74,52 @@ def scorer_hash(spec: ExperimentSpec, scorer: Scorer) -> str:
 
 def fluency_hash(spec: ExperimentSpec) -> str:
     return canonical_hash({"figures": FLUENCY, "model": spec.model, "chat_template": spec.chat_template})
+
+
+# Which exact weights were loaded: stored with the experiment when a run loads its model.
+
+
+def record_model_source(session: Session, name: str, source: Mapping[str, Any]) -> None:
+    """Store ``source`` (a LoadedModel's: a GGUF file's SHA-256, a hub revision) on experiment ``name``.
+
+    A changed file under the same path is logged: outputs stored before came from other weights.
+    """
+    if not source:
+        return
+    experiment = repo.find_experiment(session, name)
+    if experiment is None:
+        return
+    before = stored_model_source(experiment.model_source)
+    now = dict(source)
+    if before == now:
+        return
+    for key in ("sha256", "revision", "config_sha256"):
+        if before.get(key) and before.get(key) != now.get(key):
+            logger.warning(
+                "experiment %s: model %s changed (%s %s, was %s); earlier outputs came from the old weights",
+                name,
+                experiment.model_id,
+                key,
+                now.get(key),
+                before.get(key),
+            )
+    experiment.model_source = json.dumps(now, sort_keys=True)
+
+
+def stored_model_source(text: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def describe_model_source(source: Mapping[str, Any]) -> str:
+    """One line for reports and status: ``GGUF SmolLM2.gguf, 98,362,432 bytes, sha256 b179c952…``."""
+    if source.get("sha256"):
+        return f"GGUF {source.get('file', '')}, {int(source.get('bytes', 0)):,} bytes, sha256 {source['sha256']}"
+    if source.get("revision"):
+        return f"hub revision {source['revision']}"
+    if source.get("config_sha256"):
+        return f"local folder, config.json sha256 {source['config_sha256']}"
+    return ""

@@ -18,6 +18,7 @@ from service.adaptation import adaptation_table
 from service.catalog import load_spec
 from service.comparison import Comparison, compare, drill_down, drill_rows, too_few_votes
 from service.export import export_data
+from service.provenance import describe_model_source
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
@@ -60,6 +61,7 @@ def html_report(store: Store, name: str, bootstrap_rounds: int = 1000) -> str:
         f"{sum(s.generations for s in comparison.summaries)} generations · {comparison.votes} votes from {comparison.raters} rater{'s' if comparison.raters != 1 else ''} · "
         f"generated {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}</p>",
         f"<p>{html.escape(e['description'] or '')}</p>",
+        _model_source_line(e.get("model_source") or {}),
         "<h2>Variants</h2>",
         _table(
             pd.DataFrame(
@@ -118,6 +120,11 @@ def _adaptation_section(store: Store, name: str) -> str:
     )
 
 
+def _model_source_line(source: dict[str, Any]) -> str:
+    described = describe_model_source(source)
+    return f"<p class='muted'>Weights: {html.escape(described)}</p>" if described else ""
+
+
 def _notes(lines: list[str]) -> str:
     return "".join(f"<p class='muted'>{html.escape(line)}</p>" for line in lines)
 
@@ -173,7 +180,7 @@ def _outputs(store: Store, name: str) -> str:
             for variant, text in row.texts.items()
         )
         rows.append(
-            f"<h3>Prompt {row.prompt_index + 1}, sample {row.sample + 1}</h3><p><b>{html.escape(row.prompt)}</b></p><table>{cells}</table>"
+            f"<h3>Prompt {row.prompt_index + 1}, sample {row.sample + 1}</h3><p class='output'><b>{html.escape(row.prompt)}</b></p><table>{cells}</table>"
         )
     return note + "\n".join(rows)
 

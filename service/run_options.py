@@ -33,18 +33,24 @@ class RunOptions:
     replace: bool = False  # discard a stored experiment whose definition differs
     # Folders besides the experiment file's own from which the file may name prompt and vector files.
     allowed_dirs: tuple[str, ...] = ()
+    quantize: str | None = None  # "4bit" or "8bit": bitsandbytes loading on a GPU
 
     def to_json(self) -> str:
         """What a queued run needs to be run by a worker (``runs.options_json``)."""
-        return json.dumps({"batch_size": self.batch_size, "device": self.device, "dtype": self.dtype})
+        options: dict[str, object] = {"batch_size": self.batch_size, "device": self.device, "dtype": self.dtype}
+        if self.quantize is not None:
+            options["quantize"] = self.quantize
+        return json.dumps(options)
 
     @classmethod
     def from_json(cls, text: str) -> RunOptions:
         stored = json.loads(text or "{}")
+        quantize = stored.get("quantize")
         return cls(
             batch_size=int(stored.get("batch_size", cls.batch_size)),
             device=str(stored.get("device", cls.device)),
             dtype=str(stored.get("dtype", cls.dtype)),
+            quantize=str(quantize) if quantize else None,
         )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,13 +27,15 @@ from engine.errors import RunCancelled, SteerLabError
 from engine.experiment_file import load_experiment_file
 from engine.methods.base import ModelFacts
 from engine.models import LoadedModel, load_model
-from engine.prompting import render_prompt
+from engine.prompting import render_marked_prompt
 from engine.runner import CancelFlag, PreparedVariant, Progress, RowOutput, Unit, run_units
-from engine.spec import ExperimentSpec, check_against_model, training_texts
-from engine.training import adapt
+from engine.spec import ExperimentSpec, VariantSpec, check_against_model, training_texts
+from engine.training import AdaptedModel, adapt
+from engine.vectors import SteeringVector
 from service.catalog import get_experiment, import_experiment, stored_spec
 from service.lease import Heartbeat, lease_seconds, owner_name
 from service.measurements import store_variant_figures
+from service.provenance import record_model_source
 from service.run_options import EXTRACTING, LOADING, PREPARING, TRAINING, busy_error
 
 # Re-exported: callers import these from here as well as from service.run_options.
@@ -112,7 +114,9 @@ def run_spec(
 def store_spec(store: Store, spec: ExperimentSpec, source: str, options: RunOptions = RunOptions()) -> LoadedModel:
     """Validate ``spec`` against its model and store (or extend) it; returns the loaded model."""
     _check_batch_size(options.batch_size)
-    model = load_model(spec.model, options.device, options.dtype)
+    model = load_model(
+        spec.model, options.device, options.dtype, quantize=options.quantize, batch_size=options.batch_size
+    )
     check_against_model(spec, ModelFacts.of(model), source)
     for scorer in spec.scorers:
         scorer.check_available()
@@ -214,10 +218,14 @@ def run_stored(
     heartbeat.start()
     try:
         if model is None:
-            model = load_model(spec.model, options.device, options.dtype)
+            model = load_model(
+                spec.model, options.device, options.dtype, quantize=options.quantize, batch_size=options.batch_size
+            )
             with store.session() as session:
                 runs.set_run_hardware(session, run_id, str(model.device), _dtype_name(model))
         check_against_model(spec, ModelFacts.of(model), f"stored experiment '{name}'")
+        with store.session() as session:
+            record_model_source(session, name, model.source)  # the GGUF file's SHA-256, the hub revision
         if spec.vectors:
             phase(EXTRACTING)
         vectors = ensure_vectors(store, name, spec, model)
@@ -228,15 +236,7 @@ def run_stored(
             for v in spec.variants
             if v.train is not None
         }
-        variants = [
-            PreparedVariant(
-                v.name,
-                tuple(tuple(render_prompt(model, p, v, spec.chat_template)) for p in spec.prompts),
-                tuple(i.prepare(model, vectors) for i in v.interventions),
-                adapted[v.name].loaded if v.name in adapted else None,
-            )
-            for v in spec.variants
-        ]
+        variants = [_prepared(model, spec, v, vectors, adapted) for v in spec.variants]
         phase(GENERATING)
         run_units(
             model,
@@ -277,6 +277,25 @@ def run_stored(
             f" ({error})" if error else "",
         )
     return RunResult(name, run_id, status, len(pending), len(all_units))
+
+
+def _prepared(
+    model: LoadedModel,
+    spec: ExperimentSpec,
+    variant: VariantSpec,
+    vectors: Mapping[str, SteeringVector],
+    adapted: Mapping[str, AdaptedModel],
+) -> PreparedVariant:
+    """A variant's prompt tokens (with their assistant-content marks) and its edits, ready to generate."""
+    rendered = [render_marked_prompt(model, p, variant, spec.chat_template) for p in spec.prompts]
+    marked = any(any(r.assistant) for r in rendered)
+    return PreparedVariant(
+        variant.name,
+        tuple(r.tokens for r in rendered),
+        tuple(i.framed(spec.chat_template).prepare(model, vectors) for i in variant.interventions),
+        adapted[variant.name].loaded if variant.name in adapted else None,
+        tuple(r.assistant for r in rendered) if marked else (),
+    )
 
 
 def _finish(

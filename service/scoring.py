@@ -68,7 +68,10 @@ def score_fluency(store: Store, name: str, model: LoadedModel) -> int:
         if not generations:
             return 0
         plain = VariantSpec("plain")
-        prompts = {p.id: render_prompt(model, p.text, plain, spec.chat_template) for p in experiment.prompts}
+        # From the definition, not the row's text: a conversation's row holds only its transcript.
+        prompts = {
+            p.id: render_prompt(model, spec.prompts[p.position], plain, spec.chat_template) for p in experiment.prompts
+        }
         continuations = [list(model.tokenizer(g.text, add_special_tokens=False).input_ids) for g in generations]
         values = perplexities(model, [prompts[g.prompt_id] for g in generations], continuations)
         figures.set_generation_scores(

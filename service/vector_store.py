@@ -1,23 +1,27 @@
 """Steering vectors in the store: read a run's vector files, reuse stored vectors, extract the rest.
 
-A stored vector is reused only if it was extracted for this model, from these pairs, by
-this method and reading; otherwise it is extracted again and stored with that provenance
-(``model_id``, ``hidden_size``, ``method``, ``pairs_hash``, ``extraction_seconds``). The
-vector's definition itself lives in the experiment's definition, not in its row.
+A stored vector is reused only if it was extracted for this model, from these pairs rendered
+the same way (raw or through the chat template: :mod:`engine.contrast` fingerprints the exact
+token sequences), by this method and reading; otherwise it is extracted again and stored
+with that provenance (``model_id``, ``hidden_size``, ``method``, ``pairs_hash``,
+``extraction_seconds``). The vector's definition itself lives in the experiment's
+definition, not in its row.
 """
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
 from pathlib import Path
 
 from db import repository as repo
 from db.store import Store
+from engine.contrast import vector_recipe
 from engine.errors import SteerLabError
-from engine.extract import extract_vector
+from engine.extract import extract_from_readings
 from engine.models import LoadedModel
-from engine.prompting import plain_tokens
 from engine.spec import ExperimentSpec, VectorSpec
-from engine.vectors import SteeringVector, hash_pairs, load_vector
+from engine.vectors import SteeringVector, load_vector
 from service.catalog import get_experiment
 
 
@@ -44,9 +48,9 @@ def ensure_vectors(
         with store.session() as session:
             row = next(v for v in get_experiment(session, name).vectors if v.name == vector_spec.name)
             stored = row.data
-        vector = usable_vector(stored, vector_spec, model, name)
+        vector = usable_vector(stored, vector_spec, model, name, spec.chat_template)
         if vector is None:
-            vector = extract(model, vector_spec)
+            vector = extract(model, vector_spec, spec.chat_template)
             with store.session() as session:
                 row = next(v for v in get_experiment(session, name).vectors if v.name == vector_spec.name)
                 repo.store_vector_data(
@@ -63,8 +67,10 @@ def ensure_vectors(
     return out
 
 
-def usable_vector(data: bytes | None, spec: VectorSpec, model: LoadedModel, experiment: str) -> SteeringVector | None:
-    """The stored vector if it still matches its definition and the model; None if it must be extracted."""
+def usable_vector(
+    data: bytes | None, spec: VectorSpec, model: LoadedModel, experiment: str, chat_template: str = "auto"
+) -> SteeringVector | None:
+    """The stored vector if it still matches its definition, its rendering and the model; None if it must be extracted."""
     if data is None:
         if spec.file is not None:
             raise SteerLabError(
@@ -75,18 +81,26 @@ def usable_vector(data: bytes | None, spec: VectorSpec, model: LoadedModel, expe
     if spec.file is not None:
         vector.check_fits(model.hidden_size, model.model_id, f"stored vector '{spec.name}'")
         return vector
-    used = [spec.pairs[spec.pair_index]] if spec.method == "single_pair" else list(spec.pairs)
-    fresh = vector.model_id == model.model_id and vector.pairs_hash == hash_pairs(used) and vector.method == spec.method
+    recipe = vector_recipe(model, spec, chat_template)
+    fresh = (
+        vector.model_id == model.model_id and vector.pairs_hash == recipe.pairs_hash and vector.method == spec.method
+    )
     return vector if fresh and vector.read == spec.read else None
 
 
-def extract(model: LoadedModel, spec: VectorSpec) -> SteeringVector:
-    return extract_vector(
+def extract(model: LoadedModel, spec: VectorSpec, chat_template: str = "auto") -> SteeringVector:
+    """Extract the vector from its pairs (or personas), rendered as the experiment renders prompts."""
+    started = time.perf_counter()
+    recipe = vector_recipe(model, spec, chat_template)
+    vector = extract_from_readings(
         model,
         spec.name,
-        spec.pairs,
-        lambda text: plain_tokens(model, text),
+        recipe.readings,
         method=spec.method,
         read=spec.read,
-        pair_index=spec.pair_index,
+        pair_index=0,  # the recipe holds only the examples the method uses (single_pair: its one pair)
+        pairs_hash=recipe.pairs_hash,
+        extra={"template": "chat" if recipe.templated else "raw"},
     )
+    # The extraction time includes rendering and tokenising the examples.
+    return replace(vector, extraction_seconds=time.perf_counter() - started)

@@ -20,6 +20,9 @@ if HF_CACHE.is_dir():
     os.environ.setdefault("HF_HUB_CACHE", str(HF_CACHE))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The session's models (TinyStories, stories260k, SmolLM2) stay cached together, so code under test
+# that loads one of them by id reuses the fixture's copy instead of loading it again (default: 1 model).
+os.environ.setdefault("STEERLAB_MODEL_CACHE_SIZE", "4")
 
 # Streamlit's AppTest runs a page as the process's __main__ module and leaves it there. A
 # process started later with the "spawn" method re-runs __main__ first, so it would run the

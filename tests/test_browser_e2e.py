@@ -72,7 +72,7 @@ def test_create_run_rate_compare_report(app_url: str, tmp_path: Path) -> None:
 
         go("Playground")
         expect(page.get_by_text("Unsteered", exact=True)).to_be_visible()
-        shot("playground")
+        shot("playground_story")  # docs/playground.png is a SmolLM2 chat: scripts/playground_screenshot.py
 
         # Rate: six votes with the keyboard shortcuts.
         go("Rate")

@@ -255,7 +255,9 @@ def test_every_page_shows_markdown_and_html_as_literal_text_and_fits_the_width(
         expect(page.get_by_role("combobox", name="Experiment", exact=True)).to_have_value(HOSTILE)
         assert page.locator("a[href*='evil.example'], img[src*='evil.example']").count() == 0, path
         overflow = page.evaluate(
-            "() => { const m = document.querySelector('[data-testid=\"stMain\"]');"
+            # A page with a chat input (the Playground) scrolls in stAppScrollToBottomContainer instead of stMain.
+            "() => { const m = document.querySelector("
+            '\'[data-testid="stMain"], [data-testid="stAppScrollToBottomContainer"]\');'
             " return [m.scrollWidth - m.clientWidth, document.documentElement.scrollWidth - window.innerWidth]; }"
         )
         assert max(overflow) <= 1, f"page '{path or 'experiments'}' overflows horizontally by {overflow} px"

@@ -124,12 +124,34 @@ def test_run_page_shows_progress_and_finishes(db: Path) -> None:
     assert "21 / 21" in " ".join(m.value for m in at.metric)
 
 
-def test_playground_steers_and_toggles_back(db: Path) -> None:
+def test_playground_chats_two_turns_side_by_side(db: Path) -> None:
     at = open_page("playground")
-    steered, plain = outputs(at)
+    assert "**Unsteered**" in [m.value for m in at.markdown] and outputs(at) == []
+    at.selectbox(key="playground_choice:tinystories_mood").set_value("sad_x2").run()
+    at.chat_input[0].set_value("Once upon a time, there was a little bird who ").run()
+    at.chat_input[0].set_value("The next day, ").run()
+    assert not at.exception
+    answers = outputs(at)
+    assert len(answers) == 4, "two turns in each column"
+    steered, plain = answers[0::2], answers[1::2]  # each turn: the user's message, then both answers
     assert steered != plain
-    at.toggle[0].set_value(False).run()
-    assert outputs(at) == [plain, plain]
+    users = [m.value for m in at.markdown if "steerlab-text" in m.value]
+    assert len(users) == 2 and "little bird" in users[0] and "The next day" in users[1]
+    at.run()  # any widget change reruns the page: the conversation stays
+    assert outputs(at) == answers and not at.exception
+    button(at, "New conversation").click().run()
+    assert outputs(at) == [] and not at.exception
+    fresh = open_page("playground")  # a reload starts a new session: an empty chat, nothing broken
+    assert outputs(fresh) == [] and not fresh.exception and not fresh.error
+
+
+def test_playground_custom_edit_off_is_exactly_plain(db: Path) -> None:
+    at = open_page("playground")
+    at.selectbox(key="playground_choice:tinystories_mood").set_value("custom edit").run()
+    next(t for t in at.toggle if t.label == "Steering on").set_value(False).run()
+    next(b for b in at.button if b.label.startswith("Send the experiment's first prompt")).click().run()
+    steered, plain = outputs(at)
+    assert steered == plain
     assert "exactly the unsteered model's again" in texts(at)
 
 
@@ -240,3 +262,16 @@ def test_an_edit_far_larger_than_the_hidden_state_is_shown_and_refused(db: Path)
     assert any(re.search(r"Edit 1 at layer 0 adds 0\.\d+× the typical hidden-state norm", c.value) for c in at.caption)
     at.number_input(key="coefficient:tinystories_mood:sad_x2:0:add").set_value(500.0).run()
     assert any("far more than steering usually needs" in w.value for w in at.warning)
+
+
+def test_example_buttons_offer_the_story_and_the_chat_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STEERLAB_DB", str(tmp_path / "empty.db"))
+    at = open_page("experiments")
+    labels = [b.label for b in at.button]
+    assert "Add the example experiment (tinystories_mood)" in labels
+    # The chat example is added from its file without loading SmolLM2 (its layer count comes from the GGUF header).
+    button(at, "Add the example experiment (smollm2_tone)").click().run()
+    assert not at.exception, at.exception
+    assert "Added the example 'smollm2_tone' with 5 variants" in texts(at)
+    assert at.dataframe[0].value["experiment"].tolist() == ["smollm2_tone"]
+    assert not any(b.label.startswith("Add the example") for b in at.button), "examples are offered on an empty store"

@@ -303,7 +303,7 @@ def test_schema_describes_fields_for_editors() -> None:
     assert set(properties) == set(EXPERIMENT_KEYS)
     assert all(p.get("description") for p in properties.values())
     add = schema["$defs"]["method_add"]["properties"]
-    assert add["scope"]["enum"] == ["prompt", "generated", "all"] and add["coefficient"]["description"]
+    assert add["scope"]["enum"] == ["prompt", "generated", "all", "assistant"] and add["coefficient"]["description"]
 
 
 def test_spec_does_not_import_the_sweep_module() -> None:

@@ -8,7 +8,6 @@ start empty again.
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -39,8 +38,8 @@ from service.editing import (
     duplicate_experiment,
     parse_uploaded_prompts,
 )
+from service.examples import EXAMPLES, add_example
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "experiments" / "tinystories_mood.yaml"
 NEW_FORM_KEYS = ("new_name", "new_model", "new_description", "new_prompts", "new_prompts_file")
 
 page_header("Experiments")
@@ -79,17 +78,17 @@ if summaries:
         width="stretch",
     )
 else:
-    st.info("No experiments yet. Start from the example, create one below, or upload an experiment file.")
-    if st.button("Add the example experiment (tinystories_mood)", type="primary"):
-        spec = attempt(
-            lambda: create_experiment_from_yaml(store(), EXAMPLE.read_text(encoding="utf-8"), EXAMPLE.name, who)
-        )
-        if spec is not None:
-            _created(
-                spec.name,
-                f"Added the example '{md(spec.name)}' with {len(spec.variants)} variants. "
-                "Next: open **Run** in the menu on the left to generate its outputs.",
-            )
+    st.info("No experiments yet. Start from an example, create one below, or upload an experiment file.")
+    for column, example in zip(st.columns(len(EXAMPLES)), EXAMPLES, strict=True):
+        column.caption(example.title)
+        if column.button(f"Add the example experiment ({example.name})", type="primary", key=f"example:{example.name}"):
+            spec = attempt(partial(add_example, store(), example.name, who))
+            if spec is not None:
+                _created(
+                    spec.name,
+                    f"Added the example '{md(spec.name)}' with {len(spec.variants)} variants. "
+                    "Next: open **Run** in the menu on the left to generate its outputs.",
+                )
 
 current = current_experiment()
 owner_here = current is not None and may("owner")
@@ -119,7 +118,7 @@ with new_tab, st.form("new_experiment"):
     top_p = c7.number_input("Top-p (1 = off)", 0.01, 1.0, 1.0)
     if st.form_submit_button("Create experiment", type="primary"):
         typed = [line for line in prompts_text.splitlines() if line.strip()]
-        prompts: list[str] | None = typed
+        prompts: list[Any] | None = typed  # texts, or (uploaded JSONL) conversations too
         if prompts_file is not None and typed:
             st.error(
                 "Prompts were both typed and uploaded; clear the typed prompts or remove the file, then create again.",

@@ -196,7 +196,8 @@ st.subheader("Vectors")
 vectors_slot = st.container()
 pairs_tab, upload_tab = st.tabs(["Contrastive pairs", "Upload safetensors"])
 with pairs_tab:
-    editable = [v.name for v in spec.vectors if not v.file]
+    # Chat pairs and personas are edited in the experiment file: the table holds [positive, negative] pairs only.
+    editable = [v.name for v in spec.vectors if v.plain_text_pairs]
     vchoice = st.selectbox("Vector", ["(new vector)", *editable], key="vector_choice")
     current = next((v for v in spec.vectors if v.name == vchoice), None)
     vk = f"{name}:{vchoice}"
@@ -208,8 +209,8 @@ with pairs_tab:
     )
     vread = c2.selectbox(
         "Read position",
-        ["last", "mean"],
-        index=["last", "mean"].index(current.read) if current else 0,
+        ["last", "mean", "answer_mean"],
+        index=["last", "mean", "answer_mean"].index(current.read) if current else 0,
         key=f"vread:{vk}",
     )
     table = st.data_editor(
@@ -268,7 +269,9 @@ with vectors_slot:
                 [
                     {
                         "vector": v.name,
-                        "source": "file" if v.file else f"{v.method} over {len(v.pairs)} pairs, read {v.read}",
+                        "source": "file"
+                        if v.file
+                        else f"{v.method} over {v.example_count} {'questions' if v.personas else 'pairs'}, read {v.read}",
                     }
                     for v in spec.vectors
                 ]

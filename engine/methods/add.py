@@ -71,6 +71,9 @@ class _Addition(PreparedEdit):
     def apply(self, layer: int, hidden: torch.Tensor, masks: PositionMasks) -> torch.Tensor:
         return hidden + masks.scoped(self._scope, hidden.dtype) * self._deltas[layer]
 
+    def additive(self, layer: int) -> tuple[torch.Tensor, str]:
+        return self._deltas[layer], self._scope
+
     @property
     def parameter_count(self) -> int:
         return sum(int(d.numel()) for d in self._deltas.values())

@@ -44,8 +44,11 @@ if TYPE_CHECKING:  # annotations only: importing this module must not load torch
     from engine.models import LoadedModel
     from engine.vectors import SteeringVector
 
-SCOPES = ("prompt", "generated", "all")
-Scope = Literal["prompt", "generated", "all"]
+# prompt: the prompt's tokens; generated: the tokens the model writes; all: both; assistant:
+# every token the model writes, through every turn: a conversation prompt's assistant
+# messages (their content) and the generated tokens (the same as generated without such turns).
+SCOPES = ("prompt", "generated", "all", "assistant")
+Scope = Literal["prompt", "generated", "all", "assistant"]
 
 
 @dataclass(frozen=True)
@@ -54,14 +57,17 @@ class PositionMasks:
 
     Both are ``[rows, tokens]`` booleans; padding is in neither. The generation loop sets
     them before every forward pass, so a ``generated`` scope keeps steering at every
-    cached decode step (where the pass sees one token per row).
+    cached decode step (where the pass sees one token per row). ``assistant`` (optional,
+    same shape) marks the prompt positions that are assistant content of a conversation.
     """
 
     prompt: torch.Tensor
     generated: torch.Tensor
+    assistant: torch.Tensor | None = None
 
     def rows(self, index: torch.Tensor) -> PositionMasks:
-        return PositionMasks(self.prompt.index_select(0, index), self.generated.index_select(0, index))
+        assistant = None if self.assistant is None else self.assistant.index_select(0, index)
+        return PositionMasks(self.prompt.index_select(0, index), self.generated.index_select(0, index), assistant)
 
     def scoped(self, scope: str, dtype: torch.dtype) -> torch.Tensor:
         """The scope as a ``[rows, tokens, 1]`` multiplier of 0s and 1s."""
@@ -72,14 +78,17 @@ class PositionMasks:
             return self.prompt
         if scope == "generated":
             return self.generated
+        if scope == "assistant":
+            return self.generated if self.assistant is None else self.generated | self.assistant
         return self.prompt | self.generated
 
     @staticmethod
-    def prompt_only(attention_mask: torch.Tensor) -> PositionMasks:
+    def prompt_only(attention_mask: torch.Tensor, assistant: torch.Tensor | None = None) -> PositionMasks:
+        """Masks of a prefill pass: every real token is prompt; ``assistant`` marks assistant content among them."""
         import torch  # here: importing the method interface must not load torch
 
         prompt = attention_mask.bool()
-        return PositionMasks(prompt, torch.zeros_like(prompt))
+        return PositionMasks(prompt, torch.zeros_like(prompt), None if assistant is None else assistant & prompt)
 
 
 class PreparedEdit(ABC):
@@ -98,6 +107,15 @@ class PreparedEdit(ABC):
     def parameter_count(self) -> int:
         """Floats the edit carries (vector entries): the 'steering parameters' figure."""
         return 0
+
+    def additive(self, layer: int) -> tuple[torch.Tensor, str] | None:
+        """``(delta, scope)`` when ``apply`` at ``layer`` is exactly ``h + scope_mask * delta``.
+
+        A batch then folds every such edit at a layer into one per-row delta matrix and one
+        op, so 64 distinct additions cost what one does; ``None`` (the default) keeps the
+        edit on the gather/apply/scatter path.
+        """
+        return None
 
     # Edits that depend on the prompt (conditional gates, gradient nudging) work out their
     # per-row state here, before the batch's first forward pass, with no hooks attached.
@@ -195,6 +213,14 @@ class SteeringMethod(ABC):
     def prepare(self, model: LoadedModel, vectors: Mapping[str, SteeringVector]) -> PreparedEdit:
         """Build the edit's tensors on the model's device and dtype."""
 
+    def framed(self, chat_template: str) -> SteeringMethod:
+        """This edit for an experiment whose prompts are rendered with ``chat_template`` (auto or off).
+
+        Only an edit that reads example prompts of its own (the conditional gate) must render
+        them as the experiment renders its prompts; every other method is itself, unchanged.
+        """
+        return self
+
 
 def registered_methods() -> dict[str, type[SteeringMethod]]:
     return dict(_REGISTRY)
@@ -234,12 +260,18 @@ def read_vector_layers_scope(raw: Mapping[str, Any], where: Where) -> tuple[str,
 def scaled_deltas(
     vector: SteeringVector, layers: Sequence[int], coefficient: float, model: LoadedModel
 ) -> dict[int, torch.Tensor]:
-    """``coefficient * v[layer]`` for each layer, on the model's device and dtype."""
-    return {layer: (coefficient * vector.for_layer(layer)).to(model.device, model.dtype) for layer in layers}
+    """``coefficient * v[layer]`` for each layer, on that layer's device, in the model's dtype.
+
+    With ``device_map="auto"`` layers sit on several GPUs: an edit's tensors must be where
+    the hidden states it edits are.
+    """
+    return {
+        layer: (coefficient * vector.for_layer(layer)).to(model.layer_device(layer), model.dtype) for layer in layers
+    }
 
 
 def unit_directions(vector: SteeringVector, layers: Sequence[int], model: LoadedModel) -> dict[int, torch.Tensor]:
-    """The vector's direction at each layer, normalised to length 1, on the model's device."""
+    """The vector's direction at each layer, normalised to length 1, on that layer's device."""
     out = {}
     for layer in layers:
         direction = vector.for_layer(layer)
@@ -248,7 +280,7 @@ def unit_directions(vector: SteeringVector, layers: Sequence[int], model: Loaded
             raise SteerLabError(
                 f"Vector '{vector.name}' is all zeros at layer {layer}, so it has no direction; extract it again."
             )
-        out[layer] = (direction / norm).to(model.device, model.dtype)
+        out[layer] = (direction / norm).to(model.layer_device(layer), model.dtype)
     return out
 
 

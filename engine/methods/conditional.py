@@ -11,6 +11,10 @@ the condition layer) with that direction decides:
 - ``soft`` mode: each token's own similarity, through a sigmoid, scales the vector.
 
 ``calibrate`` picks a threshold from the examples and reports precision, recall and F1.
+
+The examples are read the way the experiment's prompts are: as user messages through the
+chat template when the prompts go through it (``framed(chat_template)``; the gate then
+compares templated prompts with templated examples), as raw text otherwise.
 """
 
 from __future__ import annotations
@@ -18,14 +22,14 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field
 
 from engine.declaration import COEFFICIENT, LAYERS, VECTOR, Check, Settings, choice, nested, number, texts, whole
 from engine.errors import SteerLabError
-from engine.extraction_choices import READ_POSITIONS
+from engine.extraction_choices import PROMPT_READ_POSITIONS
 from engine.fields import Where, as_float
 from engine.methods.base import (
     SCOPES,
@@ -79,7 +83,7 @@ class Condition(Settings):
     layer: Annotated[int | None, whole(0)] = Field(
         None, description="Layer whose hidden state is compared (default: the first steered layer)."
     )
-    read: Annotated[str, choice(READ_POSITIONS)] = Field(
+    read: Annotated[str, choice(PROMPT_READ_POSITIONS)] = Field(
         "mean", description="Compare the prompt's last token or its mean over tokens."
     )
     sharpness: Annotated[float, number(0.0, 1e4)] = Field(
@@ -116,6 +120,9 @@ class ConditionalAdd(VectorLayersMethod):
     scope: str
     coefficient: float
     condition: Condition
+    # How the experiment renders prompts ("auto": through the chat template, if the model has
+    # one; "off": raw), set by framed(); not a setting. Unframed, examples are read raw as before.
+    chat_template: str = "off"
 
     @classmethod
     def from_settings(cls, settings: ConditionalSettings) -> ConditionalAdd:
@@ -133,23 +140,33 @@ class ConditionalAdd(VectorLayersMethod):
                 f"use a layer from 0 to {facts.n_layers - 1}",
             )
 
+    def framed(self, chat_template: str) -> ConditionalAdd:
+        return replace(self, chat_template=chat_template)
+
     def prepare(self, model: LoadedModel, vectors: Mapping[str, SteeringVector]) -> PreparedEdit:
         started = time.perf_counter()
-        directions = condition_directions(model, self.condition)
+        directions = condition_directions(model, self.condition, self.chat_template)
         deltas = scaled_deltas(vector_for(vectors, self.vector), self.layer_list, self.coefficient, model)
         return _Conditional(self, deltas, directions, time.perf_counter() - started)
 
 
-def _tokens(model: LoadedModel, texts: Sequence[str]) -> list[list[int]]:
-    return [list(model.tokenizer(t).input_ids) for t in texts]
+def example_tokens(model: LoadedModel, texts: Sequence[str], chat_template: str = "off") -> list[list[int]]:
+    """Condition examples as the experiment's prompts are rendered (user messages through the template, or raw)."""
+    from engine.prompting import render_prompt
+    from engine.spec import VariantSpec
+
+    plain = VariantSpec("condition")
+    return [render_prompt(model, text, plain, chat_template) for text in texts]
 
 
-def condition_directions(model: LoadedModel, condition: Condition) -> torch.Tensor:
+def condition_directions(model: LoadedModel, condition: Condition, chat_template: str = "off") -> torch.Tensor:
     """Unit condition direction per layer, ``[layers, hidden]``, on the model's device."""
     from engine.extract import read_activations
 
-    applies = read_activations(model, _tokens(model, condition.applies), condition.read).mean(0)
-    not_applies = read_activations(model, _tokens(model, condition.not_applies), condition.read).mean(0)
+    applies = read_activations(model, example_tokens(model, condition.applies, chat_template), condition.read).mean(0)
+    not_applies = read_activations(
+        model, example_tokens(model, condition.not_applies, chat_template), condition.read
+    ).mean(0)
     difference = applies - not_applies
     norms = difference.norm(dim=-1, keepdim=True)
     if float(norms.min()) == 0.0:
@@ -226,13 +243,17 @@ class Calibration:
 
 
 def calibrate(model: LoadedModel, spec: ConditionalAdd) -> Calibration:
-    """The threshold that best separates the condition's own examples (by F1), and its scores."""
+    """The threshold that best separates the condition's own examples (by F1), and its scores.
+
+    The examples are rendered as ``spec`` is framed (``spec.framed(chat_template)``), as the gate will see prompts.
+    """
     import torch
 
     c = spec.condition
-    directions = condition_directions(model, c)
+    directions = condition_directions(model, c, spec.chat_template)
     texts = list(c.applies) + list(c.not_applies)
-    sims = similarities(model, _tokens(model, texts), directions, spec.condition_layer, c.read).float().cpu()
+    tokens = example_tokens(model, texts, spec.chat_template)
+    sims = similarities(model, tokens, directions, spec.condition_layer, c.read).float().cpu()
     truth = torch.tensor([True] * len(c.applies) + [False] * len(c.not_applies))
     values = sorted(set(sims.tolist()))
     candidates = [(a + b) / 2 for a, b in itertools.pairwise(values)] or values
