@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="run the file's layer x coefficient sweep and recommend a cell")
     sweep.add_argument("file", help="experiment YAML file with a 'sweep' section")
     sweep.add_argument("--db")
-    sweep.add_argument("--model", help="hub id or local folder, instead of the file's model")
+    sweep.add_argument("--model", help="hub id, local folder or .gguf file, instead of the file's model")
     sweep.add_argument("--batch-size", type=int, default=32)
     sweep.add_argument("--device", default="auto")
     sweep.add_argument("--dtype", default="auto")

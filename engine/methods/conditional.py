@@ -213,7 +213,7 @@ class _Conditional(PreparedEdit):
         c = self._spec.condition
         scope = masks.scoped(self._spec.scope, hidden.dtype)
         if c.mode == "soft":
-            direction = self._directions[layer]
+            direction = self._directions[layer].to(hidden.device)  # a no-op unless blocks sit on several GPUs
             sims = torch.nn.functional.cosine_similarity(hidden, direction.expand_as(hidden), dim=-1)
             sign = 1.0 if c.comparator == ">" else -1.0
             weight = torch.sigmoid(sign * c.sharpness * (sims - c.threshold)).unsqueeze(-1)
@@ -221,7 +221,8 @@ class _Conditional(PreparedEdit):
         if self._gate is None or self._gate.shape[0] != hidden.shape[0]:
             raise RuntimeError("conditional edit used without begin() for this batch")
         # torch.where keeps gated-off rows exactly as they were (not even + 0.0).
-        return torch.where(self._gate[:, None, None], hidden + scope * self._deltas[layer], hidden)
+        gate = self._gate.to(hidden.device)
+        return torch.where(gate[:, None, None], hidden + scope * self._deltas[layer], hidden)
 
     @property
     def parameter_count(self) -> int:

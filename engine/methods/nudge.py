@@ -214,7 +214,10 @@ class _Nudging(PreparedEdit):
         def add_delta(_module: torch.nn.Module, _args: Any, output: Any) -> Any:
             hidden = hidden_output(output)
             assert isinstance(hidden, torch.Tensor)
-            edited = hidden + mask.unsqueeze(-1).to(hidden.dtype) * delta.to(hidden.dtype).unsqueeze(1)
+            # .to(hidden.device): the block may sit on another GPU than the embeddings (device_map="auto").
+            edited = hidden + mask.unsqueeze(-1).to(hidden.device, hidden.dtype) * delta.to(
+                hidden.device, hidden.dtype
+            ).unsqueeze(1)
             captured.append(edited[:, -1, :])  # the last position, for the vector target
             return replace_hidden_output(output, edited)
 
@@ -242,18 +245,19 @@ class _Nudging(PreparedEdit):
         import torch
 
         if self._spec.target == "vector":
-            return torch.nn.functional.cosine_similarity(last_hidden, self._goal.expand_as(last_hidden), dim=-1).sum()
+            goal = self._goal.to(last_hidden.device)
+            return torch.nn.functional.cosine_similarity(last_hidden, goal.expand_as(last_hidden), dim=-1).sum()
         # log P(next token is a target word), at every real position of the text: a delta
         # that leans the whole continuation toward the words, not only the next token.
-        mass = torch.logsumexp(logits.log_softmax(dim=-1)[..., self._goal], dim=-1)
-        weights = mask.to(mass.dtype)
+        mass = torch.logsumexp(logits.log_softmax(dim=-1)[..., self._goal.to(logits.device)], dim=-1)
+        weights = mask.to(mass.device, mass.dtype)
         per_row = (mass * weights).sum(-1) / weights.sum(-1)
         return (-per_row if self._spec.target == "avoid" else per_row).sum()
 
     def apply(self, layer: int, hidden: torch.Tensor, masks: PositionMasks) -> torch.Tensor:
         if self._delta is None or self._delta.shape[0] != hidden.shape[0]:
             raise RuntimeError("nudge edit used without begin() for this batch")
-        return hidden + masks.scoped(self._spec.scope, hidden.dtype) * self._delta.unsqueeze(1)
+        return hidden + masks.scoped(self._spec.scope, hidden.dtype) * self._delta.to(hidden.device).unsqueeze(1)
 
     @property
     def parameter_count(self) -> int:
