@@ -97,7 +97,9 @@ new_tab, upload_tab, copy_tab, delete_tab, *team_tab = st.tabs(tab_names)
 
 with new_tab, st.form("new_experiment"):
     name = st.text_input("Name", placeholder="mood_test", key="new_name")
-    model = st.text_input("Model (hub id, local folder or .gguf file)", value="raincandy-u/TinyStories-656K", key="new_model")
+    model = st.text_input(
+        "Model (hub id, local folder or .gguf file)", value="raincandy-u/TinyStories-656K", key="new_model"
+    )
     description = st.text_area("Description (optional)", height=68, key="new_description")
     prompts_text = st.text_area(
         "Prompts, one per line", height=120, placeholder="Once upon a time, there was a", key="new_prompts"
