@@ -171,14 +171,8 @@ def measure_real_model(
     )
 
     three = edit(vectors[0], [0, middle, model.n_layers - 1], 1.0)
-    toggle = toggle_milliseconds(BatchSteering(model, [[three]]), repeats=200)
-    reversibility = measure_reversibility(model, [three], prompts[0]).max_abs_logit_diff
     return {
-        "layers": model.n_layers,
-        "hidden_size": model.hidden_size,
-        "parameters": sum(p.numel() for p in model.model.parameters()),
-        "plain_batch_seconds": plain_time,
-        "steered_batch_seconds": steered_time,
+        **_model_figures(model, three, prompts[0], plain_time, steered_time),
         "steer_overhead_ratio": _paired_ratio(steered, plain),
         "plain_tokens_per_second": tokens / plain_time,
         "steered_tokens_per_second": tokens / steered_time,
@@ -188,8 +182,6 @@ def measure_real_model(
         "mixing_cost_ratio": _paired_ratio(mixed, uniform),
         "mixing_cost_ratio_gather_scatter": _paired_ratio(gathered, uniform),
         "mixed_tokens_per_second": mixing_rows * new_tokens / mixed_time,
-        "toggle_ms": toggle,
-        "reversibility_max_abs_diff": reversibility,
     }
 
 
@@ -250,21 +242,27 @@ def measure_model(model: LoadedModel, repeats: int, new_tokens: int, log: Callab
     log(f"  8 variants one after another {sequential_time:.2f} s vs one mixed batch {mixed_time:.2f} s")
 
     three = edit([0, middle, model.n_layers - 1], 1.0)
-    toggle = toggle_milliseconds(BatchSteering(model, [[three]]), repeats=200)
-
-    reversibility = measure_reversibility(model, [three], prompts[0]).max_abs_logit_diff
     return {
-        "layers": model.n_layers,
-        "hidden_size": model.hidden_size,
-        "parameters": sum(p.numel() for p in model.model.parameters()),
-        "plain_batch_seconds": plain_time,
-        "steered_batch_seconds": steered_time,
+        **_model_figures(model, three, prompts[0], plain_time, steered_time),
         "steer_overhead_ratio": steered_time / plain_time,
         "sequential_variants_seconds": sequential_time,
         "mixed_batch_seconds": mixed_time,
         "mixed_batch_speedup": sequential_time / mixed_time,
-        "toggle_ms": toggle,
-        "reversibility_max_abs_diff": reversibility,
+    }
+
+
+def _model_figures(
+    model: LoadedModel, three_layer_edit: PreparedEdit, prompt: Sequence[int], plain: float, steered: float
+) -> dict[str, Any]:
+    """The figures every measured model reports: its size, batch times, toggle time and reversibility."""
+    return {
+        "layers": model.n_layers,
+        "hidden_size": model.hidden_size,
+        "parameters": sum(p.numel() for p in model.model.parameters()),
+        "plain_batch_seconds": plain,
+        "steered_batch_seconds": steered,
+        "toggle_ms": toggle_milliseconds(BatchSteering(model, [[three_layer_edit]]), repeats=200),
+        "reversibility_max_abs_diff": measure_reversibility(model, [three_layer_edit], prompt).max_abs_logit_diff,
     }
 
 

@@ -10,9 +10,12 @@ definition, not in its row.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import replace
 from pathlib import Path
+
+from sqlalchemy.orm import Session
 
 from db import repository as repo
 from db.store import Store
@@ -23,6 +26,8 @@ from engine.models import LoadedModel
 from engine.spec import ExperimentSpec, VectorSpec
 from engine.vectors import SteeringVector, load_vector
 from service.catalog import get_experiment
+
+log = logging.getLogger(__name__)
 
 
 def read_vector_files(spec: ExperimentSpec, model: LoadedModel, source: str) -> dict[str, bytes]:
@@ -46,9 +51,13 @@ def ensure_vectors(
         if vector_spec.name not in needed:
             continue
         with store.session() as session:
-            row = next(v for v in get_experiment(session, name).vectors if v.name == vector_spec.name)
+            experiment = get_experiment(session, name)
+            row = next(v for v in experiment.vectors if v.name == vector_spec.name)
             stored = row.data
+            in_use = stored is not None and _has_outputs(session, experiment.id, spec, vector_spec.name)
         vector = usable_vector(stored, vector_spec, model, name, spec.chat_template)
+        if vector is None and in_use:
+            vector = _kept_for_outputs(stored, vector_spec, model, name)
         if vector is None:
             vector = extract(model, vector_spec, spec.chat_template)
             with store.session() as session:
@@ -65,6 +74,39 @@ def ensure_vectors(
                 )
         out[vector_spec.name] = vector
     return out
+
+
+def _has_outputs(session: Session, experiment_id: int, spec: ExperimentSpec, vector: str) -> bool:
+    """Whether any stored output came from a variant that uses ``vector``."""
+    positions = {i for i, v in enumerate(spec.variants) if vector in v.vector_names()}
+    return any(position in positions for _, _, _, position in repo.generation_keys(session, experiment_id))
+
+
+def _kept_for_outputs(
+    data: bytes | None, spec: VectorSpec, model: LoadedModel, experiment: str
+) -> SteeringVector | None:
+    """A stored vector whose recipe an upgrade changed, kept because outputs were generated with it.
+
+    Editing a vector's pairs drops its stored numbers and the outputs made with them
+    (service.catalog), so a stored vector that no longer matches its recipe here was read by
+    an earlier SteerLab (text pairs on a chat model were read as raw text before chat
+    templating). Extracting it again would mix outputs of two different vectors in one
+    experiment; it is kept (if it fits the model) and the way to a templated one is logged.
+    """
+    if data is None or spec.file is not None:
+        return None
+    vector = SteeringVector.from_bytes(data, source=f"stored vector '{spec.name}'", name=spec.name)
+    fits = vector.model_id == model.model_id and vector.hidden_size == model.hidden_size
+    if not (fits and vector.method == spec.method and vector.read == spec.read):
+        return None
+    log.warning(
+        "Vector '%s' of experiment '%s' was extracted by an earlier SteerLab (read as %s text); it is kept because "
+        "outputs were generated with it. Duplicate the experiment to extract it as this version reads it.",
+        spec.name,
+        experiment,
+        vector.extra.get("template", "raw"),
+    )
+    return vector
 
 
 def usable_vector(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -266,3 +267,57 @@ def test_templated_vector_steers_held_out_replies_both_ways_and_more_than_raw(sm
     assert mean["templated -2"] < base, "and the negative coefficient lowers it"
     shift_templated, shift_raw = mean["templated +2"] - base, mean["raw +2 (same length)"] - base
     assert shift_templated > shift_raw, f"templated moves it by {shift_templated:.3f}, raw by {shift_raw:.3f}"
+
+
+def test_a_vector_an_earlier_version_read_raw_is_kept_while_outputs_were_made_with_it(
+    smollm2: LoadedModel, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An upgrade changed how text pairs on a chat model are read; stored outputs keep their vector."""
+    from db import repository as repo
+    from db.store import Store
+    from service.catalog import get_experiment
+    from service.running import run_stored, store_spec
+    from service.vector_store import ensure_vectors
+    from tests.conftest import SMOLLM2
+
+    raw = {
+        "name": "upgraded",
+        "model": SMOLLM2,
+        "prompts": ["Tell me about the sea."],
+        "generation": {"max_new_tokens": 2},
+        "vectors": {"v": {"pairs": [list(p) for p in PAIRS]}},
+        "variants": [
+            {"name": "baseline"},
+            {"name": "steered", "interventions": [{"vector": "v", "layers": [3], "coefficient": 2.0}]},
+        ],
+    }
+    spec = parse_experiment(raw, Where("x.yaml"))
+    earlier = extract(smollm2, replace(spec.vectors[0], template="off"), "auto")  # what SteerLab read before
+    store = Store(str(tmp_path / "s.db"))
+    try:
+        for name, with_outputs in (("upgraded", True), ("fresh", False)):
+            named = replace(spec, name=name)
+            store_spec(store, named, "x.yaml")
+            if with_outputs:
+                run_stored(store, name, model=smollm2)
+            with store.session() as session:
+                row = get_experiment(session, name).vectors[0]
+                repo.store_vector_data(
+                    session, row, earlier.to_bytes(), smollm2.model_id, 576, "mean_diff", earlier.pairs_hash, 0.1
+                )
+            with caplog.at_level("WARNING", logger="service.vector_store"):
+                used = ensure_vectors(store, name, named, smollm2)["v"]
+            with store.session() as session:
+                data = get_experiment(session, name).vectors[0].data
+            assert data is not None
+            stored = SteeringVector.from_bytes(data, source="the stored vector")
+            if with_outputs:
+                assert torch.equal(used.directions, earlier.directions)
+                assert torch.equal(stored.directions, earlier.directions) and stored.pairs_hash == earlier.pairs_hash
+                assert "kept because outputs were generated with it" in caplog.text
+            else:  # nothing was generated with it yet: read it as this version does
+                assert used.extra == stored.extra == {"template": "chat"} and torch.equal(
+                    stored.directions, used.directions
+                )
+    finally:
+        store.close()
