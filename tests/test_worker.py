@@ -139,12 +139,13 @@ def test_the_run_goes_on_while_the_dashboard_restarts(tmp_path: Path) -> None:
         with dashboard(db, tmp_path):
             enqueue(store, NAME, RunOptions(batch_size=4, device="cpu"))  # what the Run page's button does
             wait_for(lambda: generations(db) >= 4, 120, "the first batch")
-        stopped_at = generations(db)  # the dashboard's server process has ended here
+        # The dashboard's server process has ended here, with the run still going (generating, or
+        # already measuring on a fast machine): it lives in the worker, not in the web server.
         assert worker.poll() is None and status(store, NAME).state == "running"
         with dashboard(db, tmp_path):
             wait_for(lambda: status(store, NAME).state != "running", 180, "the run's end")
     s = status(store, NAME)
-    assert (s.state, s.done, s.attempts) == ("done", 56, 1) and stopped_at < 56
+    assert (s.state, s.done, s.attempts) == ("done", 56, 1)
 
 
 @needs_models
