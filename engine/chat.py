@@ -12,11 +12,14 @@ Torch-free: experiment definitions hold messages, and the store and the forms re
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 ROLES = ("system", "user", "assistant")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,26 @@ def render_chat(
     if answer:
         spans.append((len(text), len(text) + len(answer)))
         text += answer
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    marked = marked_tokens(tokenizer, text, spans, add_special_tokens=False)
+    if marked is None:
+        log.warning("This tokenizer cannot map tokens to characters; the assistant scope edits generated tokens only.")
+        tokens = tuple(int(t) for t in tokenizer(text, add_special_tokens=False).input_ids)
+        return RenderedChat(tokens, (False,) * len(tokens))
+    return marked
+
+
+def marked_tokens(
+    tokenizer: Any, text: str, spans: Sequence[tuple[int, int]], add_special_tokens: bool = True
+) -> RenderedChat | None:
+    """Tokens of ``text``, each marked if its characters overlap one of ``spans``.
+
+    None for a slow (Python) tokenizer, which cannot map tokens to characters: the caller
+    decides what to mark instead.
+    """
+    try:
+        encoded = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+    except NotImplementedError:
+        return None
     tokens = tuple(int(t) for t in encoded["input_ids"])
     flags = tuple(_inside(start, end, spans) for start, end in encoded["offset_mapping"])
     return RenderedChat(tokens, flags)

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from engine.chat import Message, render_chat
+from engine.chat import Message, marked_tokens, render_chat
 from engine.spec import ContrastPair, VectorSpec
 from engine.vectors import hash_pairs
 
@@ -132,12 +132,9 @@ def _raw(tokenizer: Any, prefix: str, answer: str) -> Reading:
         # The answer is the whole text: every token is the answer's, so answer_mean is mean.
         tokens = tuple(int(t) for t in tokenizer(text).input_ids)
         return Reading(tokens, (bool(answer),) * len(tokens))
-    try:
-        encoded = tokenizer(text, return_offsets_mapping=True)
-    except NotImplementedError:  # a slow (Python) tokenizer has no offsets: count the prefix's tokens
+    marked = marked_tokens(tokenizer, text, [(len(prefix), len(text))] if answer else [])
+    if marked is None:  # a slow (Python) tokenizer has no offsets: count the prefix's tokens
         tokens = tuple(int(t) for t in tokenizer(text).input_ids)
         start = len(tokenizer(prefix).input_ids)
         return Reading(tokens, tuple(i >= start and bool(answer) for i in range(len(tokens))))
-    tokens = tuple(int(t) for t in encoded["input_ids"])
-    flags = tuple(end > start and end > len(prefix) for start, end in encoded["offset_mapping"])
-    return Reading(tokens, flags)
+    return Reading(marked.tokens, marked.assistant)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from engine.chat import RenderedChat, render_chat
+from engine.chat import Message, RenderedChat, marked_tokens, render_chat, template_text
 from engine.conversation import Conversation, PromptItem, plain_chat, with_variant
 from engine.models import LoadedModel
 from engine.spec import VariantSpec
@@ -48,43 +48,28 @@ def render_marked_prompt(
         text, spans = plain_chat(conversation)
         return _marked(tokenizer, text, spans)
     if templated:
-        rendered = _chat_text(tokenizer, prompt, variant)
-        tokens = tuple(tokenizer(rendered, add_special_tokens=False).input_ids)
+        messages = [
+            *([Message("system", variant.system)] if variant.system else []),
+            Message("user", variant.prefix + prompt),
+        ]
+        tokens = tuple(tokenizer(template_text(tokenizer, messages, True), add_special_tokens=False).input_ids)
     else:
         system = f"{variant.system}\n\n" if variant.system else ""
         tokens = tuple(tokenizer(system + variant.prefix + prompt).input_ids)
     return RenderedChat(tokens, (False,) * len(tokens))
 
 
-def _chat_text(tokenizer: Any, text: str, variant: VariantSpec) -> str:
-    user = {"role": "user", "content": variant.prefix + text}
-    if not variant.system:
-        return str(tokenizer.apply_chat_template([user], add_generation_prompt=True, tokenize=False))
-    try:
-        messages = [{"role": "system", "content": variant.system}, user]
-        return str(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
-    except Exception:
-        # Some templates (Gemma's) reject a system role: fold it into the user turn.
-        folded = {"role": "user", "content": f"{variant.system}\n\n{variant.prefix}{text}"}
-        return str(tokenizer.apply_chat_template([folded], add_generation_prompt=True, tokenize=False))
-
-
 def _marked(tokenizer: Any, text: str, spans: list[tuple[int, int]]) -> RenderedChat:
     """Tokens of a plain text read from the start of a document, marking those inside ``spans``."""
-    if not spans:
+    marked = marked_tokens(tokenizer, text, spans) if spans else None
+    if marked is None:
+        if spans:
+            log.warning(
+                "This tokenizer cannot map tokens to characters; the assistant scope edits generated tokens only."
+            )
         tokens = tuple(tokenizer(text).input_ids)
         return RenderedChat(tokens, (False,) * len(tokens))
-    try:
-        encoded = tokenizer(text, return_offsets_mapping=True)
-    except NotImplementedError:  # a slow (Python) tokenizer has no offsets
-        log.warning("This tokenizer cannot map tokens to characters; the assistant scope edits generated tokens only.")
-        tokens = tuple(tokenizer(text).input_ids)
-        return RenderedChat(tokens, (False,) * len(tokens))
-    flags = tuple(
-        end > start and any(start < span_end and end > span_start for span_start, span_end in spans)
-        for start, end in encoded["offset_mapping"]
-    )
-    return RenderedChat(tuple(int(t) for t in encoded["input_ids"]), flags)
+    return marked
 
 
 def plain_tokens(model: LoadedModel, text: str) -> list[int]:
