@@ -290,10 +290,18 @@ def unscored_generations(session: Session, experiment_id: int, metric: str) -> l
 
 
 def add_rating(
-    session: Session, experiment_id: int, rater: str, left_id: int, right_id: int, choice: str, repeat: int = 0
+    session: Session,
+    experiment_id: int,
+    rater: str,
+    left_id: int,
+    right_id: int,
+    choice: str,
+    repeat: int = 0,
+    rater_kind: str = "human",
 ) -> Rating:
     """Insert a vote; a second vote of the rater on the pair raises ``IntegrityError`` (unique key)."""
     rating = Rating(
+        rater_kind=rater_kind,
         experiment_id=experiment_id,
         rater=rater,
         left_generation_id=left_id,
@@ -315,6 +323,8 @@ class NewRating:
     right_generation_id: int
     choice: str
     repeat: int = 0
+    rater_kind: str = "human"
+    created_at: datetime | None = None  # an imported vote keeps its time; None: now
 
 
 def add_ratings(session: Session, experiment_id: int, ratings: Sequence[NewRating]) -> None:
@@ -334,7 +344,8 @@ def add_ratings(session: Session, experiment_id: int, ratings: Sequence[NewRatin
                 "pair_high_id": max(r.left_generation_id, r.right_generation_id),
                 "repeat": r.repeat,
                 "choice": r.choice,
-                "created_at": now,
+                "rater_kind": r.rater_kind,
+                "created_at": r.created_at or now,
             }
             for r in ratings
         ],
@@ -631,10 +642,15 @@ class RatingRow:
     right_variant: str
     choice: str
     created_at: datetime
+    rater_kind: str = "human"
+    repeat: int = 0
+    left_tokens: int = 0  # the two outputs' lengths, for length-controlled ratings
+    right_tokens: int = 0
+    rating_id: int = 0
 
 
 def rating_rows(session: Session, experiment_id: int) -> list[RatingRow]:
-    """Every vote with the variant names of its two sides, in vote order (one query, no lazy loads)."""
+    """Every vote with the variant names and lengths of its two sides, in vote order (one query, no lazy loads)."""
     left, right = aliased(Generation), aliased(Generation)
     left_variant, right_variant = aliased(Variant), aliased(Variant)
     rows = session.execute(
@@ -646,6 +662,11 @@ def rating_rows(session: Session, experiment_id: int) -> list[RatingRow]:
             right_variant.name,
             Rating.choice,
             Rating.created_at,
+            Rating.rater_kind,
+            Rating.repeat,
+            left.token_count,
+            right.token_count,
+            Rating.id,
         )
         .join(left, left.id == Rating.left_generation_id)
         .join(right, right.id == Rating.right_generation_id)

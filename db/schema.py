@@ -31,6 +31,8 @@ RUN_STATES = ("queued", "running", "done", "cancelled", "failed", "interrupted")
 # A run in one of these states holds its experiment: the database allows one per experiment.
 ACTIVE_RUN_STATES = ("queued", "running")
 CHOICES = ("left", "right", "tie", "both_bad")
+RATER_KINDS = ("human", "judge")  # a person on the Rate page (or imported), or an LLM judge
+JUDGEMENT_CHOICES = ("left", "right", "tie")
 ROLES = ("owner", "analyst", "rater")  # each role can do everything the ones after it can
 
 
@@ -231,6 +233,7 @@ class Rating(Base):
     __tablename__ = "ratings"
     __table_args__ = (
         CheckConstraint(f"choice IN {CHOICES}", name="rating_choice"),
+        CheckConstraint(f"rater_kind IN {RATER_KINDS}", name="rating_rater_kind"),
         UniqueConstraint(
             "experiment_id", "rater", "pair_low_id", "pair_high_id", "repeat", name="one_vote_per_rater_and_pair"
         ),
@@ -249,9 +252,39 @@ class Rating(Base):
     pair_high_id: Mapped[int] = mapped_column(Integer)
     repeat: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     choice: Mapped[str] = mapped_column(String(16))
+    # "judge" for an LLM judge's vote (its rater is the judge's name): statistics keep them apart.
+    rater_kind: Mapped[str] = mapped_column(String(16), default="human", server_default="human")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     left: Mapped[Generation] = relationship(foreign_keys=[left_generation_id])
     right: Mapped[Generation] = relationship(foreign_keys=[right_generation_id])
+
+
+class Judgement(Base):
+    """One reading of a pair by an LLM judge, in one order (left shown first).
+
+    A judge reads each pair in both orders; the vote it stores in ``ratings`` is the
+    verdict both readings agree on, or a tie. ``p_left``/``p_right`` are the probabilities
+    of the two answer labels (a local judge); ``answer`` is an endpoint's reply text.
+    """
+
+    __tablename__ = "judgements"
+    __table_args__ = (
+        CheckConstraint(f"choice IN {JUDGEMENT_CHOICES}", name="judgement_choice"),
+        UniqueConstraint(
+            "experiment_id", "judge", "left_generation_id", "right_generation_id", name="one_judgement_per_order"
+        ),
+        Index("ix_judgements_right_generation_id", "right_generation_id"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
+    judge: Mapped[str] = mapped_column(String(200))
+    left_generation_id: Mapped[int] = mapped_column(ForeignKey("generations.id", ondelete="CASCADE"))
+    right_generation_id: Mapped[int] = mapped_column(ForeignKey("generations.id", ondelete="CASCADE"))
+    choice: Mapped[str] = mapped_column(String(16))
+    p_left: Mapped[float | None] = mapped_column(Float, nullable=True)
+    p_right: Mapped[float | None] = mapped_column(Float, nullable=True)
+    answer: Mapped[str] = mapped_column(Text, default="", server_default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Membership(Base):
