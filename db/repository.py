@@ -7,7 +7,7 @@ stored batch, so a kill never leaves half a batch).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -440,18 +440,74 @@ def data_version(session: Session, experiment_id: int) -> tuple[object, ...]:
     return (experiment_id, definition, *ratings, *generations, *runs, *scores, *figures, *variants)
 
 
-def vote_tallies(session: Session, experiment_id: int) -> list[tuple[str, str, str, int]]:
-    """(left variant name, right variant name, choice, votes): every vote, counted in SQL."""
+def _votes_of(experiment_id: int, rater_kind: str | None, exclude: Collection[str]) -> Any:
+    """The WHERE clause of an experiment's first-showing votes of one kind of rater ("human", "judge";
+    None: both), leaving out the raters in ``exclude`` (an analyst's switch: they count in no statistic)."""
+    # First showings only: a repeat (a pair shown again to the same rater) measures that rater's
+    # self-consistency; counting it too would give the pair two votes from one person.
+    clause = (Rating.experiment_id == experiment_id) & (Rating.repeat == 0)
+    if rater_kind is not None:
+        clause = clause & (Rating.rater_kind == rater_kind)
+    if exclude:
+        clause = clause & Rating.rater.not_in(list(exclude))
+    return clause
+
+
+def vote_tallies(
+    session: Session, experiment_id: int, rater_kind: str | None = "human", exclude: Collection[str] = ()
+) -> list[tuple[str, str, str, int]]:
+    """(left variant name, right variant name, choice, votes): every vote of that kind of rater, counted in SQL."""
     left, right = aliased(Generation), aliased(Generation)
     rows = session.execute(
         select(left.variant_id, right.variant_id, Rating.choice, func.count())
         .join(left, left.id == Rating.left_generation_id)
         .join(right, right.id == Rating.right_generation_id)
-        .where(Rating.experiment_id == experiment_id)
+        .where(_votes_of(experiment_id, rater_kind, exclude))
         .group_by(left.variant_id, right.variant_id, Rating.choice)
     ).all()
     names = dict(session.execute(select(Variant.id, Variant.name).where(Variant.experiment_id == experiment_id)).all())
     return [(names[a], names[b], c, n) for a, b, c, n in rows]
+
+
+def vote_tallies_by_rater(
+    session: Session, experiment_id: int, rater_kind: str | None = "judge", exclude: Collection[str] = ()
+) -> list[tuple[str, str, str, str, int]]:
+    """(rater, left variant, right variant, choice, votes): :func:`vote_tallies` per rater (each judge apart)."""
+    left, right = aliased(Generation), aliased(Generation)
+    rows = session.execute(
+        select(Rating.rater, left.variant_id, right.variant_id, Rating.choice, func.count())
+        .join(left, left.id == Rating.left_generation_id)
+        .join(right, right.id == Rating.right_generation_id)
+        .where(_votes_of(experiment_id, rater_kind, exclude))
+        .group_by(Rating.rater, left.variant_id, right.variant_id, Rating.choice)
+    ).all()
+    names = dict(session.execute(select(Variant.id, Variant.name).where(Variant.experiment_id == experiment_id)).all())
+    return [(r, names[a], names[b], c, n) for r, a, b, c, n in rows]
+
+
+def length_tallies(
+    session: Session, experiment_id: int, rater_kind: str | None = "human", exclude: Collection[str] = ()
+) -> list[tuple[str, str, str, int, int, int]]:
+    """(left variant, right variant, choice, left tokens, right tokens, votes): what length-controlled
+    ratings need, counted in SQL (outputs of one length setting share a few distinct lengths)."""
+    left, right = aliased(Generation), aliased(Generation)
+    rows = session.execute(
+        select(left.variant_id, right.variant_id, Rating.choice, left.token_count, right.token_count, func.count())
+        .join(left, left.id == Rating.left_generation_id)
+        .join(right, right.id == Rating.right_generation_id)
+        .where(_votes_of(experiment_id, rater_kind, exclude))
+        .group_by(left.variant_id, right.variant_id, Rating.choice, left.token_count, right.token_count)
+    ).all()
+    names = dict(session.execute(select(Variant.id, Variant.name).where(Variant.experiment_id == experiment_id)).all())
+    return [(names[a], names[b], c, lt, rt, n) for a, b, c, lt, rt, n in rows]
+
+
+def raters_by_kind(session: Session, experiment_id: int) -> dict[str, str]:
+    """Rater name -> kind ("human" or "judge") of everyone who voted in the experiment."""
+    rows = session.execute(
+        select(Rating.rater, Rating.rater_kind).where(Rating.experiment_id == experiment_id).distinct()
+    )
+    return {rater: kind for rater, kind in rows}
 
 
 @dataclass(frozen=True)
@@ -461,13 +517,14 @@ class VoteOverview:
     rated_pairs: int  # pairs of outputs with at least one vote
 
 
-def vote_overview(session: Session, experiment_id: int) -> VoteOverview:
-    votes, raters = session.execute(
-        select(func.count(), func.count(Rating.rater.distinct())).where(Rating.experiment_id == experiment_id)
-    ).one()
+def vote_overview(
+    session: Session, experiment_id: int, rater_kind: str | None = "human", exclude: Collection[str] = ()
+) -> VoteOverview:
+    where = _votes_of(experiment_id, rater_kind, exclude)
+    votes, raters = session.execute(select(func.count(), func.count(Rating.rater.distinct())).where(where)).one()
     pairs = (
         select(Rating.pair_low_id, Rating.pair_high_id)
-        .where(Rating.experiment_id == experiment_id)
+        .where(where)
         .group_by(Rating.pair_low_id, Rating.pair_high_id)
         .subquery()
     )
@@ -475,11 +532,15 @@ def vote_overview(session: Session, experiment_id: int) -> VoteOverview:
     return VoteOverview(int(votes or 0), int(raters or 0), int(rated))
 
 
-def shared_pair_votes(session: Session, experiment_id: int) -> list[tuple[str, int, int, str]]:
-    """(rater, left id, right id, choice) of the votes on pairs that two or more raters rated, in vote order."""
+def shared_pair_votes(
+    session: Session, experiment_id: int, rater_kind: str | None = "human", exclude: Collection[str] = ()
+) -> list[tuple[str, int, int, str]]:
+    """(rater, left id, right id, choice) of the votes on pairs that two or more raters rated, in vote order
+    (first showings only: a rater's repeat of a pair measures that rater, not agreement)."""
+    where = _votes_of(experiment_id, rater_kind, exclude)
     shared = (
         select(Rating.pair_low_id, Rating.pair_high_id)
-        .where(Rating.experiment_id == experiment_id)
+        .where(where)
         .group_by(Rating.pair_low_id, Rating.pair_high_id)
         .having(func.count(Rating.rater.distinct()) >= 2)
         .subquery()
@@ -487,17 +548,37 @@ def shared_pair_votes(session: Session, experiment_id: int) -> list[tuple[str, i
     rows = session.execute(
         select(Rating.rater, Rating.left_generation_id, Rating.right_generation_id, Rating.choice)
         .join(shared, (shared.c.pair_low_id == Rating.pair_low_id) & (shared.c.pair_high_id == Rating.pair_high_id))
-        .where(Rating.experiment_id == experiment_id)
+        .where(where)
         .order_by(Rating.id)
     )
     return [(r, a, b, c) for r, a, b, c in rows]
 
 
-def rating_version(session: Session, experiment_id: int) -> tuple[int, int]:
-    """(votes, highest rating id) of the experiment: a cheap check for new or deleted votes."""
-    count, highest = session.execute(
-        select(func.count(), func.max(Rating.id)).where(Rating.experiment_id == experiment_id)
-    ).one()
+def score_rows(session: Session, experiment_id: int) -> list[tuple[int, int, int, str, float]]:
+    """(variant id, prompt position, sample, metric, value) of every score: paired comparisons match
+    variants on (prompt, sample), where they share the random stream."""
+    rows = session.execute(
+        select(
+            Generation.variant_id,
+            Prompt.position,
+            Generation.sample_index,
+            GenerationMetric.name,
+            GenerationMetric.value,
+        )
+        .join(Generation, Generation.id == GenerationMetric.generation_id)
+        .join(Prompt, Prompt.id == Generation.prompt_id)
+        .where(Generation.experiment_id == experiment_id)
+    )
+    return [(v, p, s, m, x) for v, p, s, m, x in rows]
+
+
+def rating_version(session: Session, experiment_id: int, rater_kind: str | None = None) -> tuple[int, int]:
+    """(votes, highest rating id) of the experiment, of one kind of rater (None: all): a cheap check
+    for new or deleted votes."""
+    where = Rating.experiment_id == experiment_id
+    if rater_kind is not None:
+        where = where & (Rating.rater_kind == rater_kind)
+    count, highest = session.execute(select(func.count(), func.max(Rating.id)).where(where)).one()
     return int(count or 0), int(highest or 0)
 
 
@@ -513,14 +594,20 @@ def generation_version(session: Session, experiment_id: int) -> tuple[object, ..
     return (*generations, *runs)
 
 
-def votes_after(session: Session, experiment_id: int, after_id: int) -> list[tuple[int, str, int, int]]:
-    """(rating id, rater, lower generation id, higher generation id) of the votes newer than ``after_id``."""
+def votes_after(
+    session: Session, experiment_id: int, after_id: int, rater_kind: str | None = None
+) -> list[tuple[int, str, int, int, int]]:
+    """(rating id, rater, lower generation id, higher generation id, repeat) of the votes newer than
+    ``after_id``, of one kind of rater ("human", "judge"; None: all)."""
+    where = (Rating.experiment_id == experiment_id) & (Rating.id > after_id)
+    if rater_kind is not None:
+        where = where & (Rating.rater_kind == rater_kind)
     rows = session.execute(
-        select(Rating.id, Rating.rater, Rating.pair_low_id, Rating.pair_high_id)
-        .where(Rating.experiment_id == experiment_id, Rating.id > after_id)
+        select(Rating.id, Rating.rater, Rating.pair_low_id, Rating.pair_high_id, Rating.repeat)
+        .where(where)
         .order_by(Rating.id)
     )
-    return [(i, r, lo, hi) for i, r, lo, hi in rows]
+    return [(i, r, lo, hi, rep) for i, r, lo, hi, rep in rows]
 
 
 def pair_is_rated(session: Session, low_id: int, high_id: int) -> bool:
@@ -676,3 +763,60 @@ def rating_rows(session: Session, experiment_id: int) -> list[RatingRow]:
         .order_by(Rating.id)
     )
     return [RatingRow(*row) for row in rows]
+
+
+# --- repeated pairs, raters left out (the statistics section) -------------------------------
+
+
+def has_first_vote(session: Session, experiment_id: int, rater: str, left_id: int, right_id: int) -> bool:
+    """Whether the rater's first vote on this pair (either side) is stored: a repeat needs one."""
+    found = session.scalar(
+        select(Rating.id)
+        .where(
+            Rating.experiment_id == experiment_id,
+            Rating.rater == rater,
+            Rating.pair_low_id == min(left_id, right_id),
+            Rating.pair_high_id == max(left_id, right_id),
+            Rating.repeat == 0,
+        )
+        .limit(1)
+    )
+    return found is not None
+
+
+def voted_raters(session: Session, experiment_id: int) -> list[str]:
+    """The names of everyone (people and judges) with a vote in the experiment, sorted."""
+    rows = session.scalars(
+        select(Rating.rater).where(Rating.experiment_id == experiment_id).distinct().order_by(Rating.rater)
+    )
+    return list(rows)
+
+
+def swap_experiment_spec(session: Session, experiment_id: int, expected: str, spec: dict[str, Any]) -> bool:
+    """Store ``spec`` as the definition only if the stored one is still ``expected`` (its JSON text);
+    False when another change came first (read again and retry), so no change is lost."""
+    result = session.execute(
+        update(Experiment)
+        .where(Experiment.id == experiment_id, Experiment.spec_json == expected)
+        .values(spec_json=json.dumps(spec, ensure_ascii=False))
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+def rater_vote_rows(session: Session, experiment_id: int) -> list[tuple[str, str, int, int, str, int]]:
+    """(rater, rater kind, left id, right id, choice, repeat) of every vote, in vote order: what rater
+    statistics need, read from the ratings table alone (no joins)."""
+    rows = session.execute(
+        select(
+            Rating.rater,
+            Rating.rater_kind,
+            Rating.left_generation_id,
+            Rating.right_generation_id,
+            Rating.choice,
+            Rating.repeat,
+        )
+        .where(Rating.experiment_id == experiment_id)
+        .order_by(Rating.id)
+    )
+    return [(r, kind, left, right, choice, repeat) for r, kind, left, right, choice, repeat in rows]

@@ -32,6 +32,7 @@ RUN_STATES = ("queued", "running", "done", "cancelled", "failed", "interrupted")
 ACTIVE_RUN_STATES = ("queued", "running")
 CHOICES = ("left", "right", "tie", "both_bad")
 RATER_KINDS = ("human", "judge")  # a person on the Rate page (or imported), or an LLM judge
+JUDGE_RATER_PREFIX = "judge:"  # a judge's votes are stored as rater "judge:<name>"; no person may take such a name
 JUDGEMENT_CHOICES = ("left", "right", "tie")
 ROLES = ("owner", "analyst", "rater")  # each role can do everything the ones after it can
 

@@ -20,6 +20,7 @@ import yaml
 
 from engine.errors import SteerLabError
 from engine.fields import Where, as_mapping, as_str, printable, short
+from engine.judge_spec import judges_beside
 from engine.model_reference import resolve_beside
 from engine.prompt_files import read_prompts
 from engine.spec import ExperimentSpec, VectorSpec, parse_experiment
@@ -69,7 +70,13 @@ def parse_experiment_text(
     spec = parse_experiment(data, where, prompts)
     # A model path is relative to the file's folder when it lies there (models are not confined to it:
     # they are read, never shown, and usually live in a shared models folder).
-    spec = ExperimentSpec(**{**spec.__dict__, "model": resolve_beside(spec.model, base_dir)})
+    spec = ExperimentSpec(
+        **{
+            **spec.__dict__,
+            "model": resolve_beside(spec.model, base_dir),
+            "judges": judges_beside(spec.judges, base_dir),  # a judge's own model file, like the model's
+        }
+    )
     return _resolve_vector_files(spec, base_dir, allowed_roots, where)
 
 

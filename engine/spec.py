@@ -55,9 +55,12 @@ from engine.fields import (
     check_keys,
     required,
 )
+from engine.judge_spec import JudgeSettings, JudgeSpec, parse_judges
 from engine.methods.base import ModelFacts, SteeringMethod
 from engine.model_reference import MODEL_SCHEMA, parse_model_reference
+from engine.null_arms import NULL_ARMS, check_arm_names, check_null_arms, expand_null_arms
 from engine.scorers import Scorer, parse_scorer
+from engine.statistics_spec import StatisticsSettings, StatisticsSpec, parse_statistics
 from engine.sweep_config import parse_sweep
 from engine.training_spec import TRAINING_METHODS, TrainingSpec, parse_training
 
@@ -196,6 +199,9 @@ class VariantSpec:
     interventions: tuple[SteeringMethod, ...] = ()
     description: str = ""
     train: TrainingSpec | None = None  # an adaptation baseline: a LoRA adapter or a fine-tuned copy
+    null_arms: tuple[str, ...] = ()  # controls derived from this steering variant (engine.null_arms)
+    control_of: str = ""  # a null arm: the variant it controls ("" for a declared variant)
+    control: str = ""  # a null arm: which ("random" or "flipped")
 
     @property
     def kind(self) -> str:
@@ -222,7 +228,20 @@ class VariantSpec:
             out["interventions"] = [i.to_dict() for i in self.interventions]
         if self.train is not None:
             out["train"] = self.train.to_dict()
+        # null_arms is not written here: this dict is what decides the variant's outputs
+        # (service.provenance hashes it), and declaring controls does not change them;
+        # ExperimentSpec.to_dict writes it. A derived arm says what it controls.
+        if self.control_of:
+            out["control_of"], out["control"] = self.control_of, self.control
         return out
+
+
+def _declared(variant: VariantSpec) -> dict[str, Any]:
+    """A declared variant as a definition stores it: its own dict and the null arms it asks for."""
+    out = variant.to_dict()
+    if variant.null_arms:
+        out["null_arms"] = list(variant.null_arms)
+    return out
 
 
 @dataclass(frozen=True)
@@ -246,6 +265,13 @@ class ExperimentSpec:
     sweep: dict[str, Any] | None = None  # a layer/strength sweep, validated by engine.sweep
     references: tuple[tuple[str, ...], ...] = ()  # acceptable outputs per prompt, for reference scorers
     training_examples: tuple[str, ...] = ()  # texts adapter/fine-tune baselines learn from
+    judges: tuple[JudgeSpec, ...] = ()  # LLM raters of pairs (engine.judge_spec)
+    statistics: StatisticsSpec = field(default_factory=StatisticsSpec)  # how Compare decides (engine.statistics_spec)
+
+    def __post_init__(self) -> None:
+        # Null arms are derived, never stored: however a spec is built (parsed, or replace()d
+        # with other variants or another seed), each declared variant is followed by its arms.
+        object.__setattr__(self, "variants", expand_null_arms(self.variants, self.generation.seed))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -261,11 +287,15 @@ class ExperimentSpec:
             "prompts": [prompt_data(p) for p in self.prompts],
             "generation": self.generation.to_dict(),
             "vectors": {v.name: v.to_dict() for v in self.vectors},
-            "variants": [v.to_dict() for v in self.variants],
+            # Declared variants only: null arms are derived again from their variant's null_arms.
+            "variants": [_declared(v) for v in self.variants if not v.control_of],
             "scorers": [s.to_dict() for s in self.scorers],
             **({"sweep": self.sweep} if self.sweep is not None else {}),
             **({"references": [list(r) for r in self.references]} if self.references else {}),
             **({"training_examples": list(self.training_examples)} if self.training_examples else {}),
+            **({"judges": [j.to_dict() for j in self.judges]} if self.judges else {}),
+            # Only what differs from the defaults, so definitions stored before the section stay as they were.
+            **({"statistics": stats} if (stats := self.statistics.to_dict()) else {}),
         }
 
     def definition_hash(self) -> str:
@@ -279,6 +309,8 @@ class ExperimentSpec:
         data.pop("neutral_prompts")
         data.pop("sweep", None)
         data.pop("references", None)
+        data.pop("judges", None)  # judges rate outputs; they do not decide them
+        data.pop("statistics", None)  # how outputs are judged, not what they are
         text = json.dumps(data, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -575,6 +607,9 @@ class VariantSettings(Settings):
     kind: Annotated[str | None, choice(VARIANT_KINDS)] = Field(
         None, description="Optional: what the fields make it (checked against them)."
     )
+    null_arms: Annotated[tuple[str, ...], NULL_ARMS] = Field(
+        (), description="Steering only: controls run beside it, 'random' and/or 'flipped' (true: both)."
+    )
 
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> VariantSettings:
@@ -607,6 +642,7 @@ class VariantSettings(Settings):
                     f"says {self.kind!r} but the fields given make a {variant.kind!r} variant",
                     "baseline has no prefix, system or interventions; prompting has a prefix or system; steering has interventions; lora and finetune have 'train'",
                 )
+        check_null_arms(variant, where.child("null_arms"))
         return self
 
     def to_spec(self) -> VariantSpec:
@@ -617,6 +653,7 @@ class VariantSettings(Settings):
             interventions=self.interventions,
             description=self.description,
             train=self.train,
+            null_arms=self.null_arms,
         )
 
 
@@ -638,6 +675,7 @@ def _parse_variants(raw: Any, where: Where, info: ValidationInfo) -> tuple[Varia
                 f"repeats the variant name {variant.name!r}", "give each variant its own name"
             )
         variants.append(variant)
+    check_arm_names(variants, where)
     return tuple(variants)
 
 
@@ -799,6 +837,30 @@ class ExperimentSettings(Settings):
     training_examples: Annotated[tuple[str, ...] | None, _TEXTS] = Field(
         None, description="Texts the adaptation baselines learn from (instead of examples_from)."
     )
+    judges: Annotated[
+        tuple[JudgeSpec, ...],
+        Check(
+            lambda value, where: parse_judges(value or [], where),
+            {"type": "array", "items": settings_schema(JudgeSettings)},
+            "text",
+        ),
+    ] = Field((), description="LLM judges that rate pairs of outputs in both orders (steerlab judge).")
+    # After the scorers: score_differences may only name them.
+    statistics: Annotated[
+        StatisticsSpec,
+        Check(
+            lambda value, where, info: parse_statistics(
+                value, where, tuple(s.name for s in info.data.get("scorers", ()))
+            ),
+            settings_schema(StatisticsSettings),
+            "text",
+            with_info=True,
+        ),
+    ] = Field(
+        default_factory=StatisticsSpec,
+        description="How Compare decides: alpha, power, the correction for many comparisons, the effects worth "
+        "detecting, votes before a rating is trusted, length control, repeated pairs, raters left out.",
+    )
 
     def to_spec(self, where: Where) -> ExperimentSpec:
         """The experiment, with the checks that need all of it (sizes, references, the sweep)."""
@@ -819,6 +881,8 @@ class ExperimentSettings(Settings):
             scorers=self.scorers,
             references=self.references or (),
             training_examples=self.training_examples or (),
+            judges=self.judges,
+            statistics=self.statistics,
         )
         limits.check(limits.MAX_VARIANTS, len(spec.variants), str(where))
         limits.check(

@@ -24,7 +24,7 @@ import numpy as np
 from db import repository as repo
 from db.store import Store
 from engine.errors import SteerLabError
-from engine.stats import Estimate
+from engine.stats import Estimate, MeanEstimate
 from service.catalog import get_experiment, stored_spec
 from service.summary import variant_summaries
 
@@ -42,7 +42,7 @@ class MethodRow:
     extra_parameters: int
     extra_bytes: int
     examples: int
-    performance: Estimate
+    performance: Estimate | MeanEstimate
     share_of_finetune_gain: Estimate | None
     # False when this variant's generations came from other runs than the baseline's: its
     # inference time was measured under other conditions and says nothing against the baseline's.

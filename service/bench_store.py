@@ -282,7 +282,8 @@ def _time_rating(store: Store, shape: Size, figures: dict[str, Any], log: Callab
         item = next_item(store, EXPERIMENT, "newcomer", rng)
         assert item is not None
         started = time.perf_counter()
-        record_vote(store, EXPERIMENT, "newcomer", item.left_id, item.right_id, rng.choice(("left", "right", "tie")))
+        choice = rng.choice(("left", "right", "tie"))
+        record_vote(store, EXPERIMENT, "newcomer", item.left_id, item.right_id, choice, repeat=item.repeat)
         vote_times.append((time.perf_counter() - started) * 1000)
 
     vote_times: list[float] = []

@@ -12,6 +12,7 @@ generations, a removed one is deleted.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -140,21 +141,17 @@ def import_experiment(
     """Store a new experiment, or extend a stored one with new vectors and variants.
 
     A stored experiment with the same name is kept when the new definition only adds
-    vectors or variants (or changes scorers and descriptions); any other change would
-    make its stored outputs stale, so it needs ``replace_existing``.
+    vectors or variants, changes scorers and descriptions, or adds or removes a variant's
+    null arms (the variant's own outputs stay; an added arm is run next, a removed one goes
+    with its outputs); any other change would make its stored outputs stale, so it needs
+    ``replace_existing``.
     """
     existing = repo.find_experiment(session, spec.name)
     if existing is not None:
         old = json.loads(existing.spec_json)
         conflict = _conflict(old, spec.to_dict())
         if conflict is None:
-            # Keep the stored vectors and variants (and their order), also those the file does not
-            # list (added on the dashboard, say), and append the file's new ones.
-            stored = stored_spec(existing)
-            vectors = stored.vectors + tuple(v for v in spec.vectors if v.name not in old["vectors"])
-            names = {x["name"] for x in old["variants"]}
-            variants = stored.variants + tuple(v for v in spec.variants if v.name not in names)
-            return save_spec(session, existing, _with(spec, vectors=vectors, variants=variants), vector_files)
+            return save_spec(session, existing, _extended(existing, old, spec, source), vector_files)
         if not replace_existing:
             raise SteerLabError(
                 f"{source}: experiment '{spec.name}' is already stored with a different {conflict}; "
@@ -163,6 +160,30 @@ def import_experiment(
         repo.delete_experiment(session, existing)
         session.flush()
     return save_spec(session, None, spec, vector_files)
+
+
+def _extended(existing: Experiment, old: dict[str, Any], spec: ExperimentSpec, source: str) -> ExperimentSpec:
+    """``spec`` over the stored experiment: its vectors and variants kept, the file's new ones appended.
+
+    The stored ones stay in their order, also those the file does not list (added on the
+    dashboard, say). A stored variant the file lists takes the file's null arms: the file says
+    which controls run beside it (the spec derives the arm variants anew from them).
+    """
+    stored = stored_spec(existing)
+    vectors = stored.vectors + tuple(v for v in spec.vectors if v.name not in old["vectors"])
+    arms = {v.name: v.null_arms for v in spec.variants if not v.control_of}
+    kept = tuple(replace(v, null_arms=arms.get(v.name, v.null_arms)) for v in stored.variants if not v.control_of)
+    names = {x["name"] for x in old["variants"]}
+    added = tuple(v for v in spec.variants if not v.control_of and v.name not in names)
+    # Raters an analyst left out on the dashboard stay left out when the file names none: a re-run
+    # of the file must not silently count them again.
+    statistics = spec.statistics
+    if not statistics.exclude_raters and stored.statistics.exclude_raters:
+        statistics = replace(statistics, exclude_raters=stored.statistics.exclude_raters)
+    try:
+        return _with(spec, vectors=vectors, variants=kept + added, statistics=statistics)
+    except SteerLabError as exc:  # a declared variant named like another's null arm
+        raise SteerLabError(f"{source}: {exc}") from exc
 
 
 def _with(spec: ExperimentSpec, **changes: Any) -> ExperimentSpec:
@@ -179,11 +200,17 @@ def _conflict(old: dict[str, Any], new: dict[str, Any]) -> str | None:
     for name, value in old.get("vectors", {}).items():
         if name in new_vectors and new_vectors[name] != value:
             return f"definition of vector '{name}'"
-    new_variants = {v["name"]: v for v in new.get("variants", [])}
+    # Null arms are controls run beside a variant, not part of what decides its outputs:
+    # adding or removing them extends the stored experiment (see _extended).
+    new_variants = {v["name"]: _without_null_arms(v) for v in new.get("variants", [])}
     for variant in old.get("variants", []):
-        if variant["name"] in new_variants and new_variants[variant["name"]] != variant:
+        if variant["name"] in new_variants and new_variants[variant["name"]] != _without_null_arms(variant):
             return f"definition of variant '{variant['name']}'"
     return None
+
+
+def _without_null_arms(variant: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in variant.items() if key != "null_arms"}
 
 
 def list_experiments(store: Store) -> list[repo.ExperimentSummary]:

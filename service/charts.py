@@ -18,9 +18,9 @@ import pandas as pd
 
 from db import repository as repo
 from db.store import Store
-from engine.ranking import MIN_DECISIVE_BATTLES
-from engine.stats import MIN_DECISIVE_VOTES, Estimate
-from service import cache
+from engine.ranking import Rating
+from engine.stats import MIN_DECISIVE_VOTES, Estimate, MeanEstimate
+from service import cache, decision_tables
 from service.adaptation import MethodRow
 from service.catalog import get_experiment
 from service.comparison import Comparison, compare, too_few_votes
@@ -68,7 +68,7 @@ def round_sig(value: Any, digits: int = 3) -> float | None:
     return round(number, digits - 1 - math.floor(math.log10(abs(number))))
 
 
-def interval_text(e: Estimate, percent: bool = False) -> str:
+def interval_text(e: Estimate | MeanEstimate, percent: bool = False) -> str:
     """``value [low, high]`` with as many decimals as the interval's width makes meaningful."""
     scale = 100.0 if percent else 1.0
     value, low, high = (_finite(x) for x in (e.value, e.low, e.high))
@@ -177,12 +177,14 @@ def win_rate_chart(c: Comparison) -> alt.LayerChart:
     )
 
 
-def bradley_terry_frame(c: Comparison) -> pd.DataFrame:
-    """Ratings as numbers, best first; ``rating``/``low``/``high`` are empty with too few decisive battles."""
-    rows = [
+def _rating_rows(ratings: list[Rating], series: str) -> list[dict[str, Any]]:
+    return [
         {
             "variant": r.player,
-            "rating": _finite(r.rating) if r.enough_votes else None,
+            "series": series,
+            "rating": _finite(r.rating),
+            # An interval from fewer than the minimum of decisive battles is not shown: with 3 wins of 3
+            # every bootstrap resample is the same and the interval would have no width at all.
             "low": _finite(r.low) if r.enough_votes else None,
             "high": _finite(r.high) if r.enough_votes else None,
             "decisive battles": r.decisive,
@@ -190,76 +192,110 @@ def bradley_terry_frame(c: Comparison) -> pd.DataFrame:
             "enough votes": r.enough_votes,
             "label": f"n={r.decisive}"
             if r.enough_votes
-            else f"too few votes (n={r.decisive}; needs {MIN_DECISIVE_BATTLES})",
+            else f"needs more votes ({r.decisive} of {r.min_decisive} decisive battles)",
         }
-        for r in c.bradley_terry
+        for r in ratings
     ]
-    frame = pd.DataFrame(
-        rows, columns=["variant", "rating", "low", "high", "decisive battles", "battles", "enough votes", "label"]
-    )
-    return frame.sort_values(["rating", "decisive battles"], ascending=[False, False], na_position="last")
+
+
+_RATING_COLUMNS = ["variant", "series", "rating", "low", "high", "decisive battles", "battles", "enough votes", "label"]
+RAW = "raw"
+LENGTH_CONTROLLED = "length-controlled"
+
+
+def bradley_terry_frame(c: Comparison) -> pd.DataFrame:
+    """Ratings as numbers, best first (raw, then length-controlled when measured). Every variant with
+    battles has a finite rating (the prior keeps it so); below the minimum of decisive battles it is
+    labelled "needs more votes" and has no interval."""
+    rows = _rating_rows(c.bradley_terry, RAW)
+    if c.length_controlled is not None:
+        rows += _rating_rows(c.length_controlled.controlled, LENGTH_CONTROLLED)
+    frame = pd.DataFrame(rows, columns=_RATING_COLUMNS)
+    order = {
+        v: i for i, v in enumerate(frame[frame["series"] == RAW].sort_values("rating", ascending=False)["variant"])
+    }
+    frame["order"] = frame["variant"].map(order)
+    return frame.sort_values(["order", "series"], ascending=[True, False]).drop(columns="order")
 
 
 def bradley_terry_table(c: Comparison) -> pd.DataFrame:
-    data = bradley_terry_frame(c)
-    return pd.DataFrame(
-        {
-            "variant": data["variant"],
-            "rating [95% CI]": [
-                interval_text(Estimate(r["rating"], r["low"], r["high"], int(r["decisive battles"])))
-                if r["enough votes"]
-                else too_few_votes(int(r["decisive battles"]), MIN_DECISIVE_BATTLES, "decisive battles")
-                for _, r in data.iterrows()
-            ],
-            "decisive battles": data["decisive battles"],
-            "battles (ties included)": data["battles"],
-        }
-    )
+    """One row per variant: the raw rating and, when measured, the length-controlled one, with battles."""
+    controlled = {r.player: r for r in c.length_controlled.controlled} if c.length_controlled is not None else {}
+    rows = []
+    for r in sorted(c.bradley_terry, key=lambda r: -r.rating if math.isfinite(r.rating) else math.inf):
+        row: dict[str, Any] = {"variant": r.player, "rating [95% CI]": _rating_text(r)}
+        if controlled:
+            row["length-controlled [95% CI]"] = _rating_text(controlled[r.player])
+        row["decisive battles"] = r.decisive
+        row["battles (ties included)"] = r.battles
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _rating_text(r: Rating) -> str:
+    if not math.isfinite(r.rating):
+        return f"no votes yet (needs {r.min_decisive} decisive battles)"
+    if not r.enough_votes:
+        return f"{r.rating:,.0f} (needs more votes: {r.decisive} of {r.min_decisive} decisive battles)"
+    return interval_text(Estimate(r.rating, r.low, r.high, r.decisive))
 
 
 def bradley_terry_chart(c: Comparison) -> alt.LayerChart | None:
-    """Ratings with intervals; variants below the minimum are listed with their count. None when no variant has enough."""
+    """Ratings with intervals (raw and length-controlled side by side); variants below the minimum are
+    grey points labelled "needs more votes". None without battles."""
     data = bradley_terry_frame(c)
     data = data[data["battles"] > 0]
-    if not data["enough votes"].any():
+    if data.empty:
         return None
-    base = alt.Chart(data).encode(y=_variant_axis(list(data["variant"])))
+    order = list(dict.fromkeys(data["variant"]))
+    series = [RAW, LENGTH_CONTROLLED] if c.length_controlled is not None else [RAW]
+    colour = alt.Color(
+        "series:N",
+        scale=alt.Scale(domain=series, range=["#d62728", "#1f77b4"][: len(series)]),
+        legend=alt.Legend(title=None, orient="top") if len(series) > 1 else None,
+    )
+    offset = alt.YOffset("series:N", sort=series) if len(series) > 1 else alt.YOffset()
+    base = alt.Chart(data).encode(y=_variant_axis(order), yOffset=offset)
     rule = base.mark_rule(strokeWidth=2).encode(
         x=alt.X(
             "low:Q",
             scale=alt.Scale(zero=False),
-            title="Bradley–Terry rating (95% bootstrap)",
+            title="Bradley–Terry rating (95% bootstrap; prior N(1000, 400²))",
             axis=alt.Axis(labelOverlap="greedy", labelSeparation=6),
         ),
         x2="high:Q",
+        color=colour,
     )
-    point = base.mark_point(filled=True, size=80, color="#d62728").encode(x="rating:Q", tooltip=list(data.columns))
-    return (rule + point + _label_column(base, "label")).properties(
+    point = base.mark_point(filled=True, size=80).encode(
+        x="rating:Q",
+        color=alt.condition("datum['enough votes']", colour, alt.value(GREY)),
+        tooltip=list(data.columns),
+    )
+    labels = alt.Chart(data[data["series"] == RAW]).encode(y=_variant_axis(order))
+    return (rule + point + _label_column(labels, "label")).properties(
         width=WIDTH,
-        height=_rows_height(len(data)),
+        height=_rows_height(len(order)) * (len(series) if len(series) > 1 else 1),
         autosize=FIT_WIDTH,
         title=alt.Title(
             "Bradley–Terry ratings",
-            subtitle=f"shown from {MIN_DECISIVE_BATTLES} decisive battles per variant; label: decisive battles",
+            subtitle=f"interval shown from {c.statistics.min_votes} decisive battles per variant; grey: needs more votes",
         ),
     )
 
 
 def bradley_terry_note(c: Comparison) -> str | None:
-    """Why some or all ratings are not shown, or None when all are."""
-    short = [r for r in c.bradley_terry if not r.enough_votes]
-    if not short:
-        return None
-    most = max(c.bradley_terry, key=lambda r: r.decisive, default=None)
-    if len(short) == len(c.bradley_terry):
-        return (
-            f"Bradley–Terry ratings: too few votes. A rating is shown from {MIN_DECISIVE_BATTLES} decisive battles "
-            f"(won or lost) per variant; the most any variant has is {most.decisive if most else 0}."
+    """Which ratings need more votes, and the length effect; None when there is nothing to say."""
+    notes = []
+    short = [r for r in c.bradley_terry if r.battles and not r.enough_votes]
+    if short:
+        notes.append(
+            f"{len(short)} of {len(c.bradley_terry)} variants have fewer than {c.statistics.min_votes} decisive "
+            "battles: their ratings are shown without an interval and labelled “needs more votes” (a weak prior, "
+            "N(1000, 400²), keeps them finite; they move as votes come in)."
         )
-    return (
-        f"{len(short)} of {len(c.bradley_terry)} variants have fewer than {MIN_DECISIVE_BATTLES} decisive battles, "
-        "so their ratings are not shown (too few votes)."
-    )
+    if c.length_controlled is not None:
+        notes.append(c.length_controlled.describe())
+    return " ".join(notes) or None
 
 
 def matrix_frame(c: Comparison) -> pd.DataFrame:
@@ -512,19 +548,23 @@ def scores_frame(c: Comparison) -> pd.DataFrame:
 
 
 def scores_table(c: Comparison) -> pd.DataFrame:
-    """One row per variant, one column per scorer: mean [95% CI], with n (generations scored)."""
+    """One row per variant, one column per scorer: mean of per-prompt means [95% CI], with the prompts
+    (the interval's sample size) and the generations scored."""
     scorers = list(dict.fromkeys(scorer for s in c.summaries for scorer in s.scores))
     rows = []
     for s in c.summaries:
-        counts = {e.n for e in s.scores.values()}
-        n = max(counts) if counts else 0
-        row: dict[str, Any] = {"variant": s.name, "n (generations scored)": n}
+        prompts = max((e.prompts for e in s.scores.values()), default=0)
+        generations = max((e.generations for e in s.scores.values()), default=0)
+        row: dict[str, Any] = {"variant": s.name, "prompts": prompts, "generations scored": generations}
         for scorer in scorers:
             e = s.scores.get(scorer)
             if e is None:
                 row[f"{scorer} [95% CI]"] = "–"
             else:
-                row[f"{scorer} [95% CI]"] = interval_text(e) + (f" (n={e.n})" if e.n != n else "")
+                differs = (e.prompts, e.generations) != (prompts, generations)
+                row[f"{scorer} [95% CI]"] = interval_text(e) + (
+                    f" ({e.prompts} prompts, {e.generations} generations)" if differs else ""
+                )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -537,12 +577,13 @@ def scores_chart(c: Comparison) -> alt.FacetChart | None:
     titles = {}
     for scorer, group in data.groupby("scorer", sort=False):
         low, high = int(group["n"].min()), int(group["n"].max())
-        titles[scorer] = f"{scorer} (n={low} per variant)" if low == high else f"{scorer} (n={low}–{high} per variant)"
+        count = f"{low}" if low == high else f"{low}–{high}"
+        titles[scorer] = f"{scorer} ({count} prompts per variant)"
     data["panel"] = data["scorer"].map(titles)
     base = alt.Chart().encode(y=_variant_axis(c.variants))
     layered = alt.layer(
         base.mark_rule(strokeWidth=2).encode(
-            x=alt.X("low:Q", title="mean score (95% bootstrap over prompts)"), x2="high:Q"
+            x=alt.X("low:Q", title="mean score over prompts (95% t-interval)"), x2="high:Q"
         ),
         base.mark_point(filled=True, size=70).encode(
             x="mean:Q", tooltip=["variant", "scorer", "mean", "low", "high", "n"]
@@ -639,7 +680,7 @@ def pareto_chart(result: SweepResult) -> alt.LayerChart:
 def adaptation_frame(rows: list[MethodRow]) -> pd.DataFrame:
     """The adaptation comparison as text, rounded to what is meaningful."""
 
-    def est(e: Estimate | None) -> str:
+    def est(e: Estimate | MeanEstimate | None) -> str:
         if e is None or _finite(e.value) is None:
             return "–"
         return f"{interval_text(e)} (n={e.n})"
@@ -762,7 +803,8 @@ class CompareView:
 
     comparison: Comparison
     charts: dict[str, dict[str, Any] | None]  # win_rate, bradley_terry, matrix, scores, compute, reversibility
-    tables: dict[str, pd.DataFrame]  # win_rate, bradley_terry, scores, compute
+    # win_rate, bradley_terry, scores, compute, decisions, judge_decisions, raters, null_arms
+    tables: dict[str, pd.DataFrame]
     notes: dict[str, list[str]]  # bradley_terry, compute, reversibility
 
 
@@ -799,6 +841,10 @@ def _view(c: Comparison) -> CompareView:
             "bradley_terry": bradley_terry_table(c),
             "scores": scores_table(c),
             "compute": compute_table(c),
+            "decisions": decision_tables.decisions_table(c.decisions.people) if c.decisions else pd.DataFrame(),
+            "judge_decisions": decision_tables.decisions_table(c.decisions.judges) if c.decisions else pd.DataFrame(),
+            "raters": decision_tables.raters_table(c.rater_quality),
+            "null_arms": decision_tables.null_arms_table(c.null_arms),
         },
         notes={
             "bradley_terry": [note] if note else [],

@@ -1,4 +1,4 @@
-"""The command line: ``steerlab run|worker|status|list|export|report|sweep|calibrate|score|suite|bench|schema``.
+"""The command line: ``steerlab run|worker|judge|status|list|export|votes|report|sweep|calibrate|score|suite|bench|schema``.
 
 ``python -m engine`` is the same command. This module parses arguments and runs the
 commands; the text tables they print are in :mod:`service.cli_tables`.
@@ -22,6 +22,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from db.store import Store, StoreError, resolve_url
+from engine import limits
 from engine.errors import SteerLabError
 from engine.fields import printable
 from service.access import Identity
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
 
 PROG = "steerlab"
 DB_HELP = "SQLAlchemy URL or SQLite file (default: $STEERLAB_DB or steerlab.db)"
+# Commands that log to the file beside the store even without --db.
+LOGGED_COMMANDS = ("run", "worker", "judge", "sweep", "score", "suite")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +76,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--create", action="store_true", help="create the store if the database is empty (otherwise refused)"
     )
 
+    judge = sub.add_parser(
+        "judge", help="let an LLM judge of a stored experiment read its pairs in both orders and vote"
+    )
+    judge.add_argument("name", help="the stored experiment")
+    judge.add_argument("--judge", help="which of its judges (default: the first in its 'judges' section)")
+    judge.add_argument("--db", help=DB_HELP)
+    judge.add_argument("--queue", action="store_true", help="queue the judge's run for a worker and return")
+    judge.add_argument("--batch-size", type=int, default=8, help="readings per batch (default 8)")
+    judge.add_argument("--device", default="auto", help="for a local judge model: auto, cpu, cuda or multi")
+    judge.add_argument("--dtype", default="auto", help="for a local judge model: auto, float32, bfloat16, float16")
+    judge.add_argument(
+        "--restart",
+        action="store_true",
+        help="first delete this judge's readings and votes, and judge every pair again",
+    )
+
     status = sub.add_parser("status", help="show an experiment's run: state, progress, worker, error, traceback")
     status.add_argument("name")
     status.add_argument("--db", help=DB_HELP)
@@ -85,6 +104,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=("json", "csv"), default="json")
     export.add_argument("-o", "--output", required=True, help="file to write")
     export.add_argument("--db")
+
+    votes = sub.add_parser("votes", help="export an experiment's votes, or import votes from a CSV or JSONL file")
+    votes_sub = votes.add_subparsers(dest="votes_command", required=True)
+    votes_export = votes_sub.add_parser("export", help="write every vote (the format `votes import` reads)")
+    votes_export.add_argument("name")
+    votes_export.add_argument("--format", choices=("csv", "jsonl"), default="csv")
+    votes_export.add_argument("-o", "--output", help="file to write (default: standard output)")
+    votes_export.add_argument("--db", help=DB_HELP)
+    votes_import = votes_sub.add_parser(
+        "import", help="store the votes of a .csv or .jsonl file (all or none; stored ones are skipped)"
+    )
+    votes_import.add_argument("name")
+    votes_import.add_argument("file", help="a .csv or .jsonl file of votes")
+    votes_import.add_argument("--db", help=DB_HELP)
 
     sweep = sub.add_parser("sweep", help="run the file's layer x coefficient sweep and recommend a cell")
     sweep.add_argument("file", help="experiment YAML file with a 'sweep' section")
@@ -168,9 +201,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {
         "run": _run,
         "worker": _worker,
+        "judge": _judge,
         "status": _status,
         "list": _list,
         "export": _export,
+        "votes": _votes,
         "report": _report,
         "sweep": _sweep,
         "calibrate": _calibrate,
@@ -180,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "schema": _schema,
     }
     try:
-        if getattr(args, "db", None) is not None or args.command in ("run", "worker", "sweep", "score", "suite"):
+        if getattr(args, "db", None) is not None or args.command in LOGGED_COMMANDS:
             # The log file lies beside the store; a command's own output stays on stdout/stderr.
             configure_logging(
                 resolve_url(getattr(args, "db", None)),
@@ -304,16 +339,62 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _judge(args: argparse.Namespace) -> int:
+    from service.jobs import enqueue_judge
+    from service.judging import NothingToJudge, forget_judge, run_judge
+    from service.run_options import RunOptions
+
+    store = Store(args.db)
+    options = RunOptions(args.batch_size, args.device, args.dtype)
+    who = Identity(f"command line on {_host()}", signed_in=False)
+    try:
+        if args.queue:
+            run_id = enqueue_judge(store, args.name, args.judge, options, who, restart=args.restart)
+            print(f"Queued judge run {run_id} ({store.display_url}); a worker will run it (see `steerlab status`).")
+            return 0
+        if args.restart and args.judge is None:
+            raise SteerLabError("--restart deletes a judge's verdicts, so name the judge: add --judge NAME.")
+        if args.restart:
+            forget_judge(store, args.name, args.judge, who)
+        progress = _ProgressBar("judging")
+        try:
+            result = run_judge(store, args.name, args.judge, options, progress)
+        finally:
+            progress.close()
+    except NothingToJudge as done:  # as `run`: a complete judge is not an error
+        print(done)
+        return 0
+    print(
+        f"Judge '{result.judge}' of '{result.experiment}': run {result.run_id} {result.status}, "
+        f"{result.read} new readings ({result.total} in all), {result.votes} votes stored ({store.display_url})."
+    )
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
     from service.jobs import missing_worker, status
     from service.lease import lease_seconds
 
     store = Store(args.db)
     print(format_status(args.name, status(store, args.name), datetime.now(UTC), lease_seconds()))
+    _print_judges(store, args.name)
     warning = missing_worker(store)
     if warning:
         print(warning)
     return 0
+
+
+def _print_judges(store: Store, name: str) -> None:
+    """One line per judge that has stored readings: its latest run and its progress."""
+    from service.jobs import judge_status
+    from service.judging import judges_with_readings
+
+    for judge in judges_with_readings(store, name):
+        try:
+            line = judge_status(store, name, judge).describe()
+        except SteerLabError:  # no longer declared by the experiment: its readings stay, it has no status
+            continue
+        print(f"Judge '{judge}': {line}")
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -434,6 +515,32 @@ def _export(args: argparse.Namespace) -> int:
     text = export_json(store, args.name) if args.format == "json" else export_csv(store, args.name)
     _write(target, text, "export")
     print(f"Wrote {args.format.upper()} export of '{args.name}' to {target}.")
+    return 0
+
+
+def _votes(args: argparse.Namespace) -> int:
+    from service.votes_io import export_votes, import_votes
+
+    store = Store(args.db)
+    who = Identity(f"command line on {_host()}", signed_in=False)
+    if args.votes_command == "export":
+        text = export_votes(store, args.name, args.format, who)
+        if args.output is None:
+            sys.stdout.write(text)
+            return 0
+        target = _output_path(args.output, "votes")
+        _write(target, text, "votes")
+        print(f"Wrote the votes of '{args.name}' as {args.format.upper()} to {target}.")
+        return 0
+    path = Path(args.file)
+    if not path.is_file():
+        raise SteerLabError(f"Votes file '{args.file}' does not exist; check the path.")
+    limits.check(limits.MAX_FILE_BYTES, path.stat().st_size, f"Votes file '{args.file}'")
+    try:
+        content = path.read_bytes()
+    except OSError as exc:
+        raise SteerLabError(f"Votes file '{args.file}' cannot be read ({exc.strerror or exc}); check it.") from exc
+    print(import_votes(store, args.name, content, path.name, who).describe())
     return 0
 
 

@@ -12,15 +12,30 @@ import difflib
 import math
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from db import repository as repo
 from db.store import Store
-from engine.ranking import Battle, Rating, bradley_terry_from_counts, cohen_kappa, fleiss_kappa
+from engine.battles import Tally, battle_of, battles_from_tallies, length_battles, pair_verdict, position_bias
+from engine.errors import SteerLabError
+from engine.ranking import (
+    Battle,
+    LengthControlled,
+    Rating,
+    bradley_terry_from_counts,
+    cohen_kappa,
+    fleiss_kappa,
+    length_controlled_ratings,
+)
+from engine.rater_quality import JudgeAgreement, RaterQuality
+from engine.statistics_spec import StatisticsSpec
 from engine.stats import MIN_DECISIVE_VOTES as MIN_DECISIVE_VOTES
 from engine.stats import Estimate, wilson_interval
 from service import cache
-from service.catalog import get_experiment
+from service.catalog import get_experiment, stored_spec
+from service.decisions import Decision, Decisions, decide, pair_decisions, score_order, score_table, tally_counter
+from service.null_arms import NullArmResult, null_arm_comparison
+from service.raters import judge_human_agreement, rater_report
 from service.summary import VariantSummary, variant_summaries
 
 
@@ -89,6 +104,18 @@ class Comparison:
     left_wins: Estimate  # share of decisive votes won by the left side
     agreement: Agreement
     summaries: list[VariantSummary] = field(default_factory=list)
+    statistics: StatisticsSpec = field(default_factory=StatisticsSpec)
+    # Verdicts against the baseline (people's votes and scores; judges apart), corrected per family.
+    decisions: Decisions | None = None
+    length_controlled: LengthControlled | None = None  # None: switched off, or no votes
+    judge_votes: int = 0  # judges' votes: never in the figures above, which are the people's
+    judge_agreement: list[JudgeAgreement] = field(default_factory=list)
+    rater_quality: list[RaterQuality] = field(default_factory=list)  # every rater, people and judges
+    null_arms: list[NullArmResult] = field(default_factory=list)
+
+    @property
+    def excluded_raters(self) -> tuple[str, ...]:
+        return self.statistics.exclude_raters
 
 
 def compare(store: Store, name: str, bootstrap_rounds: int = 1000, seed: int = 0) -> Comparison:
@@ -103,18 +130,63 @@ def compare(store: Store, name: str, bootstrap_rounds: int = 1000, seed: int = 0
 
 
 def _compare(store: Store, name: str, bootstrap_rounds: int, seed: int) -> Comparison:
+    """The people's votes (raters left out by the analysts excluded), each judge's votes apart, and scores."""
     summaries = variant_summaries(store, name)
     with store.session() as session:
         experiment = get_experiment(session, name)
+        spec = stored_spec(experiment)
+        statistics = spec.statistics
+        exclude = statistics.exclude_raters
         variants = [v.name for v in experiment.variants]
+        names = {v.id: v.name for v in experiment.variants}
         baseline = next((v.name for v in experiment.variants if v.kind == "baseline"), None)
-        tallies: Counter[Tally] = Counter()
-        for left, right, choice, n in repo.vote_tallies(session, experiment.id):
-            tallies[(left, right, choice)] += n
-        overview = repo.vote_overview(session, experiment.id)
-        shared = repo.shared_pair_votes(session, experiment.id)
+        tallies = tally_counter(repo.vote_tallies(session, experiment.id, "human", exclude))
+        judge_tallies: dict[str, Counter[Tally]] = {}
+        for judge, left, right, choice, n in repo.vote_tallies_by_rater(session, experiment.id, "judge", exclude):
+            judge_tallies.setdefault(judge, Counter())[(left, right, choice)] += n
+        lengths = repo.length_tallies(session, experiment.id, "human", exclude) if statistics.length_control else []
+        overview = repo.vote_overview(session, experiment.id, "human", exclude)
+        shared = repo.shared_pair_votes(session, experiment.id, "human", exclude)
+        scores = score_table((names[v], p, s, m, x) for v, p, s, m, x in repo.score_rows(session, experiment.id))
     agreement = _agreement_of(shared, overview.rated_pairs)
-    return _assemble(name, variants, baseline, tallies, overview.raters, agreement, summaries, bootstrap_rounds, seed)
+    comparison = _assemble(
+        name, variants, baseline, tallies, overview.raters, agreement, summaries, bootstrap_rounds, seed, statistics
+    )
+    length_controlled = (
+        length_controlled_ratings(
+            length_battles(lengths), variants, bootstrap_rounds, seed, min_decisive=statistics.min_votes
+        )
+        if lengths
+        else None
+    )
+    return replace(
+        comparison,
+        decisions=decide(spec, baseline, tallies, judge_tallies, scores, statistics),
+        length_controlled=length_controlled,
+        judge_votes=sum(sum(t.values()) for t in judge_tallies.values()),
+        judge_agreement=judge_human_agreement(store, name),
+        rater_quality=rater_report(store, name),
+        null_arms=null_arm_comparison(store, name, exclude),
+    )
+
+
+def compare_two(store: Store, name: str, variant: str, opponent: str) -> list[Decision]:
+    """Two variants a team picks on the page, on the people's votes and on every score, paired.
+
+    Not corrected for multiplicity: a pair chosen after looking at the data is one more look,
+    which the page says next to the figures.
+    """
+    with store.session() as session:
+        experiment = get_experiment(session, name)
+        spec = stored_spec(experiment)
+        statistics = spec.statistics
+        names = {v.id: v.name for v in experiment.variants}
+        for wanted in (variant, opponent):
+            if wanted not in names.values():
+                raise SteerLabError(f"Experiment '{name}' has no variant '{wanted}'; pick one of its variants.")
+        tallies = tally_counter(repo.vote_tallies(session, experiment.id, "human", statistics.exclude_raters))
+        scores = score_table((names[v], p, s, m, x) for v, p, s, m, x in repo.score_rows(session, experiment.id))
+    return pair_decisions(variant, opponent, tallies, scores, score_order(spec, scores), statistics)
 
 
 def from_votes(
@@ -142,12 +214,6 @@ def from_votes(
     )
 
 
-# (left variant, right variant, choice) -> votes: all that win rates, Bradley–Terry and the
-# position check need, so they are computed from a few hundred counts, not one row per vote.
-Tally = tuple[str, str, str]
-_OUTCOME = {"left": 1.0, "right": 0.0, "tie": 0.5}
-
-
 def _assemble(
     name: str,
     variants: list[str],
@@ -158,16 +224,16 @@ def _assemble(
     summaries: list[VariantSummary] | None,
     bootstrap_rounds: int,
     seed: int,
+    statistics: StatisticsSpec | None = None,
 ) -> Comparison:
-    battles: Counter[tuple[str, str, float]] = Counter()
+    """Win rates, ratings and the position check from (left, right, choice) tallies: a few hundred
+    counts, not one row per vote (engine.battles maps votes to battles)."""
+    statistics = statistics or StatisticsSpec()
     by_pair: dict[frozenset[str], list[tuple[Tally, int]]] = {}
     for (left, right, choice), n in tallies.items():
         by_pair.setdefault(frozenset((left, right)), []).append(((left, right, choice), n))
-        if choice in _OUTCOME:
-            battles[(left, right, _OUTCOME[choice])] += n
     pairwise = [_win_rate(by_pair.get(frozenset((a, b)), []), a, b) for a in variants for b in variants if a != b]
-    decisive = sum(n for (_, _, choice), n in tallies.items() if choice in ("left", "right"))
-    left_won = sum(n for (_, _, choice), n in tallies.items() if choice == "left")
+    battles = battles_from_tallies(tallies)
     return Comparison(
         experiment=name,
         variants=variants,
@@ -176,10 +242,13 @@ def _assemble(
         raters=raters,
         against_baseline=[w for w in pairwise if w.opponent == baseline],
         pairwise=pairwise,
-        bradley_terry=bradley_terry_from_counts(battles, variants, bootstrap_rounds, seed),
-        left_wins=wilson_interval(left_won, decisive),
+        bradley_terry=bradley_terry_from_counts(
+            battles.counts, variants, bootstrap_rounds, seed, min_decisive=statistics.min_votes
+        ),
+        left_wins=position_bias(tallies),
         agreement=agreement,
         summaries=list(summaries or []),
+        statistics=statistics,
     )
 
 
@@ -194,16 +263,13 @@ class Vote:
     right_id: int
     choice: str
 
-    def battle(self) -> Battle:
-        outcome = {"left": 1.0, "right": 0.0, "tie": 0.5}[self.choice]
-        return Battle(self.left_variant, self.right_variant, outcome)
+    def battle(self) -> Battle | None:
+        """The Bradley–Terry battle of this vote; None for a both-bad vote (counted apart)."""
+        return battle_of(self.left_variant, self.right_variant, self.choice)
 
     def label(self) -> str:
         """The verdict in terms of the two generations, not the sides they were shown on."""
-        if self.choice in ("tie", "both_bad"):
-            return self.choice
-        winner = self.left_id if self.choice == "left" else self.right_id
-        return "lower id won" if winner == min(self.left_id, self.right_id) else "higher id won"
+        return pair_verdict(self.left_id, self.right_id, self.choice)
 
 
 def _win_rate(tallies: list[tuple[Tally, int]], variant: str, opponent: str) -> WinRate:
@@ -229,10 +295,7 @@ def _agreement_of(votes: list[tuple[str, int, int, str]], rated_pairs: int) -> A
     """The same from (rater, left id, right id, choice) rows (tens of thousands at team scale)."""
     by_item: dict[tuple[int, int], dict[str, str]] = {}
     for rater, left, right, choice in votes:
-        if choice in ("tie", "both_bad"):
-            label = choice
-        else:  # the verdict in terms of the two outputs, not the sides they were shown on
-            label = "lower id won" if (left < right) == (choice == "left") else "higher id won"
+        label = pair_verdict(left, right, choice)  # in terms of the two outputs, not the sides
         by_item.setdefault((left, right) if left < right else (right, left), {})[rater] = label
     shared = {item: labels for item, labels in by_item.items() if len(labels) >= 2}
     raters = {r for labels in shared.values() for r in labels}

@@ -21,6 +21,7 @@ from engine.methods import registry
 from engine.methods.base import FieldInfo, ModelFacts, SteeringMethod
 from engine.model_config import config_facts
 from engine.models import load_model
+from engine.null_arms import ARMS
 from engine.prompt_files import PROMPT_FILE_TYPES, parse_prompts
 from engine.spec import (
     ExperimentSpec,
@@ -62,7 +63,8 @@ def steering_methods() -> dict[str, type[SteeringMethod]]:
     return registry()
 
 
-__all__ = ["FieldInfo", "steering_methods"]  # FieldInfo: what the dashboard builds method forms from
+# FieldInfo: what the dashboard builds method forms from; VariantSpec: what its variant forms show.
+__all__ = ["FieldInfo", "VariantSpec", "steering_methods"]
 
 
 # The new-experiment form's labels for fields whose names differ from them.
@@ -75,6 +77,11 @@ NEW_EXPERIMENT_LABELS = {
     "model": "Model",
     "name": "Name",
 }
+
+# The variant form's labels for fields whose names differ from them.
+VARIANT_LABELS = {"null_arms": "Null arms"}
+# The choices of the variant form's "Null arms" field (engine.null_arms): "random", "flipped".
+NULL_ARMS: tuple[str, ...] = ARMS
 
 
 def create_experiment(
@@ -150,13 +157,26 @@ def duplicate_experiment(store: Store, name: str, new_name: str, who: Identity =
 def save_variant(
     store: Store, experiment_name: str, raw: dict[str, Any], original_name: str | None = None, who: Identity = LOCAL
 ) -> VariantSpec:
-    """Add a variant, or replace ``original_name`` (its stored outputs are dropped if it changed)."""
+    """Add a variant, or replace ``original_name`` (its stored outputs are dropped if it changed).
+
+    ``raw["null_arms"]`` is the variant's whole list of null arms: an arm it no longer lists
+    is removed with its outputs, and one it adds is run next time (the variant's own outputs
+    stay when only its arms change). A null arm itself is derived, so it is refused here.
+    """
     require(store, who, experiment_name, "owner", "changing variants")
     with store.session() as session:
         experiment = get_experiment(session, experiment_name)
         spec = stored_spec(experiment)
-        where = Where.form(f"Variant '{raw.get('name') or original_name or 'new'}'")
+        if original_name is not None:
+            refuse_null_arm(spec, original_name)
+        where = Where.form(f"Variant '{raw.get('name') or original_name or 'new'}'", VARIANT_LABELS)
         variant = parse_variant(raw, where, {v.name for v in spec.vectors})
+        arm = _null_arm(spec, variant.name)
+        if arm is not None and variant.name != original_name:
+            raise SteerLabError(
+                f"A variant named '{variant.name}' already exists: it is a null arm of '{arm.control_of}'; "
+                "pick another name."
+            )
         others = [v for v in spec.variants if v.name != (original_name or variant.name)]
         if original_name is None and len(others) != len(spec.variants):
             raise SteerLabError(f"A variant named '{variant.name}' already exists; pick another name or edit that one.")
@@ -169,27 +189,51 @@ def save_variant(
             if original_name
             else [*spec.variants, variant]
         )
+        # The spec derives the variant's null arms anew from its null_arms (engine.null_arms).
         new_spec = replace(spec, variants=tuple(variants))
         check_variant_against_model(new_spec, variant, model_facts(spec.model), where)
         check_edit_scales(store, experiment_name, variant)
         save_spec(session, experiment, new_spec)
         action = f"variant '{variant.name}' " + (f"changed (was '{original_name}')" if original_name else "added")
-        audit.record(session, who.user, "changed", experiment_name, action)
+        audit.record(session, who.user, "changed", experiment_name, action + _arms_note(variant))
         return variant
 
 
 def delete_variant(store: Store, experiment_name: str, variant_name: str, who: Identity = LOCAL) -> None:
+    """Delete a declared variant with its outputs and votes, and its null arms with theirs."""
     require(store, who, experiment_name, "owner", "deleting variants")
     with store.session() as session:
         experiment = get_experiment(session, experiment_name)
         spec = stored_spec(experiment)
+        refuse_null_arm(spec, variant_name)
         remaining = tuple(v for v in spec.variants if v.name != variant_name)
         if len(remaining) == len(spec.variants):
             raise SteerLabError(f"Variant '{variant_name}' does not exist; reload the page.")
-        if not remaining:
+        if not any(not v.control_of for v in remaining):
             raise SteerLabError("An experiment needs at least one variant; add another before deleting this one.")
+        deleted = next(v for v in spec.variants if v.name == variant_name)
         save_spec(session, experiment, replace(spec, variants=remaining))
-        audit.record(session, who.user, "changed", experiment_name, f"variant '{variant_name}' deleted")
+        audit.record(
+            session, who.user, "changed", experiment_name, f"variant '{variant_name}' deleted" + _arms_note(deleted)
+        )
+
+
+def refuse_null_arm(spec: ExperimentSpec, name: str) -> None:
+    """One sentence if ``name`` is a null arm: it is derived from its variant, so it changes only through it."""
+    arm = _null_arm(spec, name)
+    if arm is not None:
+        raise SteerLabError(
+            f"'{arm.name}' is a null arm of '{arm.control_of}'; change {arm.control_of}'s null arms instead."
+        )
+
+
+def _null_arm(spec: ExperimentSpec, name: str) -> VariantSpec | None:
+    return next((v for v in spec.variants if v.control_of and v.name == name), None)
+
+
+def _arms_note(variant: VariantSpec) -> str:
+    """What the audit log adds about a variant's null arms (they come and go with it)."""
+    return f" with null arms {', '.join(variant.null_arms)}" if variant.null_arms else ""
 
 
 def save_vector(store: Store, experiment_name: str, name: str, raw: dict[str, Any], who: Identity = LOCAL) -> None:

@@ -15,6 +15,8 @@ from engine.conversation import Conversation, PromptItem
 from service import audit
 from service.access import LOCAL, Identity, require
 from service.catalog import get_experiment, stored_spec
+from service.comparison import compare
+from service.comparison_export import comparison_data
 from service.provenance import stored_model_source
 from service.summary import variant_summaries
 
@@ -34,9 +36,10 @@ def html_report_for(store: Store, name: str, who: Identity = LOCAL) -> str:
     return html_report(store, name)
 
 
-def export_data(store: Store, name: str, rows: bool = True) -> dict[str, Any]:
+def export_data(store: Store, name: str, rows: bool = True, figures: bool = True) -> dict[str, Any]:
     """Everything about the experiment; ``rows=False`` leaves the generations and ratings lists empty
-    (the report needs only the experiment, its prompts and variants)."""
+    (the report needs only the experiment, its prompts and variants), and ``figures=False`` leaves out
+    Compare's figures (``comparison``), which the CSV does not hold."""
     summaries = {s.name: s for s in variant_summaries(store, name)}
     with store.session() as session:
         experiment = get_experiment(session, name)
@@ -69,8 +72,15 @@ def export_data(store: Store, name: str, rows: bool = True) -> dict[str, Any]:
                     "spec": next(x.to_dict() for x in spec.variants if x.name == v.name),  # the one stored definition
                     "compute": _clean(summaries[v.name].compute()),
                     "reversibility": _clean(summaries[v.name].reversibility()),
+                    # The mean over prompts, its interval over prompts, and both sample sizes.
                     "scores": {
-                        k: {"mean": _num(e.value), "ci95": [_num(e.low), _num(e.high)], "n": e.n}
+                        k: {
+                            "mean": _num(e.value),
+                            "ci95": [_num(e.low), _num(e.high)],
+                            "n": e.prompts,
+                            "prompts": e.prompts,
+                            "generations": e.generations,
+                        }
                         for k, e in summaries[v.name].scores.items()
                     },
                 }
@@ -90,6 +100,8 @@ def export_data(store: Store, name: str, rows: bool = True) -> dict[str, Any]:
                 }
                 for g in generations
             ],
+            # Every figure Compare shows (verdicts, ratings, raters, judges, null arms); None in rows=False.
+            "comparison": comparison_data(compare(store, name)) if rows and figures else None,
             "ratings": [
                 {
                     "rater": r.rater,
@@ -98,6 +110,8 @@ def export_data(store: Store, name: str, rows: bool = True) -> dict[str, Any]:
                     "left_variant": r.left_variant,
                     "right_variant": r.right_variant,
                     "choice": r.choice,
+                    "rater_kind": r.rater_kind,
+                    "repeat": r.repeat,
                     "created_at": r.created_at.isoformat(),
                 }
                 for r in ratings
@@ -114,7 +128,7 @@ def export_json(store: Store, name: str, who: Identity = LOCAL) -> str:
 def export_csv(store: Store, name: str, who: Identity = LOCAL) -> str:
     """Generations with their rating tallies, spreadsheet-safe (analysts and owners only)."""
     _exporting(store, who, name, "CSV")
-    data = export_data(store, name)
+    data = export_data(store, name, figures=False)
     score_names = sorted({k for g in data["generations"] for k in g["scores"]})
     tallies: dict[int, dict[str, int]] = {}
     for r in data["ratings"]:

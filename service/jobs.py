@@ -18,16 +18,20 @@ from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
 
+from db import judgements as judge_store
 from db import repository as repo
 from db import runs
 from db.store import Store
 from engine.errors import SteerLabError
 from engine.experiment_file import load_experiment_file
+from engine.judge_spec import find_judge
 from service import audit
 from service.access import LOCAL, Identity, require
-from service.catalog import get_experiment
+from service.catalog import get_experiment, stored_spec
+from service.judging import NothingToJudge as NothingToJudge  # re-exported: callers catch it from here
+from service.judging import forget_judge, judge_options, nothing_to_judge, plan, refuse_if_changed
 from service.lease import poll_seconds
-from service.run_options import RunOptions, busy_error
+from service.run_options import JUDGING, RunOptions, busy_error
 from service.staleness import all_current
 
 
@@ -51,6 +55,7 @@ class RunStatus:
     traceback: str = ""  # of a failed run
     attempts: int = 0  # claims: 2 or more means a worker took it over from one that died
     requested_by: str = ""
+    unit: str = "generations"  # what done and total count ("readings" for a judge run)
 
     @property
     def fraction(self) -> float:
@@ -72,7 +77,7 @@ class RunStatus:
 
     def describe(self) -> str:
         """One line for a progress bar: "240 / 240 generations · running · scoring"."""
-        line = f"{self.done} / {self.total} generations · {self.state}"
+        line = f"{self.done} / {self.total} {self.unit} · {self.state}"
         if self.phase and self.state in ("running", "failed", "cancelled", "interrupted"):
             line += f" · {self.phase}" if self.running else f" while {self.phase}"
         return line
@@ -105,7 +110,7 @@ def enqueue(store: Store, name: str, options: RunOptions | None = None, who: Ide
         total = len(experiment.prompts) * len(experiment.variants) * _samples(experiment.spec_json)
         done = len(repo.done_keys(session, experiment.id))
         experiment_id = experiment.id
-        latest = runs.latest_run(session, experiment_id)
+        latest = judge_store.latest_generation_run(session, experiment_id)
         finished = latest is not None and latest.status == "done"
     if total and done >= total and finished and all_current(store, name):
         raise NothingToRun(
@@ -182,12 +187,19 @@ def status(store: Store, name: str) -> RunStatus:
     The rate is generations per second of decoding (the stored batches' wall time), so the
     time before the first batch (loading, extraction) and after the last (measuring,
     scoring) does not distort it; time left is given only while the run is generating.
+
+    Judge runs (:func:`judge_status`) do not count here, except that while one is queued or
+    running it is shown (state and run id, phase "judging"): the experiment is busy with it.
     """
     with store.session() as session:
         experiment = get_experiment(session, name)
         total = len(experiment.prompts) * len(experiment.variants) * _samples(experiment.spec_json)
         done = len(repo.done_keys(session, experiment.id))
-        run = runs.latest_run(session, experiment.id)
+        run = judge_store.latest_generation_run(session, experiment.id)
+        active = runs.active_run(session, experiment.id)
+        judging = active is not None and judge_store.is_judge_run(active.options_json)
+        if judging:
+            run = active
         if run is None:
             return RunStatus("never run", None, done, total, 0.0, None, "", None, None)
         generated, seconds = runs.run_generation_time(session, run.id)
@@ -206,7 +218,7 @@ def status(store: Store, name: str) -> RunStatus:
             run.error,
             _aware(run.started_at),
             _aware(run.updated_at),
-            run.phase,
+            JUDGING if judging else run.phase,
             bool(run.cancel_requested),
             run.owner,
             _aware(run.heartbeat_at) if run.heartbeat_at is not None else None,
@@ -226,6 +238,96 @@ def health(store: Store, name: str) -> list[VariantHealth]:
             for v in experiment.variants
             if (c := counts.get(v.id)) is not None
         ]
+
+
+def enqueue_judge(
+    store: Store,
+    name: str,
+    judge: str | None = None,
+    options: RunOptions | None = None,
+    who: Identity = LOCAL,
+    restart: bool = False,
+) -> int:
+    """Queue a run of the experiment's judge ``judge`` (None: its first) for a worker (owners only).
+
+    Refused in one sentence: an experiment without outputs, an unknown judge, a judge whose
+    definition changed since it stored readings (unless ``restart``, which first deletes its
+    readings and votes), one with nothing left to read (:class:`NothingToJudge`), or an
+    experiment whose run is active. Returns the run's id.
+    """
+    options = options or RunOptions()
+    require(store, who, name, "owner", "start its judges")
+    with store.session() as session:
+        experiment = get_experiment(session, name)
+        p = plan(session, experiment, judge)
+        experiment_id = experiment.id
+        active = runs.active_run(session, experiment_id)
+        if active is None and not restart:
+            refuse_if_changed(session, experiment, p)
+    if active is not None:
+        raise busy_error(name, active.id)
+    if restart:
+        forget_judge(store, name, p.judge.name, who)
+        with store.session() as session:
+            p = plan(session, get_experiment(session, name), p.judge.name)
+    if not p.pending():
+        raise nothing_to_judge(name, p)
+    try:
+        with store.session() as session:
+            queued = judge_options(p, options).to_json()
+            run_id = runs.enqueue_run(session, experiment_id, p.total, p.done, queued, who.user).id
+            audit.record(session, who.user, "judge queued", name, f"judge {p.judge.name}, run {run_id}")
+    except IntegrityError:  # the database allows one queued-or-running run per experiment
+        with store.session() as session:
+            again = runs.active_run(session, experiment_id)
+        raise busy_error(name, again.id if again is not None else 0) from None
+    return run_id
+
+
+def judge_status(store: Store, name: str, judge: str) -> RunStatus:
+    """Progress of a judge of the experiment: its latest run's state, and readings done of all it has to make.
+
+    While a run is under way, done and total are the run's own; otherwise they are the
+    readings stored and planned now (total 0 while the experiment has no pairs to judge), so
+    a judge whose run is done but that has new pairs since (new outputs) is "incomplete".
+    The rate is readings per second of the latest run, from the readings' stored times.
+    """
+    with store.session() as session:
+        experiment = get_experiment(session, name)
+        find_judge(stored_spec(experiment).judges, judge, name)  # an unknown judge is an error
+        run = next(iter(judge_store.judge_runs(session, experiment.id, judge)), None)
+        if run is not None and run.status in ("queued", "running"):
+            done, total = run.done_units, run.total_units
+        else:
+            try:
+                p = plan(session, experiment, judge)
+                done, total = p.done, p.total
+            except SteerLabError:  # no outputs or no pairs yet: nothing planned
+                done, total = 0, 0
+        if run is None:
+            return RunStatus("never run", None, done, total, 0.0, None, "", None, None, unit="readings")
+        count, seconds = judge_store.reading_pace(session, experiment.id, judge, _aware(run.started_at))
+        rate = (count - 1) / seconds if count > 1 and seconds > 0 else 0.0
+        left = (total - done) / rate if rate > 0 and run.status == "running" else None
+        return RunStatus(
+            "incomplete" if run.status == "done" and done < total else run.status,
+            run.id,
+            done,
+            total,
+            rate,
+            left,
+            run.error,
+            _aware(run.started_at),
+            _aware(run.updated_at),
+            run.phase,
+            bool(run.cancel_requested),
+            run.owner,
+            _aware(run.heartbeat_at) if run.heartbeat_at is not None else None,
+            run.traceback,
+            run.attempts,
+            run.requested_by,
+            unit="readings",
+        )
 
 
 def _samples(spec_json: str) -> int:

@@ -1,13 +1,21 @@
 """Blind pairwise rating: serve pairs, record votes with their sides.
 
 An *item* is two generations of two different variants for the same prompt and sample.
-A rater never gets an item twice (in either order): the database holds one vote per
-(experiment, rater, pair) and refuses a second one, whichever tab or process sends it.
-The side each generation is shown on is drawn per item and stored with the vote.
+A rater gets an item once (in either order), except for the few shown again on purpose
+(below): the database holds one vote per (experiment, rater, pair, showing) and refuses a
+second one, whichever tab or process sends it. The side each generation is shown on is
+drawn per showing and stored with the vote.
 
 Queue: a share of the items (``rating_overlap`` of the experiment, chosen by a stable hash)
 is shown to every rater, so their agreement can be measured; the rest go least-rated
 first, so votes spread over the items.
+
+Repeats: a share of each rater's pairs (``statistics.repeat_share``, chosen by a stable hash
+of the rater and the pair) is shown to them a second time, 8 to 20 of their other pairs
+later (so never the pair just rated), with the sides drawn again, and stored with
+``repeat=1``: how often a rater agrees with themselves measures their consistency. A pair
+is never shown a third time, and a repeat is not a new item in the progress counts. A
+repeat not yet due when the rater has rated every other pair is not shown.
 """
 
 from __future__ import annotations
@@ -20,21 +28,27 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from itertools import combinations
+from typing import NamedTuple
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db import repository as repo
-from db.schema import CHOICES, Experiment, Generation
+from db.schema import CHOICES, JUDGE_RATER_PREFIX, Experiment, Generation
 from db.store import Store
 from engine.errors import SteerLabError
 from engine.spec import DEFAULT_RATING_OVERLAP
+from engine.statistics_spec import DEFAULT_REPEAT_SHARE
 from service import audit
 from service.access import LOCAL, AccessDenied, Identity, require
 from service.catalog import get_experiment
 
 CHOICE_LABELS = {"left": "A is better", "right": "B is better", "tie": "Tie", "both_bad": "Both bad"}
 MAX_RATER_NAME = 100
+HUMAN = "human"  # the queue serves people: judges' votes neither fill it nor count in its progress
+# A repeat comes after this many (fewest, most) of the rater's other pairs: late enough that the
+# first showing is not fresh in mind, early enough that most raters get there.
+REPEAT_GAP = (8, 20)
 
 Pair = tuple[int, int]  # two generation ids, lower first
 
@@ -50,6 +64,7 @@ class RatingItem:
     left_variant: str  # only shown after the vote, and only if the experiment allows it
     right_variant: str
     shared: bool  # one of the pairs every rater sees
+    repeat: int = 0  # 1: this rater has rated this pair before, and is shown it again (see the module's docstring)
 
 
 @dataclass(frozen=True)
@@ -67,6 +82,19 @@ def is_shared(pair: Pair, overlap: float) -> bool:
     """Whether a pair is in the set every rater sees: a stable hash, the same for every rater and run."""
     digest = hashlib.sha256(f"{pair[0]}-{pair[1]}".encode()).digest()
     return int.from_bytes(digest[:4], "big") / 2**32 < overlap
+
+
+def repeat_gap(rater: str, pair: Pair, share: float) -> int | None:
+    """How many of the rater's other pairs come between their first vote on ``pair`` and its repeat,
+    or None when the pair is not repeated for this rater: a stable hash of both, so the same in
+    every process and after a restart."""
+    if share <= 0:
+        return None
+    digest = hashlib.sha256(f"repeat:{rater}:{pair[0]}-{pair[1]}".encode()).digest()
+    if int.from_bytes(digest[:4], "big") / 2**32 >= share:
+        return None
+    fewest, most = REPEAT_GAP
+    return fewest + int.from_bytes(digest[4:8], "big") % (most - fewest + 1)
 
 
 def _items(rows: list[tuple[int, int, int, int]]) -> list[Pair]:
@@ -92,8 +120,15 @@ class _Queue:
     with a lower id than one already read. So it answers as a fresh scan of the store would.
     """
 
-    def __init__(self, rows: list[tuple[int, int, int, int]], overlap: float, generations: tuple[object, ...]) -> None:
+    def __init__(
+        self,
+        rows: list[tuple[int, int, int, int]],
+        overlap: float,
+        generations: tuple[object, ...],
+        repeat_share: float = 0.0,
+    ) -> None:
         self.overlap = overlap
+        self.repeat_share = repeat_share
         self.generations = generations
         self.items = _items(rows)
         self.item_set = set(self.items)
@@ -106,6 +141,9 @@ class _Queue:
         self.by_rater: dict[str, set[Pair]] = {}
         self.rater_items: Counter[str] = Counter()  # items each rater rated
         self.rater_shared: Counter[str] = Counter()  # shared items each rater rated
+        # Per rater: pairs to show again -> how many distinct pairs the rater must have rated by then.
+        self.due: dict[str, dict[Pair, int]] = {}
+        self.repeated: dict[str, set[Pair]] = {}  # per rater: pairs already shown again
         self.rated_shared = 0  # shared items with a vote
         self.rated_others = 0
         self.shared_by_several = 0  # shared items rated by two or more raters
@@ -113,9 +151,12 @@ class _Queue:
         self.last_id = 0
         self.counted_at = time.monotonic()
 
-    def add(self, votes: list[tuple[int, str, int, int]]) -> None:
-        for rating_id, rater, low, high in votes:
+    def add(self, votes: list[tuple[int, str, int, int, int]]) -> None:
+        for rating_id, rater, low, high, repeat in votes:
             pair = (low, high)
+            if repeat:
+                self.repeated.setdefault(rater, set()).add(pair)
+                self.due.get(rater, {}).pop(pair, None)
             before = self.counts[pair]
             self.counts[pair] = before + 1
             if before:
@@ -136,15 +177,26 @@ class _Queue:
                 mine.add(pair)
                 self.rater_items[rater] += pair in self.item_set
                 self.rater_shared[rater] += pair in self.shared_set
+                gap = repeat_gap(rater, pair, self.repeat_share)
+                if gap is not None and pair not in self.repeated.get(rater, ()):
+                    self.due.setdefault(rater, {})[pair] = len(mine) + gap
             self.votes += 1
             self.last_id = max(self.last_id, rating_id)
 
     def rated_by(self, rater: str) -> set[Pair]:
         return self.by_rater.get(rater, set())
 
-    def draw(self, rater: str, rng: random.Random) -> Pair | None:
-        """The pair the queue serves next (see the module's docstring), or None when the rater rated all."""
+    def draw(self, rater: str, rng: random.Random) -> tuple[Pair, int] | None:
+        """The pair the queue serves next and whether it is a repeat (1) or not (0), see the module's
+        docstring; None when the rater rated all (and no repeat is due)."""
         mine = self.rated_by(rater)
+        due = [(at, p) for p, at in self.due.get(rater, {}).items() if at <= len(mine) and p in self.item_set]
+        if due:
+            return min(due)[1], 1  # the longest due first
+        pair = self._new_pair(rater, mine, rng)
+        return None if pair is None else (pair, 0)
+
+    def _new_pair(self, rater: str, mine: set[Pair], rng: random.Random) -> Pair | None:
         shared_open = len(self.shared) > self.rater_shared[rater]
         others_open = len(self.others) > self.rater_items[rater] - self.rater_shared[rater]
         if not shared_open and not others_open:
@@ -185,53 +237,71 @@ def _queue(store: Store, experiment_name: str) -> tuple[_Queue, int]:
     """The experiment's up-to-date queue state, and the experiment's id."""
     with store.session() as session:
         experiment = get_experiment(session, experiment_name)
-        overlap = _settings(experiment)[0]
+        settings = _settings(experiment)
+        overlap, repeat_share = settings.overlap, settings.repeat_share
         # Outputs are deleted and regenerated only by a definition change and a run: with
         # the definition and the runs in the version, a reused id cannot hide a change.
         generations = (experiment.spec_json, *repo.generation_version(session, experiment.id))
         key = (store.url, experiment.id)
         with _queues_lock:
             queue = _queues.get(key)
-            if queue is None or queue.generations != generations or queue.overlap != overlap:
-                queue = _fresh_queue(session, experiment.id, overlap, generations)
+            if (
+                queue is None
+                or queue.generations != generations
+                or (queue.overlap, queue.repeat_share) != (overlap, repeat_share)
+            ):
+                queue = _fresh_queue(session, experiment.id, overlap, generations, repeat_share)
             else:
-                queue.add(repo.votes_after(session, experiment.id, queue.last_id))
+                queue.add(repo.votes_after(session, experiment.id, queue.last_id, HUMAN))
                 # Votes go away only with their outputs (which changes ``generations``); a vote
                 # committed with a lower id than one already seen (possible on PostgreSQL) is
                 # caught by a recount now and then, which costs a scan of the experiment's votes.
                 if time.monotonic() - queue.counted_at > RECOUNT_SECONDS:
-                    if repo.rating_version(session, experiment.id)[0] != queue.votes:
-                        queue = _fresh_queue(session, experiment.id, overlap, generations)
+                    if repo.rating_version(session, experiment.id, HUMAN)[0] != queue.votes:
+                        queue = _fresh_queue(session, experiment.id, overlap, generations, repeat_share)
                     queue.counted_at = time.monotonic()
             _queues[key] = queue
             return queue, experiment.id
 
 
-def _settings(experiment: Experiment) -> tuple[float, bool]:
-    """(rating_overlap, reveal_after_vote) of the stored definition, read without validating all of it
-    (that takes longer than the rest of a vote; the definition was validated when it was stored)."""
+class _Settings(NamedTuple):
+    overlap: float  # rating_overlap
+    reveal: bool  # reveal_after_vote
+    repeat_share: float  # statistics.repeat_share
+
+
+def _settings(experiment: Experiment) -> _Settings:
+    """The rating settings of the stored definition, read without validating all of it (that takes
+    longer than the rest of a vote; the definition was validated when it was stored)."""
     data = json.loads(experiment.spec_json)
-    return float(data.get("rating_overlap", DEFAULT_RATING_OVERLAP)), bool(data.get("reveal_after_vote", False))
+    return _Settings(
+        float(data.get("rating_overlap", DEFAULT_RATING_OVERLAP)),
+        bool(data.get("reveal_after_vote", False)),
+        float(data.get("statistics", {}).get("repeat_share", DEFAULT_REPEAT_SHARE)),
+    )
 
 
-def _fresh_queue(session: Session, experiment_id: int, overlap: float, generations: tuple[object, ...]) -> _Queue:
-    queue = _Queue(repo.generation_keys(session, experiment_id), overlap, generations)
-    queue.add(repo.votes_after(session, experiment_id, 0))
+def _fresh_queue(
+    session: Session, experiment_id: int, overlap: float, generations: tuple[object, ...], repeat_share: float
+) -> _Queue:
+    queue = _Queue(repo.generation_keys(session, experiment_id), overlap, generations, repeat_share)
+    queue.add(repo.votes_after(session, experiment_id, 0, HUMAN))
     return queue
 
 
 def next_item(
     store: Store, experiment_name: str, rater: str, rng: random.Random | None = None, who: Identity = LOCAL
 ) -> RatingItem | None:
-    """The next pair for this rater, sides drawn at random; None when the rater has rated every pair."""
+    """The next pair for this rater (a pair shown again has ``repeat=1``), sides drawn at random;
+    None when the rater has rated every pair."""
     rater = _rater_for(store, who, experiment_name, rater)
     rng = rng or random.Random()
     queue, _ = _queue(store, experiment_name)
     with _queues_lock:
-        pair = queue.draw(rater, rng)
-    if pair is None:
+        drawn = queue.draw(rater, rng)
+    if drawn is None:
         return None
-    low, high = pair
+    (low, high), repeat = drawn
     left_id, right_id = (low, high) if rng.random() < 0.5 else (high, low)
     with store.session() as session:
         shown = repo.shown_generations(session, [left_id, right_id])
@@ -246,6 +316,7 @@ def next_item(
         left.variant,
         right.variant,
         is_shared((low, high), queue.overlap),
+        repeat,
     )
 
 
@@ -257,15 +328,22 @@ def record_vote(
     right_id: int,
     choice: str,
     who: Identity = LOCAL,
+    repeat: int = 0,
 ) -> bool:
     """Store one vote; returns whether the experiment reveals variant names after a vote.
 
-    Raises :class:`SteerLabError` when the two outputs are not a pair of this experiment
-    or when this rater has voted on the pair already (from this tab or another).
+    ``repeat`` is the showing's (:attr:`RatingItem.repeat`): 1 for a pair shown to the rater again.
+    Raises :class:`SteerLabError` when the two outputs are not a pair of this experiment, when
+    this rater has voted on this showing of the pair already (from this tab or another), or
+    when a repeat comes without the rater's first vote on the pair.
     """
     rater = _rater_for(store, who, experiment_name, rater)
     if choice not in CHOICES:
         raise SteerLabError(f"Choice '{choice}' is not one of {', '.join(CHOICES)}; pick one of those.")
+    if repeat not in (0, 1):
+        raise SteerLabError(
+            f"Repeat {repeat!r} is neither 0 (a first showing) nor 1 (a pair shown again); reload the page."
+        )
     try:
         with store.session() as session:
             experiment = get_experiment(session, experiment_name)
@@ -280,15 +358,20 @@ def record_vote(
                 raise SteerLabError(
                     "Those two outputs do not answer the same prompt and sample with two variants; reload the page."
                 )
-            repo.add_rating(session, experiment.id, rater, left_id, right_id, choice)
+            if repeat and not repo.has_first_vote(session, experiment.id, rater, left_id, right_id):
+                raise SteerLabError(
+                    f"Rater '{rater}' has not rated outputs {left_id} and {right_id} before, so this cannot be "
+                    "a repeat; reload the page for a new pair."
+                )
+            repo.add_rating(session, experiment.id, rater, left_id, right_id, choice, repeat=repeat)
             audit.record(
                 session,
                 who.user if who.signed_in else rater,
                 "rated",
                 experiment_name,
-                f"{choice} on outputs {left_id}/{right_id}",
+                f"{choice} on outputs {left_id}/{right_id}" + (" (shown again)" if repeat else ""),
             )
-            return _settings(experiment)[1]
+            return _settings(experiment).reveal
     except IntegrityError as exc:
         raise SteerLabError(
             f"Rater '{rater}' has already rated this pair (perhaps in another tab); the vote was not stored twice."
@@ -328,4 +411,8 @@ def check_rater(rater: str) -> str:
         raise SteerLabError(f"The rater name is longer than {MAX_RATER_NAME} characters; use a shorter name.")
     if any(not ch.isprintable() for ch in name):
         raise SteerLabError("The rater name holds control characters; type it with letters, digits and spaces.")
+    if name.lower().startswith(JUDGE_RATER_PREFIX):
+        raise SteerLabError(
+            f"Rater names starting with '{JUDGE_RATER_PREFIX}' are kept for LLM judges; type your own name."
+        )
     return name

@@ -13,7 +13,7 @@ import vl_convert
 
 from db.store import Store
 from engine.stats import MIN_DECISIVE_VOTES
-from service import charts
+from service import charts, decision_tables
 from service.adaptation import adaptation_table
 from service.catalog import load_spec
 from service.comparison import Comparison, compare, drill_down, drill_rows, too_few_votes
@@ -71,7 +71,10 @@ def html_report(store: Store, name: str, bootstrap_rounds: int = 1000) -> str:
                 ]
             )
         ),
+        _verdicts_section(comparison),
         _ratings_section(comparison),
+        _raters_section(comparison),
+        _null_arms_section(comparison),
         _adaptation_section(store, name),
         "<h2>Automatic scores</h2>",
         _svg(charts.scores_chart(comparison)) or "<p class='muted'>No scorers in this experiment.</p>",
@@ -93,6 +96,55 @@ def html_report(store: Store, name: str, bootstrap_rounds: int = 1000) -> str:
         "</body></html>",
     ]
     return "\n".join(parts)
+
+
+def _verdicts_section(c: Comparison) -> str:
+    d = c.decisions
+    if d is None or d.baseline is None:
+        return "<h2>Verdicts</h2><p class='muted'>No baseline variant: verdicts compare each variant with it.</p>"
+    parts = [
+        "<h2>Verdicts</h2>",
+        f"<p>Each variant against the baseline ({html.escape(d.baseline)}), on the people's votes and on each score "
+        f"paired on (prompt, sample). {html.escape(d.settings_sentence())} The always-valid interval and p-value "
+        "stay valid however often the results are looked at.</p>",
+    ]
+    if warning := d.warning():
+        parts.append(f"<p><b>{html.escape(warning)}</b></p>")
+    parts.append(_table(decision_tables.decisions_table(d.people)))
+    if d.judges:
+        parts.append("<h3>LLM judges (apart from the people; their own family)</h3>")
+        parts.append(_table(decision_tables.decisions_table(d.judges)))
+    return "\n".join(parts)
+
+
+def _raters_section(c: Comparison) -> str:
+    if not c.rater_quality:
+        return ""
+    left_out = (
+        f" Left out of every statistic: {html.escape(', '.join(c.excluded_raters))}." if c.excluded_raters else ""
+    )
+    return "\n".join(
+        [
+            "<h2>Raters and judges</h2>",
+            "<p>Agreement with the majority of the other raters on shared pairs, share of decisive votes for the left "
+            f"side, and the same verdict on repeated pairs.{left_out}</p>",
+            _table(decision_tables.raters_table(c.rater_quality)),
+            _notes(decision_tables.judge_lines(c)),
+        ]
+    )
+
+
+def _null_arms_section(c: Comparison) -> str:
+    if not c.null_arms:
+        return ""
+    return "\n".join(
+        [
+            "<h2>Null arms</h2>",
+            "<p>Each steering variant against its controls, run in the same batches: a random direction of the same "
+            "norm, and the flipped sign. Differences are real minus arm, paired on (prompt, sample).</p>",
+            _table(decision_tables.null_arms_table(c.null_arms)),
+        ]
+    )
 
 
 def _adaptation_section(store: Store, name: str) -> str:

@@ -20,7 +20,9 @@ TRAINING = "training baselines"
 GENERATING = "generating"
 MEASURING = "measuring side effects"
 SCORING = "scoring"
-PHASES = (LOADING, PREPARING, EXTRACTING, TRAINING, GENERATING, MEASURING, SCORING)
+JUDGING = "judging"  # a judge run reads pairs of outputs (service.judging)
+PHASES = (LOADING, PREPARING, EXTRACTING, TRAINING, GENERATING, MEASURING, SCORING, JUDGING)
+TASKS = ("generate", "judge")
 
 
 @dataclass(frozen=True)
@@ -34,10 +36,22 @@ class RunOptions:
     # Folders besides the experiment file's own from which the file may name prompt and vector files.
     allowed_dirs: tuple[str, ...] = ()
     quantize: str | None = None  # "4bit" or "8bit": bitsandbytes loading on a GPU
+    # What the run does: generate (and measure, score) outputs, or let the judge ``judge``
+    # read pairs of them; ``judge_hash`` is that judge's fingerprint when it was queued.
+    task: str = "generate"
+    judge: str | None = None
+    judge_hash: str = ""
 
     def to_json(self) -> str:
-        """What a queued run needs to be run by a worker (``runs.options_json``)."""
-        options: dict[str, object] = {"batch_size": self.batch_size, "device": self.device, "dtype": self.dtype}
+        """What a queued run needs to be run by a worker (``runs.options_json``).
+
+        A judge run's options start with ``{"task": "judge"`` (db.judgements.JUDGE_RUN_MARK,
+        how the store tells its runs apart); a generation run's have no task (as before tasks).
+        """
+        options: dict[str, object] = {}
+        if self.task == "judge":
+            options.update(task="judge", judge=self.judge, judge_hash=self.judge_hash)
+        options.update(batch_size=self.batch_size, device=self.device, dtype=self.dtype)
         if self.quantize is not None:
             options["quantize"] = self.quantize
         return json.dumps(options)
@@ -51,6 +65,9 @@ class RunOptions:
             device=str(stored.get("device", cls.device)),
             dtype=str(stored.get("dtype", cls.dtype)),
             quantize=str(quantize) if quantize else None,
+            task="judge" if stored.get("task") == "judge" else "generate",
+            judge=str(stored["judge"]) if stored.get("judge") is not None else None,
+            judge_hash=str(stored.get("judge_hash", "")),
         )
 
 

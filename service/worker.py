@@ -8,6 +8,9 @@ A run whose worker died (kill -9, a lost host) is taken over once its lease has 
 and resumes where it stopped: generations are unique per (variant, prompt, sample) and
 stored one batch per transaction, so nothing is lost and nothing is duplicated.
 
+Judge runs (``steerlab judge --queue``, the Judge page) are claimed and run the same way,
+by :func:`service.judging.run_judge`.
+
 Stopping a worker (its stop event, SIGTERM or Ctrl-C through the command line) stops
 its run after the current decode step and hands the run back to the queue.
 """
@@ -26,6 +29,7 @@ from db import runs
 from db.migrate import SchemaError, current_revision
 from db.runs import ClaimedRun
 from db.store import Store, StoreError, mask_url, resolve_url
+from service.judging import run_judge
 from service.lease import lease_seconds, owner_name, poll_seconds
 from service.running import RunOptions, describe_error, run_stored
 
@@ -121,6 +125,18 @@ class Worker:
         log.info("Worker %s claimed run %s of '%s'%s", self.name, claimed.run_id, claimed.experiment, taken_over)
         try:
             options = RunOptions.from_json(claimed.options_json)
+            if options.task == "judge":
+                run_judge(
+                    self.store,
+                    claimed.experiment,
+                    options.judge,
+                    options,
+                    cancel=self.stop,
+                    claimed=claimed,
+                    owner=self.name,
+                    requeue_on_stop=True,
+                )
+                return
             run_stored(
                 self.store,
                 claimed.experiment,

@@ -54,7 +54,7 @@ def test_create_run_rate_compare_report(app_url: str, tmp_path: Path) -> None:
         uploader = page.locator('[data-testid="stFileUploader"]').filter(has_text="Experiment YAML file")
         uploader.locator("input[type=file]").set_input_files(str(MOOD_FILE))
         page.get_by_role("button", name="Create from file").click()
-        expect(page.get_by_text("Created 'tinystories_mood' with 7 variants")).to_be_visible()
+        expect(page.get_by_text("Created 'tinystories_mood' with 9 variants")).to_be_visible()
         page.get_by_role("tab", name="New").click()
         shot("experiments")
 
@@ -67,7 +67,7 @@ def test_create_run_rate_compare_report(app_url: str, tmp_path: Path) -> None:
         go("Run")
         page.get_by_role("button", name="Start run").click()
         expect(page.get_by_text("All generations are done")).to_be_visible(timeout=180_000)
-        expect(page.get_by_text("210 / 210").first).to_be_visible()
+        expect(page.get_by_text("270 / 270").first).to_be_visible()
         shot("run")
 
         go("Playground")
@@ -83,12 +83,18 @@ def test_create_run_rate_compare_report(app_url: str, tmp_path: Path) -> None:
         for count, key in enumerate(["a", "b", "t", "x", "a", "b"], start=1):
             page.get_by_text("Keyboard: a = A is better").click()  # focus the page, not a text field
             page.keyboard.press(key)
-            expect(page.get_by_text(f"You: {count} of 630 pairs rated")).to_be_visible()
+            expect(page.get_by_text(f"You: {count} of 1080 pairs rated")).to_be_visible()
             expect(page.get_by_text(re.compile(r"A was '.+', B was '.+'"))).to_be_visible()
 
         go("Compare")
         expect(page.get_by_text(re.compile(r"6 votes from 1 rater \u00b7"))).to_be_visible()
+        # Verdicts first: every variant against the baseline, with what it takes to decide.
+        expect(page.get_by_text("Any two variants")).to_be_visible()
+        expect(page.get_by_text(re.compile(r"Alpha 0\.05 per family after Holm correction"))).to_be_visible()
+        page.get_by_role("tab", name="Votes").click()
         expect(page.get_by_text("Win rate against the baseline").first).to_be_visible()
+        page.get_by_role("tab", name="Verdicts").click()
+        expect(page.get_by_text("Any two variants")).to_be_visible()
         shot("compare")
 
         # Report: download the HTML and check what it holds.

@@ -29,19 +29,19 @@ def test_run_list_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 
     assert main(["run", str(path), "--db", db, "--batch-size", "16", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert "run 1 done, 70 new generations" in out
+    assert "run 1 done, 90 new generations" in out
     for variant in ("baseline", "sad_x2", "prompt_sad"):
         assert variant in out
     assert "sad_words (mean [95% CI])" in out
 
     assert main(["list", "--db", db]) == 0
     listing = capsys.readouterr().out
-    assert "tinystories_mood" in listing and "70" in listing and "done" in listing
+    assert "tinystories_mood" in listing and "90" in listing and "done" in listing
 
     assert main(["export", "tinystories_mood", "--format", "json", "-o", str(tmp_path / "e.json"), "--db", db]) == 0
     exported = json.loads((tmp_path / "e.json").read_text())
     assert {"experiment", "prompts", "variants", "generations", "ratings"} <= set(exported)
-    assert len(exported["generations"]) == 70 and len(exported["prompts"]) == 10
+    assert len(exported["generations"]) == 90 and len(exported["prompts"]) == 10
     first = exported["generations"][0]
     assert {"variant", "prompt", "sample", "text"} <= set(first)
     steered = next(v for v in exported["variants"] if v["name"] == "sad_x2")
@@ -53,7 +53,7 @@ def test_run_list_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 
     assert main(["export", "tinystories_mood", "--format", "csv", "-o", str(tmp_path / "e.csv"), "--db", db]) == 0
     rows = list(csv.DictReader((tmp_path / "e.csv").open()))
-    assert len(rows) == 70 and {"variant", "prompt", "sample", "text", "sad_words", "wins"} <= set(rows[0])
+    assert len(rows) == 90 and {"variant", "prompt", "sample", "text", "sad_words", "wins"} <= set(rows[0])
 
 
 def test_module_entry_point_help() -> None:

@@ -49,14 +49,14 @@ def test_run_queue_then_a_worker_then_status(tmp_path: Path, capsys: pytest.Capt
     assert "already has a queued or running run (run 1)" in capsys.readouterr().err
     assert main(["status", "tinystories_mood", "--db", db]) == 0
     out = capsys.readouterr().out
-    assert "Experiment 'tinystories_mood': queued (run 1)" in out and "0 / 14 generations" in out
+    assert "Experiment 'tinystories_mood': queued (run 1)" in out and "0 / 18 generations" in out
     assert "queued by  command line on" in out
 
     assert main(["worker", "--once", "--db", db]) == 0
     assert "Worker stopped after 1 runs" in capsys.readouterr().out
     assert main(["status", "tinystories_mood", "--db", db]) == 0
     out = capsys.readouterr().out
-    assert "done (run 1)" in out and "14 / 14 generations" in out and "traceback" not in out
+    assert "done (run 1)" in out and "18 / 18 generations" in out and "traceback" not in out
     assert (tmp_path / "q.db.log").read_text().count("Run 1 of 'tinystories_mood' ended: done") == 1
     # Queuing it again: complete, every figure current, so no pointless run is made.
     assert main(["run", str(path), "--db", db, "--queue", "--device", "cpu"]) == 0

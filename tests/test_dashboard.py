@@ -97,7 +97,7 @@ def test_experiments_page_duplicates_and_deletes(db: Path) -> None:
 
 def test_variants_page_adds_a_steering_variant_and_rejects_bad_input(db: Path) -> None:
     at = open_page("variants")
-    assert len(at.dataframe[0].value) == 7
+    assert len(at.dataframe[0].value) == 9
     save = next(b for b in at.button if b.label == "Save variant")
     save.click().run()
     assert "'name': is empty" in texts(at)
@@ -116,12 +116,12 @@ def test_variants_page_adds_a_steering_variant_and_rejects_bad_input(db: Path) -
     at.radio(key="kind:tinystories_mood:(new variant)").set_value("baseline")
     next(b for b in at.button if b.label == "Save variant").click().run()
     assert "already exists" in texts(at)
-    assert len(at.dataframe[0].value) == 8
+    assert len(at.dataframe[0].value) == 10
 
 
 def test_run_page_shows_progress_and_finishes(db: Path) -> None:
     at = open_page("run")
-    assert "21 / 21" in " ".join(m.value for m in at.metric)
+    assert "27 / 27" in " ".join(m.value for m in at.metric)
 
 
 def test_playground_chats_two_turns_side_by_side(db: Path) -> None:
@@ -174,7 +174,7 @@ def test_compare_and_report_pages_render(db: Path) -> None:
     at = open_page("compare")
     assert not at.exception and "No votes yet" in texts(at)
     at = open_page("report")
-    assert len(at.get("download_button")) == 3
+    assert len(at.get("download_button")) == 5  # report, generations CSV, JSON, votes CSV, votes JSONL
 
 
 def test_run_page_starts_a_background_run_that_finishes(db: Path) -> None:
@@ -187,13 +187,13 @@ def test_run_page_starts_a_background_run_that_finishes(db: Path) -> None:
         {"name": "sad_x3", "interventions": [{"vector": "sad", "layers": [0], "coefficient": 3.0}]},
     )
     at = open_page("run")
-    assert "21 / 24" in " ".join(m.value for m in at.metric)
+    assert "27 / 30" in " ".join(m.value for m in at.metric)
     next(b for b in at.button if b.label == "Resume run").click().run()
     captions = " ".join(str(c.value) for c in at.caption)
     assert not at.exception and "is queued; a worker starts it shortly" in captions
     assert Worker(Store(str(db)), once=True).run() == 1  # the worker process's loop, in this process
     at.run()
-    assert "24 / 24" in " ".join(m.value for m in at.metric)
+    assert "30 / 30" in " ".join(m.value for m in at.metric)
     assert "All generations are done" in texts(at)
 
 

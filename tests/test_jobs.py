@@ -114,12 +114,12 @@ def test_queued_run_is_watched_cancelled_and_resumed_by_a_worker(tmp_path: Path)
         other_tab = Store(str(tmp_path / "jobs.db"))
         wait_for(lambda: status(other_tab, "tinystories_mood").done >= 8, 60, "8 generations")
         watched = status(other_tab, "tinystories_mood")
-        assert watched.state == "running" and watched.total == 140 and watched.rate > 0
+        assert watched.state == "running" and watched.total == 180 and watched.rate > 0
         assert watched.worker == worker.name and watched.heartbeat_at is not None
         assert cancel(other_tab, "tinystories_mood")
         wait_for(lambda: status(store, "tinystories_mood").state == "cancelled", 60, "the cancel")
         stopped = status(store, "tinystories_mood")
-        assert 8 <= stopped.done < 140 and stopped.traceback == ""
+        assert 8 <= stopped.done < 180 and stopped.traceback == ""
 
         enqueue(store, "tinystories_mood", RunOptions(batch_size=64, device="cpu"))
         wait_for(lambda: status(store, "tinystories_mood").state == "done", 120, "the resumed run")
@@ -127,7 +127,7 @@ def test_queued_run_is_watched_cancelled_and_resumed_by_a_worker(tmp_path: Path)
         stop.set()
         thread.join()
     finished = status(store, "tinystories_mood")
-    assert (finished.done, finished.total, finished.error) == (140, 140, "")
+    assert (finished.done, finished.total, finished.error) == (180, 180, "")
 
 
 def test_only_owners_start_or_cancel_runs_and_both_are_in_the_audit_log(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from db import repository as repo
 from db.store import Store
 from engine.model_config import config_facts
 from engine.models import load_model
-from engine.ranking import Battle, bradley_terry_with_intervals, fit_bradley_terry
+from engine.ranking import PRIOR_SD, Battle, bradley_terry_with_intervals, fit_bradley_terry
 from service.bench_store import EXPERIMENT, TARGETS, Size, build_store, format_store_benchmark, run_store_benchmark
 from service.catalog import get_experiment, stored_spec
 from service.comparison import compare, drill_down, drill_rows, drill_texts
@@ -110,12 +110,16 @@ def test_queue_draws_from_the_same_pools_as_a_full_scan_and_progress_agrees(stor
         shared_pool, others_pool = _reference_pools(store, rater)
         assert item is not None
         pair = (min(item.left_id, item.right_id), max(item.left_id, item.right_id))
-        assert pair in (shared_pool if item.shared else others_pool)
+        if item.repeat:  # a pair shown to the rater again (tests/test_repeat_items.py): one they rated
+            assert rater in _reference_state(store)[2].get(pair, set())
+        else:
+            assert pair in (shared_pool if item.shared else others_pool)
         got = progress(store, EXPERIMENT, rater)
         expected = _reference_progress(store, rater)
         assert _as_tuple(got) == expected[:5]
         assert (got.shared_items, got.shared_rated_by_several) == expected[5:]
-        record_vote(store, EXPERIMENT, rater, item.left_id, item.right_id, rng.choice(("left", "right", "tie")))
+        choice = rng.choice(("left", "right", "tie"))
+        record_vote(store, EXPERIMENT, rater, item.left_id, item.right_id, choice, repeat=item.repeat)
 
 
 def test_queue_follows_votes_and_outputs_stored_by_others(store: Store) -> None:
@@ -137,19 +141,20 @@ def test_queue_follows_votes_and_outputs_stored_by_others(store: Store) -> None:
 
 def test_a_rater_who_rated_everything_gets_nothing_more(store: Store) -> None:
     rng = random.Random(0)
-    served = set()
+    served: Counter[frozenset[int]] = Counter()
     while (item := next_item(store, EXPERIMENT, "completist", rng)) is not None:
         pair = frozenset((item.left_id, item.right_id))
-        assert pair not in served
-        served.add(pair)
-        record_vote(store, EXPERIMENT, "completist", item.left_id, item.right_id, "tie")
+        served[pair] += 1
+        assert served[pair] == 1 + item.repeat, "once, and a second time only as a repeat"
+        record_vote(store, EXPERIMENT, "completist", item.left_id, item.right_id, "tie", repeat=item.repeat)
     assert len(served) == progress(store, EXPERIMENT, "completist").items
 
 
 # --- Bradley–Terry on counts against one row per vote -----------------------------------------
 
 
-def _per_vote_fit(battles: list[Battle], players: list[str], ridge: float = 1e-8) -> np.ndarray:
+def _per_vote_fit(battles: list[Battle], players: list[str], ridge: float = (400 / PRIOR_SD) ** 2) -> np.ndarray:
+    # The Gaussian prior of the ratings, N(1000, PRIOR_SD²) in points, is a ridge on the coefficients (400 points each).
     """The per-vote logistic fit SteerLab used before aggregating (one design row per vote)."""
     index = {p: i for i, p in enumerate(players)}
     rows, targets, weights = [], [], []

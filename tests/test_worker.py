@@ -94,7 +94,7 @@ def test_a_killed_worker_s_run_is_taken_over_and_ends_as_if_never_interrupted(tm
         first.send_signal(signal.SIGKILL)
         first.wait()
     partial = generations(db)
-    assert 8 <= partial < 56 and partial % 4 == 0, "only whole batches are stored"
+    assert 8 <= partial < 72 and partial % 4 == 0, "only whole batches are stored"
     with worker_process(db) as second:
         wait_for(
             lambda: status(store, NAME).state in ("done", "failed") or second.poll() is not None, 180, "the takeover"
@@ -104,9 +104,9 @@ def test_a_killed_worker_s_run_is_taken_over_and_ends_as_if_never_interrupted(tm
         assert second.returncode == 0, out
     assert "taken over" in out
     s = status(store, NAME)
-    assert (s.state, s.run_id, s.attempts, s.done, s.total) == ("done", run_id, 2, 56, 56), s
+    assert (s.state, s.run_id, s.attempts, s.done, s.total) == ("done", run_id, 2, 72, 72), s
     keys = rows(db, "SELECT variant_id, prompt_id, sample_index FROM generations")
-    assert len(keys) == len(set(keys)) == 56, "nothing lost, nothing duplicated"
+    assert len(keys) == len(set(keys)) == 72, "nothing lost, nothing duplicated"
     assert rows(db, "SELECT count(*) FROM runs") == [(1,)]
 
     straight = Store(str(mood_store(tmp_path, "straight.db", samples=2, tokens=16, prompts=4)))
@@ -126,7 +126,7 @@ def test_two_worker_processes_racing_for_one_queued_run_claim_it_once(tmp_path: 
     assert (out_a + out_b).count("claimed run 1 ") == 1, out_a + out_b
     assert rows(db, "SELECT status, attempts FROM runs") == [("done", 1)]
     keys = rows(db, "SELECT variant_id, prompt_id, sample_index FROM generations")
-    assert len(keys) == len(set(keys)) == 14
+    assert len(keys) == len(set(keys)) == 18
 
 
 @needs_models
@@ -145,7 +145,7 @@ def test_the_run_goes_on_while_the_dashboard_restarts(tmp_path: Path) -> None:
         with dashboard(db, tmp_path):
             wait_for(lambda: status(store, NAME).state != "running", 180, "the run's end")
     s = status(store, NAME)
-    assert (s.state, s.done, s.attempts) == ("done", 56, 1)
+    assert (s.state, s.done, s.attempts) == ("done", 72, 1)
 
 
 @needs_models

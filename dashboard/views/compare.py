@@ -1,4 +1,5 @@
-"""Compare: votes, ratings, scores, compute and reversibility per variant, and a per-prompt drill-down."""
+"""Compare: verdicts against the baseline, votes and ratings, scores, null arms, raters and judges,
+compute and reversibility per variant, and a per-prompt drill-down."""
 
 from __future__ import annotations
 
@@ -6,18 +7,21 @@ import math
 
 import streamlit as st
 
-from dashboard.common import chosen_experiment, page_header, store
+from dashboard.common import attempt, chosen_experiment, flash, identity, may, page_header, store, succeeded
 from dashboard.run_status import health_warnings
 from dashboard.text import md, plain_block
 from service import charts
 from service.comparison import (
     MIN_DECISIVE_VOTES,
+    compare_two,
     diff_html,
     drill_rows,
     drill_texts,
     escape_text,
     too_few_votes,
 )
+from service.decision_tables import decisions_table, judge_lines
+from service.rater_settings import set_rater_excluded
 from service.staleness import stale_figures, warning
 
 page_header("Compare")
@@ -29,14 +33,53 @@ if stale := stale_figures(store(), name):  # figures computed from an older defi
 
 view = charts.compare_view(store(), name)
 c = view.comparison
+left_out = f" · left out: {md(', '.join(c.excluded_raters))}" if c.excluded_raters else ""
+judged = f" · {c.judge_votes} judge votes (apart)" if c.judge_votes else ""
 st.caption(
-    f"Experiment **{md(name)}** · {c.votes} votes from {c.raters} rater{'s' if c.raters != 1 else ''} · "
+    f"Experiment **{md(name)}** · {c.votes} votes from {c.raters} rater{'s' if c.raters != 1 else ''}{judged}{left_out} · "
     f"baseline: {md(c.baseline) if c.baseline else 'none'}. "
-    "Intervals are 95%; n is the number of votes or generations behind each figure; a figure from too few "
-    "votes is shown as “too few votes” with its count."
+    "Intervals are 95%; n is the number of votes, prompts or generations behind each figure; a figure from too "
+    "few votes is shown as “too few votes” with its count."
 )
 
-votes_tab, scores_tab, compute_tab, drill_tab = st.tabs(["Votes", "Scores", "Compute & reversibility", "Per prompt"])
+tab_names = ["Verdicts", "Votes", "Scores"]
+if c.null_arms:
+    tab_names.append("Null arms")
+tab_names += ["Raters & judges", "Compute & reversibility", "Per prompt"]
+tabs = dict(zip(tab_names, st.tabs(tab_names), strict=True))
+votes_tab, scores_tab = tabs["Votes"], tabs["Scores"]
+compute_tab, drill_tab = tabs["Compute & reversibility"], tabs["Per prompt"]
+
+with tabs["Verdicts"]:
+    d = c.decisions
+    if d is None or d.baseline is None:
+        st.info("Verdicts compare each variant with the baseline: this experiment has no baseline variant.")
+    else:
+        st.caption(
+            md(d.settings_sentence())
+            + " The always-valid interval and p-value stay valid however often you look, so you may stop as soon "
+            "as a verdict is clear. Set these in the experiment's `statistics` section."
+        )
+        if few_prompts := d.warning():
+            st.warning(md(few_prompts))
+        st.dataframe(view.tables["decisions"], hide_index=True, width="stretch")
+        if d.judges:
+            st.markdown("**LLM judges** (their votes are never mixed with the people's; corrected as their own family)")
+            st.dataframe(view.tables["judge_decisions"], hide_index=True, width="stretch")
+        st.markdown("**Any two variants**")
+        names = c.variants
+        pick_a, pick_b = st.columns(2)
+        first = pick_a.selectbox("Variant", names, index=min(1, len(names) - 1), key="verdict_a")
+        second = pick_b.selectbox("against", names, index=0, key="verdict_b")
+        if first == second:
+            st.caption("Pick two different variants.")
+        else:
+            pair = attempt(lambda: compare_two(store(), name, first, second))
+            if pair is not None:
+                st.dataframe(decisions_table(pair, corrected=False), hide_index=True, width="stretch")
+                st.caption(
+                    "Not corrected for multiple comparisons: a pair picked after seeing the results is one more look."
+                )
 
 with votes_tab:
     if c.votes == 0:
@@ -89,8 +132,57 @@ with scores_tab:
     if view.charts["scores"] is None:
         st.info("This experiment has no automatic scorers.")
     else:
+        st.caption(
+            "Each mean is over prompts (the mean of each prompt's outputs), with a 95% t-interval over prompts "
+            "corrected for skewness: outputs of one prompt are not independent. Differences from the baseline, "
+            "paired on the same prompt and sample, are on the Verdicts tab."
+        )
         st.vega_lite_chart(spec=view.charts["scores"])
         st.dataframe(view.tables["scores"], hide_index=True, width="stretch")
+
+if "Null arms" in tabs:
+    with tabs["Null arms"]:
+        st.caption(
+            "Each steering variant with null arms against its controls, run in the same batches: the same edit "
+            "with a random direction of the same norm, and with the sign flipped. Differences are real minus arm, "
+            "paired on (prompt, sample); a vector that does no better than its random arm steers by its size, not "
+            "its direction."
+        )
+        st.dataframe(view.tables["null_arms"], hide_index=True, width="stretch")
+
+with tabs["Raters & judges"]:
+    if view.tables["raters"].empty:
+        st.info("No votes yet.")
+    else:
+        st.caption(
+            "Per rater: agreement with the majority of the *other* raters on shared pairs, the share of decisive "
+            "votes for the left side (50% means no side bias), and the share of repeated pairs given the same "
+            "verdict. Flags say why a rater looks off. A rater left out counts in no statistic; the votes stay stored."
+        )
+        st.dataframe(view.tables["raters"], hide_index=True, width="stretch")
+        for r in c.rater_quality:
+            if r.outlier:
+                st.warning(f"**{md(r.rater)}**: {md(r.reason)}", icon=":material/flag:")
+        if may("analyst"):
+            people = [r.rater for r in c.rater_quality if r.kind == "human"]
+            chosen = st.multiselect(
+                "Leave out of every statistic",
+                people,
+                default=[r for r in c.excluded_raters if r in people],
+                key=f"left_out_{name}",
+            )
+            if set(chosen) != set(c.excluded_raters) and st.button("Apply", key="apply_left_out"):
+
+                def apply() -> None:
+                    for rater in people:
+                        if (rater in chosen) != (rater in c.excluded_raters):
+                            set_rater_excluded(store(), name, rater, rater in chosen, identity())
+
+                if succeeded(apply):
+                    flash("Updated who is left out of the statistics: every figure is recomputed without them.")
+                    st.rerun()
+    for line in judge_lines(c):
+        st.caption(md(line))
 
 with compute_tab:
     for key in ("compute", "reversibility"):

@@ -80,7 +80,9 @@ def vote(shown: RatingItem, rater_name: str, choice: str) -> None:
     """Store the vote on the pair that was on screen, then clear it so the next pair is drawn."""
     st.session_state[f"item:{shown.experiment}:{rater_name}"] = None
     try:
-        reveal = record_vote(store(), shown.experiment, rater_name, shown.left_id, shown.right_id, choice, identity())
+        reveal = record_vote(
+            store(), shown.experiment, rater_name, shown.left_id, shown.right_id, choice, identity(), shown.repeat
+        )
     except USER_ERRORS as exc:
         st.session_state["vote_problem"] = str(exc)
         return

@@ -1,18 +1,22 @@
-"""Report: download the HTML report, the CSV of generations with ratings, and the JSON export.
+"""Report: download the HTML report, the CSV of generations with ratings, the JSON export and the
+votes (CSV or JSONL); import votes from another tool or another copy of the experiment.
 
-All three name the variants behind every vote, so they are for analysts and owners only.
+All of them name the variants behind every vote, so they are for analysts and owners only.
 Each file is made when its button is pressed (not on every view of the page), and each
-download is written to the audit log.
+download and import is written to the audit log.
 """
 
 from __future__ import annotations
 
 import shlex
+from functools import partial
 
 import streamlit as st
 
-from dashboard.common import chosen_experiment, identity, page_header, store
+from dashboard.common import attempt, chosen_experiment, flash, identity, page_header, store
+from dashboard.text import md
 from service.export import export_csv, export_json, html_report_for
+from service.votes_io import export_votes, import_votes
 
 page_header("Report")
 name = chosen_experiment("analyst", "downloading reports and exports")
@@ -42,3 +46,40 @@ c2.download_button(
 c3.download_button(
     "Full JSON export", lambda: export_json(store(), name, who), f"{name}.json", "application/json", on_click="ignore"
 )
+
+st.subheader("Votes")
+st.caption(
+    "Every vote: rater, kind (human or judge), choice, time, and the two outputs as shown, by variant, prompt and "
+    "sample (counted from 0) and by id. The import below reads the same columns."
+)
+v1, v2 = st.columns(2)
+v1.download_button(
+    "Votes as CSV",
+    lambda: export_votes(store(), name, "csv", who),
+    f"{name}_votes.csv",
+    "text/csv",
+    on_click="ignore",
+)
+v2.download_button(
+    "Votes as JSONL",
+    lambda: export_votes(store(), name, "jsonl", who),
+    f"{name}_votes.jsonl",
+    "application/jsonl",
+    on_click="ignore",
+)
+with st.expander("Import votes"):
+    st.caption(
+        "A CSV or JSONL file of votes from another tool or another copy of this experiment: columns rater, choice "
+        "and time, and the outputs by left_variant, right_variant, prompt_index and sample (or by left_id and "
+        "right_id); optional rater_kind and repeat. All or nothing: a bad line stops the import and names the line; "
+        "votes already stored are skipped."
+    )
+    st.code(f"steerlab votes import {shlex.quote(name)} votes.csv", language="bash")
+    upload_key = f"votes_upload:{name}"
+    uploaded = st.file_uploader("Votes file (.csv or .jsonl)", type=["csv", "jsonl"], key=upload_key)
+    if uploaded is not None and st.button("Import votes", type="primary"):
+        result = attempt(partial(import_votes, store(), name, uploaded.getvalue(), uploaded.name, who))
+        if result is not None:
+            st.session_state.pop(upload_key, None)
+            flash(md(result.describe()))
+            st.rerun()

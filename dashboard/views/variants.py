@@ -20,6 +20,8 @@ from dashboard.widgets import field_widget
 from service.catalog import load_spec
 from service.edit_scale import draft_scales
 from service.editing import (
+    NULL_ARMS,
+    VariantSpec,
     delete_variant,
     delete_vector,
     model_facts,
@@ -82,6 +84,7 @@ def describe(variant: Any) -> str:
     for i in variant.interventions:
         settings = ", ".join(f"{k}={v}" for k, v in i.to_dict().items() if k != "method")
         bits.append(f"{i.name}({settings})")
+    bits += [f"null arms: {', '.join(variant.null_arms)}"] if variant.null_arms else []
     return "; ".join(bits) or "plain model"
 
 
@@ -91,105 +94,144 @@ table_slot = st.container()  # drawn last, after any change below
 st.subheader("Add or edit a variant")
 choice = st.selectbox("Variant", ["(new variant)"] + [v.name for v in spec.variants], key="variant_choice")
 existing = next((v for v in spec.variants if v.name == choice), None)
-k = f"{name}:{choice}"  # widget keys per edited variant, so switching loads its values
-kinds = ["baseline", "prompting", "steering", "lora", "finetune"]
-kind = st.radio("Kind", kinds, index=kinds.index(existing.kind) if existing else 2, horizontal=True, key=f"kind:{k}")
-variant_name = st.text_input("Name", value=existing.name if existing else "", key=f"name:{k}")
-raw: dict[str, Any] = {"name": variant_name, "kind": kind}
-if kind == "prompting":
-    raw["system"] = st.text_area(
-        "System prompt (chat models)", value=existing.system if existing else "", key=f"system:{k}"
-    )
-    raw["prefix"] = st.text_input(
-        "Prefix added before each prompt", value=existing.prefix if existing else "", key=f"prefix:{k}"
-    )
-elif kind in ("lora", "finetune"):
-    prior_train = existing.train.to_dict() if existing is not None and existing.train is not None else {}
-    sources = ["(the experiment's training examples)"] + [v.name for v in spec.vectors if v.pairs]
-    source = st.selectbox(
-        "Train on",
-        sources,
-        index=sources.index(prior_train["examples_from"]) if prior_train.get("examples_from") in sources else 0,
-        help="A vector's positive texts, or the training_examples of the experiment file.",
-        key=f"train_source:{k}",
-    )
-    c1, c2, c3 = st.columns(3)
-    train: dict[str, Any] = {
-        "method": kind,
-        "epochs": int(c1.number_input("Epochs", 1, 1000, int(prior_train.get("epochs", 4)), key=f"epochs:{k}")),
-        "learning_rate": float(
-            c2.number_input(
-                "Learning rate",
-                1e-7,
-                1.0,
-                float(prior_train.get("learning_rate", 0.002 if kind == "lora" else 0.0003)),
-                format="%.6f",
-                key=f"lr:{k}",
-            )
-        ),
-    }
-    if kind == "lora":
-        train["rank"] = int(c3.number_input("LoRA rank", 1, 1024, int(prior_train.get("rank", 8)), key=f"rank:{k}"))
-    if source != sources[0]:
-        train["examples_from"] = source
-    raw["train"] = train
-    st.caption("Trained on a copy of the model when the experiment runs (cached, so a re-run does not retrain).")
-elif kind == "steering":
-    methods = steering_methods()
-    vector_names = [v.name for v in spec.vectors]
-    if not vector_names:
-        st.warning("This experiment has no vectors yet: add one below first.")
-    # Flattened like the form's fields: a nested setting ('condition': {'applies': ...}) is 'condition.applies'.
-    old = [_flattened(i.to_dict()) for i in existing.interventions] if existing else []
-    count = int(st.number_input("Stacked edits", 1, 8, max(1, len(old)), key=f"count:{k}"))
-    edits = []
-    for j in range(count):
-        prior = old[j] if j < len(old) else {}
-        with st.container(border=True):
-            method_names = sorted(methods)
-            method = st.selectbox(
-                f"Edit {j + 1}: method",
-                method_names,
-                index=method_names.index(prior.get("method", "add"))
-                if prior.get("method", "add") in method_names
-                else 0,
-                format_func=lambda m: f"{methods[m].title} ({m})",
-                key=f"method:{k}:{j}",
-            )
-            st.caption(methods[method].summary)
-            edit: dict[str, Any] = {"method": method}
-            for field in methods[method].fields:
-                value = prior.get(field.name, field.default) if prior.get("method") == method else field.default
-                edit[field.name] = field_widget(
-                    field, value, f"{field.name}:{k}:{j}:{method}", vector_names, facts.n_layers
-                )
-            edits.append(edit)
-    raw["interventions"] = edits
-    for scale in draft_scales(store(), name, raw):
-        text = (
-            f"Edit {scale.edit} at layer {scale.layer} adds {scale.ratio:.2g}× the typical hidden-state norm there "
-            f"({scale.hidden_norm:.3g})."
-        )
-        if scale.ratio > 2:
-            st.warning(text + " That is far more than steering usually needs: expect broken or empty outputs.")
-        else:
-            st.caption(text)
 
-if existing is not None and counts.get(existing.name, 0):
-    st.caption(
-        f"Saving a changed definition discards the {counts[existing.name]} stored outputs of '{existing.name}' (and their votes)."
+
+def show_null_arm(arm: VariantSpec) -> None:
+    """A null arm is derived from its variant's null_arms, so it is shown here, not edited or deleted on its own."""
+    real = arm.control_of
+    st.caption(f"Null arm of '{md(real)}': change {md(real)}'s null arms to change or remove it.")
+    st.caption(f"{md(arm.description)} Definition: {md(describe(arm))}.")
+    if st.button(f"Edit '{md(real)}'", key=f"edit_real:{name}:{arm.name}"):
+        st.session_state["_next:variant_choice"] = real
+        st.rerun()
+
+
+def edit_variant(existing: VariantSpec | None, n_layers: int) -> None:
+    """The form of a new variant, or of a declared one: its kind, name, settings, and Save and Delete."""
+    k = f"{name}:{existing.name if existing else '(new variant)'}"  # widget keys per edited variant
+    kinds = ["baseline", "prompting", "steering", "lora", "finetune"]
+    kind = st.radio(
+        "Kind", kinds, index=kinds.index(existing.kind) if existing else 2, horizontal=True, key=f"kind:{k}"
     )
-save_col, delete_col = st.columns([1, 1])
-if save_col.button("Save variant", type="primary", key=f"save:{k}"):
-    saved = attempt(lambda: save_variant(store(), name, raw, existing.name if existing else None, who))
-    if saved is not None:
-        _done(f"Saved variant '{md(saved.name)}'.", f":{k}", ("variant_choice", saved.name))
-if (
-    existing is not None
-    and delete_col.button(f"Delete '{md(existing.name)}'", key=f"delete:{k}")
-    and succeeded(partial(delete_variant, store(), name, existing.name, who))
-):
-    _done(f"Deleted variant '{md(existing.name)}'.", f":{k}", ("variant_choice", "(new variant)"))
+    variant_name = st.text_input("Name", value=existing.name if existing else "", key=f"name:{k}")
+    raw: dict[str, Any] = {"name": variant_name, "kind": kind}
+    if kind == "prompting":
+        raw["system"] = st.text_area(
+            "System prompt (chat models)", value=existing.system if existing else "", key=f"system:{k}"
+        )
+        raw["prefix"] = st.text_input(
+            "Prefix added before each prompt", value=existing.prefix if existing else "", key=f"prefix:{k}"
+        )
+    elif kind in ("lora", "finetune"):
+        prior_train = existing.train.to_dict() if existing is not None and existing.train is not None else {}
+        sources = ["(the experiment's training examples)"] + [v.name for v in spec.vectors if v.pairs]
+        source = st.selectbox(
+            "Train on",
+            sources,
+            index=sources.index(prior_train["examples_from"]) if prior_train.get("examples_from") in sources else 0,
+            help="A vector's positive texts, or the training_examples of the experiment file.",
+            key=f"train_source:{k}",
+        )
+        c1, c2, c3 = st.columns(3)
+        train: dict[str, Any] = {
+            "method": kind,
+            "epochs": int(c1.number_input("Epochs", 1, 1000, int(prior_train.get("epochs", 4)), key=f"epochs:{k}")),
+            "learning_rate": float(
+                c2.number_input(
+                    "Learning rate",
+                    1e-7,
+                    1.0,
+                    float(prior_train.get("learning_rate", 0.002 if kind == "lora" else 0.0003)),
+                    format="%.6f",
+                    key=f"lr:{k}",
+                )
+            ),
+        }
+        if kind == "lora":
+            train["rank"] = int(c3.number_input("LoRA rank", 1, 1024, int(prior_train.get("rank", 8)), key=f"rank:{k}"))
+        if source != sources[0]:
+            train["examples_from"] = source
+        raw["train"] = train
+        st.caption("Trained on a copy of the model when the experiment runs (cached, so a re-run does not retrain).")
+    elif kind == "steering":
+        methods = steering_methods()
+        vector_names = [v.name for v in spec.vectors]
+        if not vector_names:
+            st.warning("This experiment has no vectors yet: add one below first.")
+        # Flattened like the form's fields: a nested setting ('condition': {'applies': ...}) is 'condition.applies'.
+        old = [_flattened(i.to_dict()) for i in existing.interventions] if existing else []
+        count = int(st.number_input("Stacked edits", 1, 8, max(1, len(old)), key=f"count:{k}"))
+        edits = []
+        for j in range(count):
+            prior = old[j] if j < len(old) else {}
+            with st.container(border=True):
+                method_names = sorted(methods)
+                method = st.selectbox(
+                    f"Edit {j + 1}: method",
+                    method_names,
+                    index=method_names.index(prior.get("method", "add"))
+                    if prior.get("method", "add") in method_names
+                    else 0,
+                    format_func=lambda m: f"{methods[m].title} ({m})",
+                    key=f"method:{k}:{j}",
+                )
+                st.caption(methods[method].summary)
+                edit: dict[str, Any] = {"method": method}
+                for field in methods[method].fields:
+                    value = prior.get(field.name, field.default) if prior.get("method") == method else field.default
+                    edit[field.name] = field_widget(
+                        field, value, f"{field.name}:{k}:{j}:{method}", vector_names, n_layers
+                    )
+                edits.append(edit)
+        raw["interventions"] = edits
+        raw["null_arms"] = st.multiselect(
+            "Null arms",
+            list(NULL_ARMS),
+            default=list(existing.null_arms) if existing else [],
+            help="Controls run beside this variant as variants of their own: 'random' replaces each vector by a "
+            "random direction with the vector's norm at each layer, 'flipped' by the vector with its sign flipped. "
+            "Compare shows whether the real vector beats them.",
+            key=f"null_arms:{k}",
+        )
+        for scale in draft_scales(store(), name, raw):
+            text = (
+                f"Edit {scale.edit} at layer {scale.layer} adds {scale.ratio:.2g}× the typical hidden-state norm there "
+                f"({scale.hidden_norm:.3g})."
+            )
+            if scale.ratio > 2:
+                st.warning(text + " That is far more than steering usually needs: expect broken or empty outputs.")
+            else:
+                st.caption(text)
+
+    if existing is not None and counts.get(existing.name, 0):
+        st.caption(
+            f"Saving a changed definition discards the {counts[existing.name]} stored outputs of '{existing.name}' (and their votes)."
+        )
+    arms = [v.name for v in spec.variants if existing is not None and v.control_of == existing.name]
+    if arms:
+        st.caption(
+            f"Its null arms ({md(', '.join(arms))}) have {sum(counts.get(a, 0) for a in arms)} stored outputs: an "
+            "arm removed here, or a change to the edits, discards its outputs, and deleting the variant deletes its "
+            "arms; changing only the null arms keeps the variant's own outputs."
+        )
+    save_col, delete_col = st.columns([1, 1])
+    if save_col.button("Save variant", type="primary", key=f"save:{k}"):
+        saved = attempt(lambda: save_variant(store(), name, raw, existing.name if existing else None, who))
+        if saved is not None:
+            _done(f"Saved variant '{md(saved.name)}'.", f":{k}", ("variant_choice", saved.name))
+    if (
+        existing is not None
+        and delete_col.button(f"Delete '{md(existing.name)}'", key=f"delete:{k}")
+        and succeeded(partial(delete_variant, store(), name, existing.name, who))
+    ):
+        _done(f"Deleted variant '{md(existing.name)}'.", f":{k}", ("variant_choice", "(new variant)"))
+
+
+if existing is not None and existing.control_of:
+    show_null_arm(existing)
+else:
+    edit_variant(existing, facts.n_layers)
+
 
 # --- vectors ----------------------------------------------------------------------------
 st.subheader("Vectors")
