@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.orm import Session, aliased
 
 from db import repository as repo
@@ -170,6 +170,34 @@ def reading_counts(session: Session, experiment_id: int) -> dict[str, int]:
         select(Judgement.judge, func.count()).where(Judgement.experiment_id == experiment_id).group_by(Judgement.judge)
     )
     return {judge: int(count) for judge, count in rows}
+
+
+@dataclass(frozen=True)
+class ReadingStats:
+    readings: int
+    first_shown: int  # readings that preferred the output shown first ("left")
+    decisive: int  # readings that preferred either output
+    label_mass: float | None  # mean of p_left + p_right over readings that have them (a local judge)
+
+
+def reading_stats(session: Session, experiment_id: int) -> dict[str, ReadingStats]:
+    """Judge name -> how its readings split between the positions, and how much probability a local
+    judge gave the two answer labels at all."""
+    rows = session.execute(
+        select(
+            Judgement.judge,
+            func.count(),
+            func.sum(case((Judgement.choice == "left", 1), else_=0)),
+            func.sum(case((Judgement.choice.in_(("left", "right")), 1), else_=0)),
+            func.avg(Judgement.p_left + Judgement.p_right),
+        )
+        .where(Judgement.experiment_id == experiment_id)
+        .group_by(Judgement.judge)
+    )
+    return {
+        judge: ReadingStats(int(n), int(first or 0), int(decisive or 0), None if mass is None else float(mass))
+        for judge, n, first, decisive, mass in rows
+    }
 
 
 def recent_readings(session: Session, experiment_id: int, judge: str, limit: int) -> list[JudgementRow]:

@@ -140,15 +140,37 @@ def _by_pair(first: dict[tuple[str, tuple[int, int]], RaterVote]) -> dict[tuple[
 
 def _judged(verdicts: dict[str, str], pool: Collection[str], absent: str | None = None) -> dict[str, tuple[str, str]]:
     """Rater -> (their verdict, the majority verdict of the other pool raters) on one pair, for the
-    raters whose others have a majority there; ``absent`` is left out as if they had not voted."""
+    raters whose others have a majority there; ``absent`` is left out as if they had not voted.
+
+    The pool's verdicts are counted once and each rater's own taken off in turn: linear in the
+    raters of the pair (a pair every one of 20 raters rated is judged 20 times over, once per
+    absent rater, for the others' reference agreement).
+    """
+    counts = Counter(v for r, v in verdicts.items() if r in pool and r != absent)
     out = {}
     for rater, verdict in verdicts.items():
         if rater == absent:
             continue
-        majority = _majority(v for r, v in verdicts.items() if r not in (rater, absent) and r in pool)
+        own = rater in pool
+        if own:
+            counts[verdict] -= 1
+        majority = _top(counts)
+        if own:
+            counts[verdict] += 1
         if majority is not None:
             out[rater] = (verdict, majority)
     return out
+
+
+def _top(counts: Counter[str]) -> str | None:
+    """The verdict with the most votes, or None when none has any or two share the top count (as :func:`_majority`)."""
+    best, best_count, shared = None, 0, False
+    for verdict, n in counts.items():
+        if n > best_count:
+            best, best_count, shared = verdict, n, False
+        elif n == best_count and n > 0:
+            shared = True
+    return None if best_count == 0 or shared else best
 
 
 def rater_quality(votes: Sequence[RaterVote], exclude: Collection[str] = ()) -> list[RaterQuality]:
@@ -168,6 +190,8 @@ def rater_quality(votes: Sequence[RaterVote], exclude: Collection[str] = ()) -> 
     correction_matches: Counter[str] = Counter()
     correction_pairs: Counter[str] = Counter()
     for verdicts in by_pair.values():
+        if len(verdicts) < 2:  # nobody else rated the pair: no majority to agree with, none to correct
+            continue
         judged = _judged(verdicts, pool)
         for rater, (verdict, majority) in judged.items():
             mine.setdefault(rater, []).append(verdict)

@@ -157,8 +157,11 @@ def _vote_confidence_sequence(wins: int, losses: int, alpha: float, concentratio
         return bound - float(vote_log_likelihood_ratio(wins, losses, concentration, null=p))
 
     centre = wins / (wins + losses)
-    low = 0.0 if wins == 0 else optimize.brentq(inside, 1e-300, centre, xtol=1e-12)
-    high = 1.0 if losses == 0 else optimize.brentq(inside, centre, 1.0 - 1e-16, xtol=1e-12)
+    # A lopsided count (206 wins, 1 loss) keeps rates within 1e-16 of 0 or 1 inside the sequence:
+    # the bound is then the end itself (brentq needs a sign change to search for it).
+    floor, ceiling = 1e-300, 1.0 - 1e-16
+    low = 0.0 if wins == 0 or inside(floor) > 0 else optimize.brentq(inside, floor, centre, xtol=1e-12)
+    high = 1.0 if losses == 0 or inside(ceiling) > 0 else optimize.brentq(inside, centre, ceiling, xtol=1e-12)
     return float(low), float(high)
 
 

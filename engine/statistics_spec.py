@@ -22,7 +22,7 @@ This module is torch-free, like :mod:`engine.spec`, which reads the section thro
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Annotated, Any
 
 from pydantic import Field, ValidationInfo, model_validator
@@ -34,6 +34,7 @@ CORRECTIONS = ("holm", "benjamini_hochberg")
 # Scores every run measures besides the experiment's scorers (service.provenance.FLUENCY:
 # perplexity under the unsteered model); a smallest difference may be given for them too.
 MEASURED_SCORES = ("fluency_ppl",)
+LOWER_IS_BETTER_ALWAYS = ("fluency_ppl",)  # perplexity: lower is more fluent, whatever the experiment
 # As long as a stored rater name may be (db.schema.Rating.rater).
 MAX_RATER_NAME_CHARS = 200
 # Defaults, named so that other modules and the docs quote the same numbers.
@@ -57,6 +58,9 @@ class StatisticsSpec:
     length_control: bool = True
     repeat_share: float = DEFAULT_REPEAT_SHARE
     exclude_raters: tuple[str, ...] = ()
+    # Scores whose decrease is the goal (a "happy words" share when steering towards sadness);
+    # fluency_ppl (perplexity) is always one. Every other score: higher is better.
+    lower_is_better: tuple[str, ...] = ()
 
     def to_dict(self, full: bool = False) -> dict[str, Any]:
         """Plain data: only what differs from the defaults (what a stored definition keeps, so that
@@ -74,6 +78,20 @@ class StatisticsSpec:
     def difference_for(self, scorer: str) -> float | None:
         """The smallest difference worth detecting in ``scorer``'s scores; None: not given."""
         return self.score_differences.get(scorer)
+
+    def for_scores(self, kept: set[str]) -> StatisticsSpec:
+        """This section for an experiment derived with only the scores ``kept`` (and the measured ones):
+        entries naming the others are dropped, as they would be refused there."""
+        known = kept | set(MEASURED_SCORES)
+        return replace(
+            self,
+            score_differences={k: v for k, v in self.score_differences.items() if k in known},
+            lower_is_better=tuple(name for name in self.lower_is_better if name in known),
+        )
+
+    def higher_is_better(self, score: str) -> bool:
+        """Whether a higher ``score`` is what the team wants (verdicts say "better" for a rise)."""
+        return score not in self.lower_is_better and score not in LOWER_IS_BETTER_ALWAYS
 
     def excludes(self, rater: str) -> bool:
         return rater in self.exclude_raters
@@ -131,6 +149,16 @@ def _rater_names(value: Any, where: Where) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _score_names(value: Any, where: Where) -> tuple[str, ...]:
+    names: list[str] = []
+    for i, item in enumerate(as_list([] if value is None else value, where)):
+        name = as_str(item, where.child(i)).strip()
+        if name not in names:
+            names.append(name)
+    return tuple(names)
+
+
+_SCORES_SCHEMA = {"type": "array", "items": {"type": "string", "minLength": 1}}
 _DIFFERENCES_SCHEMA = {"type": "object", "additionalProperties": {"type": "number", "exclusiveMinimum": 0}}
 _RATERS_SCHEMA = {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": MAX_RATER_NAME_CHARS}}
 
@@ -179,16 +207,23 @@ class StatisticsSettings(Settings):
         description="Raters left out of every statistic (their votes stay stored); analysts switch this on Compare.",
     )
 
+    lower_is_better: Annotated[tuple[str, ...], Check(_score_names, _SCORES_SCHEMA, "texts")] = Field(
+        (),
+        description="Scores whose decrease is the goal (e.g. a 'happy words' share when steering towards "
+        "sadness): verdicts call a drop 'better'. fluency_ppl is always lower-is-better; other scores: higher.",
+    )
+
     @model_validator(mode="after")
     def _known_scorers(self, info: ValidationInfo) -> StatisticsSettings:
         known: tuple[str, ...] = tuple((info.context or {}).get("scorer_names", ())) + MEASURED_SCORES
-        where = where_of(info).child("score_differences")
-        for name in self.score_differences:
-            if name not in known:
-                where.child(name).fail(
-                    f"names {short(printable(name))!r}, which is not a scorer of the experiment",
-                    f"use one of {', '.join(known)}",
-                )
+        for field_name, names in (("score_differences", list(self.score_differences)), ("lower_is_better", None)):
+            where = where_of(info).child(field_name)
+            for i, name in enumerate(names if names is not None else self.lower_is_better):
+                if name not in known:
+                    (where.child(name) if names is not None else where.child(i)).fail(
+                        f"names {short(printable(name))!r}, which is not a scorer of the experiment",
+                        f"use one of {', '.join(known)}",
+                    )
         return self
 
     def to_spec(self) -> StatisticsSpec:
@@ -202,6 +237,7 @@ class StatisticsSettings(Settings):
             length_control=self.length_control,
             repeat_share=self.repeat_share,
             exclude_raters=self.exclude_raters,
+            lower_is_better=self.lower_is_better,
         )
 
 

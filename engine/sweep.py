@@ -55,13 +55,15 @@ def sweep_experiment(source: ExperimentSpec, config: SweepConfig, n_layers: int,
         for layer in layers
         for c in config.coefficients
     ]
+    scorers = tuple(s for s in source.scorers if s.name == config.scorer)
     return replace(
         source,
         name=f"{source.name}__sweep",
         description=f"Sweep of vector '{config.vector}' over layers {list(layers)} and coefficients {list(config.coefficients)}.",
         vectors=tuple(v for v in source.vectors if v.name == config.vector),
-        scorers=tuple(s for s in source.scorers if s.name == config.scorer),
+        scorers=scorers,
         variants=tuple(variants),
+        statistics=source.statistics.for_scores({s.name for s in scorers}),
     )
 
 

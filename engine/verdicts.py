@@ -19,8 +19,9 @@ score paired over (prompt, sample) rows. Each gets one verdict, by these rules i
    2 prompts, or a baseline without spread to size the default effect).
 
 The test: for votes, the always-valid test (engine.sequential), because votes arrive every
-day and a team looks as they come; for scores, the paired t-test over prompts (skewness-
-corrected, engine.stats), because a run's scores arrive at once for a prompt set fixed in the
+day and a team looks as they come; for scores, the exact sign-flip test of the per-prompt
+differences (engine.stats.sign_flip_p_value; valid at every level, which a t-test is not at
+the small levels corrections use), because a run's scores arrive at once for a prompt set fixed in the
 definition. The always-valid figures of a score comparison are kept beside it, for a team that
 adds prompts run after run and looks each time.
 
@@ -61,6 +62,7 @@ from engine.stats import (
     format_p_value,
     group_means,
     prompt_differences,
+    sign_flip_p_value,
     skew_corrected_mean,
     wilson_interval,
 )
@@ -283,8 +285,8 @@ class ScoreComparison:
 
     @property
     def p_value(self) -> float:
-        """The raw p-value of "no difference" of the paired t-test over prompts (the verdict's test; the
-        always-valid one is ``sequential.p_value``)."""
+        """The raw p-value of "no difference" of the exact sign-flip test over prompts (the verdict's test;
+        the always-valid one is ``sequential.p_value``)."""
         return self.difference.p_value
 
     @property
@@ -332,7 +334,7 @@ def _score_verdict(comparison: ScoreComparison) -> Verdict:
         comparison.higher_is_better,
         comparison.correction,
         comparison.family,
-        "the paired t-test over prompts",
+        "the paired sign-flip test over prompts",
     )
 
 
@@ -358,8 +360,10 @@ def compare_scores(
         )
     units, pairs = prompt_differences(variant_scores, baseline_scores)
     fixed = skew_corrected_mean(units, 1.0 - level)
+    # The interval estimates the mean difference (skewness-corrected t); the test of "no difference"
+    # is the exact sign-flip test, valid at the small levels a correction over many comparisons asks.
     difference = PairedDifference(
-        fixed.value, fixed.low, fixed.high, fixed.n, pairs, fixed.sd, fixed.p_value, 1.0 - level
+        fixed.value, fixed.low, fixed.high, fixed.n, pairs, fixed.sd, sign_flip_p_value(units), 1.0 - level
     )
     baseline_sd = _baseline_sd(variant_scores, baseline_scores)
     effect = difference_effect if difference_effect is not None else baseline_sd / 2.0

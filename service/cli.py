@@ -234,17 +234,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 class _ProgressBar:
     """A tqdm bar fed by the engine's progress callback, opened at the first report."""
 
-    def __init__(self, description: str) -> None:
+    def __init__(self, description: str, unit: str = "gen") -> None:
         from tqdm import tqdm
 
         self._tqdm = tqdm
         self._description = description
+        self._unit = unit
         self._bar: Any = None
 
     def __call__(self, p: Progress) -> None:
         if self._bar is None:
             self._bar = self._tqdm(
-                total=p.total, initial=p.done, unit="gen", desc=self._description, dynamic_ncols=True
+                total=p.total, initial=p.done, unit=self._unit, desc=self._description, dynamic_ncols=True
             )
         self._bar.update(p.done - self._bar.n)
 
@@ -356,7 +357,7 @@ def _judge(args: argparse.Namespace) -> int:
             raise SteerLabError("--restart deletes a judge's verdicts, so name the judge: add --judge NAME.")
         if args.restart:
             forget_judge(store, args.name, args.judge, who)
-        progress = _ProgressBar("judging")
+        progress = _ProgressBar("judging", unit="reading")
         try:
             result = run_judge(store, args.name, args.judge, options, progress)
         finally:

@@ -86,7 +86,7 @@ def format_sweep(result: Any) -> str:
         r = result.recommended
         lines.append(
             f"Recommended: layer {r.layer}, coefficient {r.coefficient:g} ({config.scorer} {r.behaviour:.3f} "
-            f"[{r.behaviour_low:.3f}, {r.behaviour_high:.3f}], n={r.n}; perplexity {r.perplexity:.1f}, "
+            f"[{r.behaviour_low:.3f}, {r.behaviour_high:.3f}], {r.n} prompts; perplexity {r.perplexity:.1f}, "
             f"within {config.fluency_tolerance:g}x the baseline's)."
         )
     else:

@@ -149,15 +149,26 @@ def _compare(store: Store, name: str, bootstrap_rounds: int, seed: int) -> Compa
         shared = repo.shared_pair_votes(session, experiment.id, "human", exclude)
         scores = score_table((names[v], p, s, m, x) for v, p, s, m, x in repo.score_rows(session, experiment.id))
     agreement = _agreement_of(shared, overview.rated_pairs)
-    comparison = _assemble(
-        name, variants, baseline, tallies, overview.raters, agreement, summaries, bootstrap_rounds, seed, statistics
-    )
     length_controlled = (
         length_controlled_ratings(
             length_battles(lengths), variants, bootstrap_rounds, seed, min_decisive=statistics.min_votes
         )
         if lengths
         else None
+    )
+    comparison = _assemble(
+        name,
+        variants,
+        baseline,
+        tallies,
+        overview.raters,
+        agreement,
+        summaries,
+        bootstrap_rounds,
+        seed,
+        statistics,
+        # The length-controlled fit holds the raw ratings of the same votes (same prior, same draws).
+        length_controlled.raw if length_controlled is not None else None,
     )
     return replace(
         comparison,
@@ -225,6 +236,7 @@ def _assemble(
     bootstrap_rounds: int,
     seed: int,
     statistics: StatisticsSpec | None = None,
+    ratings: list[Rating] | None = None,
 ) -> Comparison:
     """Win rates, ratings and the position check from (left, right, choice) tallies: a few hundred
     counts, not one row per vote (engine.battles maps votes to battles)."""
@@ -242,7 +254,9 @@ def _assemble(
         raters=raters,
         against_baseline=[w for w in pairwise if w.opponent == baseline],
         pairwise=pairwise,
-        bradley_terry=bradley_terry_from_counts(
+        bradley_terry=ratings
+        if ratings is not None
+        else bradley_terry_from_counts(
             battles.counts, variants, bootstrap_rounds, seed, min_decisive=statistics.min_votes
         ),
         left_wins=position_bias(tallies),

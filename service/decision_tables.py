@@ -33,6 +33,9 @@ def decisions_table(decisions: list[Decision], corrected: bool = True) -> pd.Dat
             "variant": d.variant,
             "against": d.opponent,
             "measure": d.metric,
+            "better when": "it wins more"
+            if d.votes is not None
+            else ("higher" if d.score is not None and d.score.higher_is_better else "lower"),
             "verdict": verdict_label(d),
             "estimate [95% CI]": d.estimate(),
             "always-valid 95%": d.always_valid(),

@@ -27,13 +27,15 @@ from engine.battles import Tally
 from engine.multiplicity import CorrectionMethod
 from engine.spec import ExperimentSpec
 from engine.statistics_spec import StatisticsSpec
-from engine.stats import FEW_PROMPTS, format_p_value
+from engine.stats import FEW_PROMPTS, MIN_DECISIVE_VOTES, format_p_value, plural
 from engine.verdicts import ScoreComparison, VoteComparison, compare_scores, compare_votes, correct
 from service.provenance import FLUENCY
 
 HUMAN_VOTES = "human votes"
-# Scores where less is better (the unsteered model's perplexity of the output).
-LOWER_IS_BETTER = frozenset({FLUENCY})
+
+
+def too_few(decisive: int) -> str:
+    return f"too few votes (n={decisive} decisive; needs {MIN_DECISIVE_VOTES})"
 
 
 def judge_metric(judge: str) -> str:
@@ -68,15 +70,17 @@ class Decision:
     def sample(self) -> str:
         """The sample size in words: decisive votes (with ties and both-bad apart), or prompts and pairs."""
         if self.votes is not None:
-            return f"{self.votes.decisive} decisive votes"
+            return plural(self.votes.decisive, "decisive vote")
         assert self.score is not None
-        return f"{self.score.prompts} prompts, {self.score.pairs} pairs"
+        return f"{plural(self.score.prompts, 'prompt')}, {plural(self.score.pairs, 'pair')}"
 
     def estimate(self) -> str:
         """The figure with its one-look 95% interval: a win rate, or a difference in score."""
         if self.votes is not None:
             e = self.votes.win_rate
-            return "–" if not e.n else f"{e.value:.0%} [{e.low:.0%}, {e.high:.0%}]"
+            if e.n < MIN_DECISIVE_VOTES:  # as everywhere on Compare: 0% or 100% from one vote is no figure
+                return too_few(e.n)
+            return f"{e.value:.0%} [{e.low:.0%}, {e.high:.0%}]"
         assert self.score is not None
         d = self.score.difference
         return "–" if not d.prompts else f"{d.value:+.3g} [{d.low:+.3g}, {d.high:+.3g}]"
@@ -249,7 +253,7 @@ def pair_decisions(
                     statistics.alpha,
                     statistics.power,
                     statistics.difference_for(metric),
-                    higher_is_better=metric not in LOWER_IS_BETTER,
+                    higher_is_better=statistics.higher_is_better(metric),
                 ),
             )
         )

@@ -48,7 +48,7 @@ from engine.spec import ExperimentSpec
 from service import audit
 from service.access import LOCAL, Identity, require
 from service.catalog import get_experiment, stored_spec
-from service.lease import Heartbeat, lease_seconds, owner_name
+from service.lease import Heartbeat, finish_claimed_run, lease_seconds, owner_name
 from service.run_options import JUDGING, LOADING, RunOptions, busy_error
 
 if TYPE_CHECKING:
@@ -132,6 +132,33 @@ class JudgeOverview:
     pairs: str
     max_pairs: int | None
     readings: int  # stored
+    warnings: tuple[str, ...] = ()  # why its verdicts may be noise (see reading_warnings)
+
+
+# A judge's readings say little when its model barely predicts either label, or when it nearly
+# always prefers whatever it is shown first (the both-orders rule then turns its votes into ties).
+MIN_LABEL_MASS = 0.1
+MAX_FIRST_SHOWN_SHARE = 0.9
+MIN_READINGS_FOR_WARNINGS = 10
+
+
+def reading_warnings(stats: store_judgements.ReadingStats | None) -> tuple[str, ...]:
+    """One sentence per sign that a judge's readings are noise, from its stored readings."""
+    if stats is None or stats.readings < MIN_READINGS_FOR_WARNINGS:
+        return ()
+    out = []
+    if stats.label_mass is not None and stats.label_mass < MIN_LABEL_MASS:
+        out.append(
+            f"Its model gives the answer labels 'A' and 'B' little probability (on average {stats.label_mass:.2g} "
+            f"of the next token over {stats.readings} readings): it does not answer in the rubric's format, so its "
+            "verdicts are noise; use a stronger model (model: or endpoint:)."
+        )
+    if stats.decisive and stats.first_shown / stats.decisive > MAX_FIRST_SHOWN_SHARE:
+        out.append(
+            f"It preferred the output shown first in {stats.first_shown} of {stats.decisive} readings: a position "
+            "bias, which the both-orders rule turns into ties, so its votes decide little."
+        )
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -347,7 +374,9 @@ def run_judge(
         raise
     finally:
         heartbeat.stop()
-        status = _finish(store, run_id, holder, status, error, trace, heartbeat.lost, requeue_on_stop and stop.local)
+        status = finish_claimed_run(
+            store, run_id, holder, status, error, trace, heartbeat.lost, requeue_on_stop and stop.local
+        )
         log.log(
             logging.WARNING if status in ("failed", "interrupted") else logging.INFO,
             "Judge run %s of '%s' ended: %s, %s readings and %s votes stored%s",
@@ -493,22 +522,6 @@ def _read_pending(
             progress(Progress(done, p.total, time.monotonic() - started, done - done_before))
 
 
-def _finish(
-    store: Store, run_id: int, owner: str, status: str, error: str, trace: str, lost: bool, requeue: bool
-) -> str:
-    """Store how the run ended, unless it is no longer ours; returns the status it ended with."""
-    if lost:  # another worker holds it now (or it was deleted): its row is not ours to write
-        return "interrupted"
-    with store.session() as session:
-        if status == "cancelled" and requeue and runs.release_run(session, run_id, owner):
-            return "queued"
-        if not runs.finish_run(session, run_id, status, error, trace, owner=owner):
-            return "interrupted" if runs.run_exists(session, run_id) else "deleted"
-        if status == "done":
-            runs.set_run_phase(session, run_id, "")
-    return status
-
-
 # --- what pages show ---------------------------------------------------------------
 
 
@@ -517,9 +530,17 @@ def judges_overview(store: Store, name: str) -> list[JudgeOverview]:
     with store.session() as session:
         experiment = get_experiment(session, name)
         spec = stored_spec(experiment)
-        counts = store_judgements.reading_counts(session, experiment.id)
+        stats = store_judgements.reading_stats(session, experiment.id)
     return [
-        JudgeOverview(j.name, j.describe(spec.model), j.rubric, j.pairs, j.max_pairs, counts.get(j.name, 0))
+        JudgeOverview(
+            j.name,
+            j.describe(spec.model),
+            j.rubric,
+            j.pairs,
+            j.max_pairs,
+            stats[j.name].readings if j.name in stats else 0,
+            reading_warnings(stats.get(j.name)),
+        )
         for j in spec.judges
     ]
 

@@ -91,3 +91,20 @@ class Heartbeat:
                 log.warning("Run %s is no longer held by %s (taken over, deleted or ended)", self._run_id, self._owner)
                 self._lost.set()
                 return
+
+
+def finish_claimed_run(
+    store: Store, run_id: int, owner: str, status: str, error: str, trace: str, lost: bool, requeue: bool
+) -> str:
+    """Store how a run (generation or judge) ended, unless it is no longer ours; returns the status it ended
+    with: "queued" when a stopped worker hands it back, "interrupted" when another holds it now."""
+    if lost:  # another worker holds it now (or it was deleted): its row is not ours to write
+        return "interrupted"
+    with store.session() as session:
+        if status == "cancelled" and requeue and runs.release_run(session, run_id, owner):
+            return "queued"
+        if not runs.finish_run(session, run_id, status, error, trace, owner=owner):
+            return "interrupted" if runs.run_exists(session, run_id) else "deleted"
+        if status == "done":
+            runs.set_run_phase(session, run_id, "")
+    return status

@@ -32,6 +32,12 @@ def excluded_in(spec_json: str) -> tuple[str, ...]:
 
 
 def _votes(store: Store, name: str) -> tuple[list[RaterVote], tuple[str, ...]]:
+    """Every vote as rater statistics need it, and who is left out: read once per data version
+    (the rater report and the judges' agreement both need all of them)."""
+    return _cached(store, name, "rater votes", lambda: _read_votes(store, name))
+
+
+def _read_votes(store: Store, name: str) -> tuple[list[RaterVote], tuple[str, ...]]:
     with store.session() as session:
         experiment = get_experiment(session, name)
         rows = repo.rater_vote_rows(session, experiment.id)

@@ -26,6 +26,7 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 from itertools import combinations
 from typing import NamedTuple
@@ -37,6 +38,7 @@ from db import repository as repo
 from db.schema import CHOICES, JUDGE_RATER_PREFIX, Experiment, Generation
 from db.store import Store
 from engine.errors import SteerLabError
+from engine.null_arms import arm_name
 from engine.spec import DEFAULT_RATING_OVERLAP
 from engine.statistics_spec import DEFAULT_REPEAT_SHARE
 from service import audit
@@ -97,16 +99,45 @@ def repeat_gap(rater: str, pair: Pair, share: float) -> int | None:
     return fewest + int.from_bytes(digest[4:8], "big") % (most - fewest + 1)
 
 
-def _items(rows: list[tuple[int, int, int, int]]) -> list[Pair]:
-    """Pairs of generations of different variants for the same (prompt, sample)."""
+def _items(
+    rows: list[tuple[int, int, int, int]], deciding: Collection[frozenset[int]] = ()
+) -> tuple[list[Pair], set[Pair]]:
+    """Pairs of generations of different variants for the same (prompt, sample), and those of them
+    whose two variants' positions form one of the ``deciding`` pairs (see :func:`_deciding`)."""
     by_row: dict[tuple[int, int], list[tuple[int, int]]] = {}
     for generation_id, prompt_id, sample, variant_position in rows:
         by_row.setdefault((prompt_id, sample), []).append((variant_position, generation_id))
     pairs: list[Pair] = []
+    decisive: set[Pair] = set()
     for row in by_row.values():
-        for (_, a), (_, b) in combinations(sorted(row), 2):
-            pairs.append((min(a, b), max(a, b)))
-    return pairs
+        for (pa, a), (pb, b) in combinations(sorted(row), 2):
+            pair = (min(a, b), max(a, b))
+            pairs.append(pair)
+            if frozenset((pa, pb)) in deciding:
+                decisive.add(pair)
+    return pairs, decisive
+
+
+def _deciding(session: Session, experiment_id: int) -> set[frozenset[int]]:
+    """Variant position pairs whose votes decide something on Compare: each variant against the
+    baseline (the verdicts), and each null arm against its real variant (the Null arms tab).
+
+    Unrated pairs of these are served first: with 9 variants a row has 36 pairs, 8 of them against
+    the baseline, and spreading votes evenly would leave every verdict waiting for thousands of votes.
+    """
+    experiment = session.get(Experiment, experiment_id)
+    if experiment is None:
+        return set()
+    position = {v.name: v.position for v in experiment.variants}
+    baselines = [v.position for v in experiment.variants if v.kind == "baseline"]
+    out = {frozenset((b, p)) for b in baselines for p in position.values() if p != b}
+    for variant in json.loads(experiment.spec_json).get("variants", []):
+        arms = variant.get("null_arms") or []
+        for arm in arms if isinstance(arms, list) else ():
+            name = arm_name(str(variant.get("name", "")), str(arm))
+            if name in position and variant.get("name") in position:
+                out.add(frozenset((position[variant["name"]], position[name])))
+    return out
 
 
 class _Queue:
@@ -126,15 +157,20 @@ class _Queue:
         overlap: float,
         generations: tuple[object, ...],
         repeat_share: float = 0.0,
+        deciding: Collection[frozenset[int]] = (),
     ) -> None:
         self.overlap = overlap
         self.repeat_share = repeat_share
         self.generations = generations
-        self.items = _items(rows)
+        self.items, self.decisive = _items(rows, deciding)
         self.item_set = set(self.items)
         self.shared_set = {p for p in self.items if is_shared(p, overlap)}
         self.shared = [p for p in self.items if p in self.shared_set]
         self.others = [p for p in self.items if p not in self.shared_set]
+        # The deciding pairs of each pool, served first while some are unrated.
+        self.shared_first = [p for p in self.shared if p in self.decisive]
+        self.others_first = [p for p in self.others if p in self.decisive]
+        self.rated_first: Counter[str] = Counter()  # "shared" / "others": deciding pairs with a vote
         self.counts: Counter[Pair] = Counter()  # votes per pair, all raters
         self.by_count: dict[int, set[Pair]] = {}  # pairs with exactly that many votes (one or more)
         self.raters: dict[Pair, set[str]] = {}
@@ -163,10 +199,13 @@ class _Queue:
                 self.by_count[before].discard(pair)
             self.by_count.setdefault(before + 1, set()).add(pair)
             if before == 0 and pair in self.item_set:
-                if pair in self.shared_set:
+                pool = "shared" if pair in self.shared_set else "others"
+                if pool == "shared":
                     self.rated_shared += 1
                 else:
                     self.rated_others += 1
+                if pair in self.decisive:
+                    self.rated_first[pool] += 1
             raters = self.raters.setdefault(pair, set())
             if rater not in raters:
                 raters.add(rater)
@@ -207,8 +246,12 @@ class _Queue:
                 pool = [p for p in self.by_count[count] if p in self.shared_set and p not in mine]
                 if pool:
                     return rng.choice(sorted(pool))
+            if len(self.shared_first) > self.rated_first["shared"]:
+                return self._unrated(self.shared_first, rng)
             return self._unrated(self.shared, rng)
         if len(self.others) > self.rated_others:  # some pair nobody rated: those are the least rated
+            if len(self.others_first) > self.rated_first["others"]:  # deciding ones first
+                return self._unrated(self.others_first, rng)
             return self._unrated(self.others, rng)
         for count in sorted(self.by_count):
             pool = [
@@ -284,7 +327,13 @@ def _settings(experiment: Experiment) -> _Settings:
 def _fresh_queue(
     session: Session, experiment_id: int, overlap: float, generations: tuple[object, ...], repeat_share: float
 ) -> _Queue:
-    queue = _Queue(repo.generation_keys(session, experiment_id), overlap, generations, repeat_share)
+    queue = _Queue(
+        repo.generation_keys(session, experiment_id),
+        overlap,
+        generations,
+        repeat_share,
+        _deciding(session, experiment_id),
+    )
     queue.add(repo.votes_after(session, experiment_id, 0, HUMAN))
     return queue
 

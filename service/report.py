@@ -58,7 +58,8 @@ def html_report(store: Store, name: str, bootstrap_rounds: int = 1000) -> str:
         f"<title>SteerLab report: {html.escape(name)}</title><style>{STYLE}</style></head><body>",
         f"<h1>SteerLab report: {html.escape(name)}</h1>",
         f"<p class='muted'>Model {html.escape(e['model'])} · {len(data['prompts'])} prompts · {len(data['variants'])} variants · "
-        f"{sum(s.generations for s in comparison.summaries)} generations · {comparison.votes} votes from {comparison.raters} rater{'s' if comparison.raters != 1 else ''} · "
+        f"{sum(s.generations for s in comparison.summaries)} generations · {comparison.votes} votes from {comparison.raters} rater{'s' if comparison.raters != 1 else ''}"
+        f"{_apart(comparison)} · "
         f"generated {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}</p>",
         f"<p>{html.escape(e['description'] or '')}</p>",
         _model_source_line(e.get("model_source") or {}),
@@ -96,6 +97,16 @@ def html_report(store: Store, name: str, bootstrap_rounds: int = 1000) -> str:
         "</body></html>",
     ]
     return "\n".join(parts)
+
+
+def _apart(c: Comparison) -> str:
+    """What the people's vote count leaves out: judges' votes and the raters an analyst left out."""
+    parts = []
+    if c.judge_votes:
+        parts.append(f"{c.judge_votes} judge votes apart")
+    if c.excluded_raters:
+        parts.append(f"left out: {html.escape(', '.join(c.excluded_raters))}")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def _verdicts_section(c: Comparison) -> str:

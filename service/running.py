@@ -33,7 +33,7 @@ from engine.spec import ExperimentSpec, VariantSpec, check_against_model, traini
 from engine.training import AdaptedModel, adapt
 from engine.vectors import SteeringVector
 from service.catalog import get_experiment, import_experiment, stored_spec
-from service.lease import Heartbeat, lease_seconds, owner_name
+from service.lease import Heartbeat, finish_claimed_run, lease_seconds, owner_name
 from service.measurements import store_variant_figures
 from service.provenance import record_model_source
 from service.run_options import EXTRACTING, LOADING, PREPARING, TRAINING, busy_error
@@ -265,7 +265,7 @@ def run_stored(
         raise
     finally:
         heartbeat.stop()
-        status = _finish(
+        status = finish_claimed_run(
             store, run_id, holder, status, error, trace, heartbeat.lost, requeue_on_stop and stop.stopped_locally
         )
         log.log(
@@ -296,22 +296,6 @@ def _prepared(
         adapted[variant.name].loaded if variant.name in adapted else None,
         tuple(r.assistant for r in rendered) if marked else (),
     )
-
-
-def _finish(
-    store: Store, run_id: int, owner: str, status: str, error: str, trace: str, lost: bool, requeue: bool
-) -> str:
-    """Store how the run ended, unless it is no longer ours; returns the status it ended with."""
-    if lost:  # another worker holds it now (or it was deleted): its row is not ours to write
-        return "interrupted"
-    with store.session() as session:
-        if status == "cancelled" and requeue and runs.release_run(session, run_id, owner):
-            return "queued"
-        if not runs.finish_run(session, run_id, status, error, trace, owner=owner):
-            return "interrupted" if runs.run_exists(session, run_id) else "deleted"
-        if status == "done":
-            runs.set_run_phase(session, run_id, "")
-    return status
 
 
 def _take(

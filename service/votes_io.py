@@ -40,7 +40,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db import repository as repo
-from db.schema import CHOICES, RATER_KINDS, Experiment
+from db.schema import CHOICES, JUDGE_RATER_PREFIX, RATER_KINDS, Experiment
 from db.store import Store
 from engine import limits
 from engine.errors import SteerLabError
@@ -284,6 +284,14 @@ def _checked_votes(
         if len(rater) > MAX_RATER_NAME_CHARS or not rater.isprintable():
             fail(f"names a rater of {len(rater)} characters or with control characters", "write the name on one line")
         kind = _choice(row.get("rater_kind", "human"), "rater_kind", RATER_KINDS, fail)
+        if (kind == "judge") != rater.lower().startswith(JUDGE_RATER_PREFIX):
+            # A judge's votes are stored as "judge:<name>" and no person may take such a name:
+            # the two kinds must never be confused in the statistics.
+            fail(
+                f"gives rater '{short(rater, 80)}' the kind '{kind}'",
+                f"judges' raters are named '{JUDGE_RATER_PREFIX}<judge>' with rater_kind judge, and people's "
+                f"names do not start with '{JUDGE_RATER_PREFIX}'",
+            )
         choice = _choice(_text(row, "choice", fail), "choice", CHOICES, fail)
         repeat = _whole(row.get("repeat", 0), "repeat", fail)
         if repeat not in (0, 1):

@@ -143,6 +143,6 @@ def test_workers_on_two_hosts_share_a_postgresql_queue_and_take_over_a_killed_ru
         outputs = [proc.communicate(timeout=60)[0] for proc in (second, third)]
     assert "".join(outputs).count("taken over") == 1, outputs
     s = status(store, "tinystories_mood")
-    assert (s.state, s.run_id, s.attempts, s.done, s.total) == ("done", run_id, 2, 56, 56), s
-    assert _count(store, "SELECT count(*) FROM generations") == 56
-    assert _count(store, "SELECT count(DISTINCT (variant_id, prompt_id, sample_index)) FROM generations") == 56
+    assert (s.state, s.run_id, s.attempts, s.done, s.total) == ("done", run_id, 2, 72, 72), s
+    assert _count(store, "SELECT count(*) FROM generations") == 72
+    assert _count(store, "SELECT count(DISTINCT (variant_id, prompt_id, sample_index)) FROM generations") == 72

@@ -165,7 +165,7 @@ def test_the_rate_page_stores_a_repeat_as_a_repeat(tmp_path: Path, monkeypatch: 
     store = build(tmp_path / "r.db", 0.2)
     with store.session() as session:  # ann has rated every pair (in id order): some repeats are due
         experiment = get_experiment(session, NAME)
-        pairs = sorted(rating._items(repo.generation_keys(session, experiment.id)))
+        pairs = sorted(rating._items(repo.generation_keys(session, experiment.id))[0])
         repo.add_ratings(session, experiment.id, [repo.NewRating("ann", low, high, "left") for low, high in pairs])
     monkeypatch.setenv("STEERLAB_DB", str(tmp_path / "r.db"))
     at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=120)

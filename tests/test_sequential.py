@@ -195,3 +195,11 @@ def test_mean_test_edge_cases() -> None:
     assert same.p_value == pytest.approx(math.exp(-14.5 * math.log(1 + 30 * SCORE_MIXTURE_SD**2)))
     assert (same.low, same.high) == pytest.approx((0.2, 0.2))
     assert mean_test([0.0] * 5).p_value == 1.0
+
+
+def test_lopsided_counts_keep_a_confidence_sequence_that_reaches_the_end() -> None:
+    # 206 wins and 1 loss (a clearly better variant in a big store) once made the root search fail.
+    for wins, losses in ((206, 1), (1, 206), (700, 3), (5, 0), (0, 5)):
+        result = vote_test(wins, losses)
+        assert 0.0 <= result.low <= result.value <= result.high <= 1.0
+    assert vote_test(206, 1).high == 1.0 and vote_test(1, 206).low < 1e-9

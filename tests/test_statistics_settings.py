@@ -50,6 +50,7 @@ FULL = {
     "length_control": False,
     "repeat_share": 0.1,
     "exclude_raters": ["mallory", "judge:tone"],
+    "lower_is_better": ["sad_words"],
 }
 
 
@@ -94,7 +95,10 @@ def test_every_field_round_trips_and_none_changes_the_definition_hash() -> None:
         "length_control": True,
         "repeat_share": 0.05,
         "exclude_raters": [],
+        "lower_is_better": [],
     }
+    assert not stats.higher_is_better("sad_words") and not stats.higher_is_better(FLUENCY)
+    assert StatisticsSpec().higher_is_better("sad_words") and not StatisticsSpec().higher_is_better(FLUENCY)
     assert parsed({"alpha": 0.01}).to_dict()["statistics"] == {"alpha": 0.01}, "only what differs is stored"
     assert parsed({"exclude_raters": [" ann ", "ann", "bob"]}).statistics.exclude_raters == ("ann", "bob")
     assert MEASURED_SCORES == (FLUENCY,), "every run's fluency score may have a smallest difference too"
@@ -115,6 +119,11 @@ BAD = {
         {"correction": "bonferroni"},
         "statistics.correction",
         "use one of holm, benjamini_hochberg",
+    ),
+    "lower is better names no scorer": (
+        {"lower_is_better": ["happy_words"]},
+        "statistics.lower_is_better[0]",
+        "names 'happy_words', which is not a scorer of the experiment; use one of sad_words, fluency_ppl",
     ),
     "win rate at a half": (
         {"win_rate": 0.5},
@@ -161,7 +170,10 @@ def test_a_bad_value_is_one_sentence_naming_the_field(case: str) -> None:
     assert message.endswith(".") and "\n" not in message
 
 
-@pytest.mark.parametrize("case", sorted(set(BAD) - {"not a scorer", "an empty rater", "a rater on two lines"}))
+SCHEMA_CANNOT_KNOW = {"not a scorer", "an empty rater", "a rater on two lines", "lower is better names no scorer"}
+
+
+@pytest.mark.parametrize("case", sorted(set(BAD) - SCHEMA_CANNOT_KNOW))
 def test_the_json_schema_refuses_what_the_parser_refuses(case: str) -> None:
     # The schema cannot know the experiment's scorers, and leaves names to the parser.
     validator = Draft202012Validator(experiment_json_schema())

@@ -21,7 +21,7 @@ from service.comparison import Comparison, compare, compare_two
 from service.decisions import HUMAN_VOTES, judge_metric
 from service.export import export_json
 from service.rater_settings import set_rater_excluded
-from service.rating import record_vote
+from service.rating import next_item, record_vote
 from service.report import html_report
 
 # baseline, prompt_01 and prompt_02 over 24 prompts, one sample each, with word scores (no model needed).
@@ -175,3 +175,23 @@ def test_storing_the_file_again_keeps_the_raters_left_out_on_the_dashboard(store
         import_experiment(session, again, "again.yaml", {})
     with store.session() as session:
         assert stored_spec(get_experiment(session, EXPERIMENT)).statistics.exclude_raters == ("mallory",)
+
+
+def test_the_rating_queue_serves_pairs_against_the_baseline_first(store: Store) -> None:
+    # Each row has 3 pairs, 2 of them against the baseline: the 48 that decide verdicts come first.
+    rng = random.Random(11)
+    for _ in range(40):
+        item = next_item(store, EXPERIMENT, "ann", rng)
+        assert item is not None
+        record_vote(store, EXPERIMENT, "ann", item.left_id, item.right_id, "left", repeat=item.repeat)
+    with store.engine.connect() as connection:
+        without_baseline = connection.execute(
+            text(
+                """SELECT COUNT(*) FROM ratings r
+                JOIN generations lg ON lg.id = r.left_generation_id JOIN variants lv ON lv.id = lg.variant_id
+                JOIN generations rg ON rg.id = r.right_generation_id JOIN variants rv ON rv.id = rg.variant_id
+                WHERE lv.name != 'baseline' AND rv.name != 'baseline'"""
+            )
+        ).scalar()
+        total = connection.execute(text("SELECT COUNT(*) FROM ratings")).scalar()
+    assert (total, without_baseline) == (40, 0)

@@ -245,7 +245,7 @@ BAD_FILES: dict[str, tuple[Callable[[list[str], dict[tuple[str, int, int], int]]
     ),
     "a rater of two kinds": (
         lambda lines, ids: [*lines, "gina,left,,baseline,sad_x1,1,1,,,0,judge"],
-        "says rater 'gina' is a judge, but their other votes are a human's",
+        "gives rater 'gina' the kind 'judge'; judges' raters are named 'judge:<judge>'",
     ),
     "contradicts a stored vote": (
         lambda lines, ids: [*lines, "ivy,right,,baseline,sad_x1,0,0,,,0,human"],
@@ -253,7 +253,11 @@ BAD_FILES: dict[str, tuple[Callable[[list[str], dict[tuple[str, int, int], int]]
     ),
     "a kind other than the stored one": (
         lambda lines, ids: [*lines, "ivy,left,,baseline,sad_x1,1,1,,,0,judge"],
-        "says rater 'ivy' is a judge",
+        "gives rater 'ivy' the kind 'judge'",
+    ),
+    "a person named like a judge": (
+        lambda lines, ids: [*lines, "judge:tone,left,,baseline,sad_x1,1,1,,,0,human"],
+        "gives rater 'judge:tone' the kind 'human'",
     ),
     "unknown column": (
         lambda lines, ids: [lines[0] + ",note", *[line + ",x" for line in lines[1:]]],

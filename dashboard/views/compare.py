@@ -21,6 +21,7 @@ from service.comparison import (
     too_few_votes,
 )
 from service.decision_tables import decisions_table, judge_lines
+from service.judging import judges_overview
 from service.rater_settings import set_rater_excluded
 from service.staleness import stale_figures, warning
 
@@ -62,10 +63,15 @@ with tabs["Verdicts"]:
         )
         if few_prompts := d.warning():
             st.warning(md(few_prompts))
-        st.dataframe(view.tables["decisions"], hide_index=True, width="stretch")
+        # Every comparison in view without an inner scroll bar (a table shows 10 rows by default).
+        verdicts = view.tables["decisions"]
+        st.dataframe(verdicts, hide_index=True, width="stretch", height=min(1200, 35 * (len(verdicts) + 1) + 3))
         if d.judges:
             st.markdown("**LLM judges** (their votes are never mixed with the people's; corrected as their own family)")
             st.dataframe(view.tables["judge_decisions"], hide_index=True, width="stretch")
+            for judge in judges_overview(store(), name):
+                for sign in judge.warnings:
+                    st.warning(f"Judge **{md(judge.name)}**: {md(sign)}", icon=":material/warning:")
         st.markdown("**Any two variants**")
         names = c.variants
         pick_a, pick_b = st.columns(2)

@@ -53,6 +53,8 @@ scope = "every two variants" if judge.pairs == "all" else "every variant against
 cap = f", at most {judge.max_pairs} pairs" if judge.max_pairs is not None else ""
 st.markdown(f"**{md(judge.name)}** judges with {md(judge.description)}; it reads {scope}{cap}.")
 st.markdown(plain_block(judge.rubric), unsafe_allow_html=True)
+for warning in judge.warnings:
+    st.warning(md(warning), icon=":material/warning:")
 owner = may("owner")
 if owner:
     st.number_input(
@@ -133,8 +135,8 @@ else:
     st.dataframe(
         [
             {
-                "prompt": v.prompt_index,
-                "sample": v.sample,
+                "prompt": v.prompt_index + 1,  # counted from 1, as on every page
+                "sample": v.sample + 1,
                 "A first": v.first_variant,
                 "B first": v.second_variant,
                 "reading 1 prefers": v.first_prefers,
