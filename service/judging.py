@@ -11,8 +11,9 @@ orders already read are not read again, and the unique keys of ``judgements`` an
 
 Which pairs (:func:`plan_pairs`): by default every variant against the baseline (the
 first variant of kind baseline, else the first variant) on each (prompt, sample) where
-both have an output; with ``pairs: all`` every two variants; ``max_pairs`` keeps the
-first pairs prompt by prompt. Each pair is read twice, its first output shown as A and
+both have an output (null arms are left out: their figures compare them with their own
+variant); with ``pairs: all`` every two variants. Pairs come prompt by prompt for the first
+sample, then for the next, so ``max_pairs`` keeps pairs spread over as many prompts as it can. Each pair is read twice, its first output shown as A and
 then as B; its vote (rater ``judge:<name>``, kind ``judge``) is the output both readings
 prefer, otherwise a tie (:func:`engine.judge.combine_orders`).
 
@@ -29,7 +30,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -198,15 +199,18 @@ def baseline_position(spec: ExperimentSpec) -> int:
     return next((i for i, v in enumerate(spec.variants) if v.kind == "baseline"), 0)
 
 
-def plan_pairs(keys: Sequence[store_judgements.OutputKey], judge: JudgeSpec, baseline: int) -> list[Pair]:
-    """The pairs a judge reads, prompt by prompt, sample by sample (see the module's docstring).
+def plan_pairs(
+    keys: Sequence[store_judgements.OutputKey], judge: JudgeSpec, baseline: int, arms: Collection[int] = ()
+) -> list[Pair]:
+    """The pairs a judge reads, every prompt of a sample before the next sample (see the module's docstring).
 
     Each pair is (the baseline's output, the other's), or with ``pairs: all`` (the lower
-    variant position's output, the higher's).
+    variant position's output, the higher's); variants at the positions ``arms`` (null arms)
+    are not judged against the baseline.
     """
     rows: dict[tuple[int, int], dict[int, int]] = {}
     for key in keys:
-        rows.setdefault((key.prompt_position, key.sample_index), {})[key.variant_position] = key.generation_id
+        rows.setdefault((key.sample_index, key.prompt_position), {})[key.variant_position] = key.generation_id
     pairs: list[Pair] = []
     for row in sorted(rows):
         outputs = rows[row]
@@ -214,7 +218,7 @@ def plan_pairs(keys: Sequence[store_judgements.OutputKey], judge: JudgeSpec, bas
         if judge.pairs == "all":
             pairs.extend((outputs[a], outputs[b]) for i, a in enumerate(positions) for b in positions[i + 1 :])
         elif baseline in outputs:
-            pairs.extend((outputs[baseline], outputs[v]) for v in positions if v != baseline)
+            pairs.extend((outputs[baseline], outputs[v]) for v in positions if v != baseline and v not in arms)
     return pairs[: judge.max_pairs] if judge.max_pairs is not None else pairs
 
 
@@ -228,7 +232,8 @@ def plan(session: Session, experiment: Experiment, judge_name: str | None) -> Ju
             f"Experiment '{experiment.name}' has no outputs to judge yet; run it first "
             "(the Run page, or `steerlab run` with its file)."
         )
-    pairs = plan_pairs(keys, judge, baseline_position(spec))
+    arms = {i for i, v in enumerate(spec.variants) if v.control_of}
+    pairs = plan_pairs(keys, judge, baseline_position(spec), arms)
     if not pairs:
         against = "" if judge.pairs == "all" else f" with the baseline '{spec.variants[baseline_position(spec)].name}'"
         raise SteerLabError(

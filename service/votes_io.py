@@ -117,6 +117,14 @@ class _Vote(NamedTuple):
         return {"left": self.left_id, "right": self.right_id}.get(self.choice, self.choice)
 
 
+def _verdict_words(vote: _Vote) -> str:
+    """The vote whatever the sides it was shown on: "the win to output 271", "a tie", "both bad"."""
+    verdict = vote.verdict
+    if isinstance(verdict, int):
+        return f"the win to output {verdict}"
+    return "a tie" if verdict == "tie" else "'both bad'"
+
+
 def vote_format(filename: str) -> str:
     """``csv`` or ``jsonl``, from a file name's ending."""
     suffix = PurePath(filename).suffix.lower().lstrip(".")
@@ -399,8 +407,8 @@ def _new_votes(session: Session, experiment_id: int, votes: list[_Vote], source:
         previous = stored.get(vote.key)
         if previous is not None and previous.verdict != vote.verdict:
             fail(
-                f"says '{vote.choice}' where rater '{short(printable(vote.rater))}' has a stored vote on the same pair "
-                f"that says otherwise ('{previous.choice}' on outputs {previous.left_id}/{previous.right_id})",
+                f"gives {_verdict_words(vote)} where rater '{short(printable(vote.rater))}' has a stored vote on the "
+                f"same pair (outputs {vote.key[1]} and {vote.key[2]}) that gives {_verdict_words(previous)}",
                 "remove the line (a stored vote is never replaced)",
             )
     for vote in votes:

@@ -160,6 +160,10 @@ def test_pairs_are_variants_against_the_baseline_unless_all_are_asked_for() -> N
     assert plan_pairs(keys, replace(judge, pairs="all"), 0) == [(0, 1), (0, 2), (1, 2), (10, 11), (10, 12), (11, 12)]
     assert plan_pairs(keys, replace(judge, max_pairs=3), 0) == [(0, 1), (0, 2), (10, 11)], "prompt by prompt"
     assert plan_pairs(keys[:-1], judge, 0)[-1] == (10, 11), "a missing output makes no pair"
+    assert plan_pairs(keys, judge, 0, arms={2}) == [(0, 1), (10, 11)], "null arms are not judged against the baseline"
+    # With two samples, every prompt's first sample comes before any second sample: a cap spreads over prompts.
+    two = [OutputKey(100 * s + 10 * p + v, p, s, v) for s in range(2) for p in range(2) for v in range(2)]
+    assert plan_pairs(two, replace(judge, max_pairs=2), 0) == [(0, 1), (10, 11)]
 
 
 def test_a_judge_model_path_is_resolved_beside_the_experiment_file(tmp_path: Path) -> None:

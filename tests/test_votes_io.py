@@ -249,7 +249,7 @@ BAD_FILES: dict[str, tuple[Callable[[list[str], dict[tuple[str, int, int], int]]
     ),
     "contradicts a stored vote": (
         lambda lines, ids: [*lines, "ivy,right,,baseline,sad_x1,0,0,,,0,human"],
-        "line 4: says 'right' where rater 'ivy' has a stored vote on the same pair",
+        "where rater 'ivy' has a stored vote on the same pair (outputs",
     ),
     "a kind other than the stored one": (
         lambda lines, ids: [*lines, "ivy,left,,baseline,sad_x1,1,1,,,0,judge"],
