@@ -261,6 +261,7 @@ class ScoreComparison:
     """A variant's score minus the baseline's, paired over matched (prompt, sample) rows."""
 
     difference: PairedDifference  # mean of per-prompt differences, one-look interval at 1 - alpha, its p-value
+    sign_flip_p_value: float  # the exact sign-flip test of "no difference": the verdict's test
     sequential: AlwaysValid  # always-valid confidence sequence for the mean difference, p-value of 0
     alpha: float
     power: float
@@ -287,7 +288,7 @@ class ScoreComparison:
     def p_value(self) -> float:
         """The raw p-value of "no difference" of the exact sign-flip test over prompts (the verdict's test;
         the always-valid one is ``sequential.p_value``)."""
-        return self.difference.p_value
+        return self.sign_flip_p_value
 
     @property
     def effect_words(self) -> str:
@@ -360,17 +361,20 @@ def compare_scores(
         )
     units, pairs = prompt_differences(variant_scores, baseline_scores)
     fixed = skew_corrected_mean(units, 1.0 - level)
-    # The interval estimates the mean difference (skewness-corrected t); the test of "no difference"
-    # is the exact sign-flip test, valid at the small levels a correction over many comparisons asks.
+    # The interval estimates the mean difference (skewness-corrected t, its p-value the interval
+    # inverted); the verdict's test of "no difference" is the exact sign-flip test, valid at the small
+    # levels a correction over many comparisons asks for.
     difference = PairedDifference(
-        fixed.value, fixed.low, fixed.high, fixed.n, pairs, fixed.sd, sign_flip_p_value(units), 1.0 - level
+        fixed.value, fixed.low, fixed.high, fixed.n, pairs, fixed.sd, fixed.p_value, 1.0 - level
     )
+    exact_p_value = sign_flip_p_value(units)
     baseline_sd = _baseline_sd(variant_scores, baseline_scores)
     effect = difference_effect if difference_effect is not None else baseline_sd / 2.0
     sequential_needed, fixed_needed = _prompts_needed(difference.sd, effect, level, chance)
     sequential = mean_test(units, level, SCORE_MIXTURE_SD)
     comparison = ScoreComparison(
         difference=difference,
+        sign_flip_p_value=exact_p_value,
         sequential=sequential,
         alpha=level,
         power=chance,
@@ -381,7 +385,7 @@ def compare_scores(
         prompts_needed=fixed_needed,
         sequential_prompts_needed=sequential_needed,
         verdict=Verdict("keep rating", None, "", "prompts", 0, None),  # replaced below
-        adjusted_p_value=difference.p_value,
+        adjusted_p_value=exact_p_value,
     )
     return dataclasses.replace(comparison, verdict=_score_verdict(comparison))
 

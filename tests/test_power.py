@@ -18,6 +18,7 @@ from engine.sequential import (
     vote_mixture_concentration,
     vote_p_value,
 )
+from engine.stats import prompt_differences, sign_flip_p_value
 from engine.verdicts import ScoreComparison, VoteComparison, compare_scores, compare_votes, correct, verdict
 
 # --- fixed-sample sizes ---------------------------------------------------------------------
@@ -186,7 +187,7 @@ def test_score_verdicts_follow_the_rules() -> None:
     assert keep.verdict.label == "keep rating" and not keep.effect_from_baseline_sd
     # Scores are judged by the one-look paired t-test (a run's scores arrive at once); the always-valid
     # test's larger need is kept beside it.
-    assert keep.p_value == keep.difference.p_value
+    assert keep.p_value == keep.sign_flip_p_value == sign_flip_p_value(prompt_differences(same, base)[0])
     assert keep.prompts_needed == prompts_needed(keep.difference.sd, 0.05)
     assert keep.sequential_prompts_needed == sequential_prompts_needed(keep.difference.sd, 0.05)
     assert keep.prompts_needed < keep.sequential_prompts_needed
