@@ -54,6 +54,7 @@ PAGES = [
     ("views/sweep.py", "Sweep", ":material/grid_on:", "owner"),
     ("views/rate.py", "Rate", ":material/thumbs_up_down:", "rater"),
     ("views/compare.py", "Compare", ":material/bar_chart:", "analyst"),
+    ("views/deploy.py", "Deploy", ":material/rocket_launch:", "analyst"),
     ("views/judge.py", "Judge", ":material/gavel:", "analyst"),
     ("views/adaptation.py", "Adaptation", ":material/balance:", "analyst"),
     ("views/report.py", "Report", ":material/description:", "analyst"),

@@ -314,3 +314,129 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(32))  # created, changed, deleted, rated, exported, ...
     experiment: Mapped[str] = mapped_column(String(200), index=True)  # its name, not a key: it outlives the row
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+ENDPOINTS = ("chat", "completions")  # the OpenAI endpoint a served response came from
+THUMBS = ("up", "down")
+
+
+class Deployment(Base):
+    """A live A/B test: an experiment's variants served to real users by ``steerlab serve``.
+
+    Its state lives here and nowhere else, so every server replica sees the same split;
+    ``version`` grows with every change and is what servers poll.
+    """
+
+    __tablename__ = "deployments"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)  # the `model` clients send
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
+    # Where a stopped arm's traffic goes.
+    baseline_variant_id: Mapped[int] = mapped_column(ForeignKey("variants.id", ondelete="CASCADE"))
+    show_variant: Mapped[bool] = mapped_column(Boolean, default=False)  # False: blind responses
+    live: Mapped[bool] = mapped_column(Boolean, default=True)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(320), default="")
+    experiment: Mapped[Experiment] = relationship()
+    baseline: Mapped[Variant] = relationship()
+    arms: Mapped[list[DeploymentArm]] = relationship(
+        back_populates="deployment",
+        order_by="DeploymentArm.position",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+    )
+
+
+class DeploymentArm(Base):
+    """One variant of a deployment, its traffic weight and its kill switch."""
+
+    __tablename__ = "deployment_arms"
+    __table_args__ = (
+        UniqueConstraint("deployment_id", "variant_id", name="one_arm_per_variant"),
+        CheckConstraint("weight >= 0", name="arm_weight_not_negative"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), index=True)
+    variant_id: Mapped[int] = mapped_column(ForeignKey("variants.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)  # order of the cumulative weights: users' arms depend on it
+    weight: Mapped[float] = mapped_column(Float)
+    stopped: Mapped[bool] = mapped_column(Boolean, default=False)
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    stopped_by: Mapped[str] = mapped_column(String(320), default="")
+    deployment: Mapped[Deployment] = relationship(back_populates="arms")
+    variant: Mapped[Variant] = relationship()
+
+
+class ServedResponseRecord(Base):
+    """One response ``steerlab serve`` gave a client: what was asked, what ran, what came back.
+
+    ``served_variant_id`` is None for a request that brought its own steering spec
+    (``steering_json``). ``user_key`` is the SHA-256 of the client's ``user`` field: the raw
+    value is never stored.
+    """
+
+    __tablename__ = "served_responses"
+    __table_args__ = (
+        CheckConstraint(f"endpoint IN {ENDPOINTS}", name="served_endpoint"),
+        Index("ix_served_responses_deployment_served", "deployment_id", "served_variant_id"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    response_id: Mapped[str] = mapped_column(String(100), unique=True)  # the id the client saw
+    deployment_id: Mapped[int | None] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), nullable=True)
+    experiment_id: Mapped[int | None] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    assigned_variant_id: Mapped[int | None] = mapped_column(
+        ForeignKey("variants.id", ondelete="SET NULL"), nullable=True
+    )
+    served_variant_id: Mapped[int | None] = mapped_column(ForeignKey("variants.id", ondelete="SET NULL"), nullable=True)
+    steering_json: Mapped[str] = mapped_column(Text, default="")
+    user_key: Mapped[str] = mapped_column(String(64), default="")
+    endpoint: Mapped[str] = mapped_column(String(16))
+    request_text: Mapped[str] = mapped_column(Text)
+    response_text: Mapped[str] = mapped_column(Text)
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    first_token_seconds: Mapped[float] = mapped_column(Float)
+    latency_seconds: Mapped[float] = mapped_column(Float)
+    finish_reason: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ResponseFeedback(Base):
+    """A user's thumbs and/or score (in [0, 1]) on a served response; a later one replaces it."""
+
+    __tablename__ = "response_feedback"
+    __table_args__ = (
+        UniqueConstraint("response_id", "user_key", name="one_feedback_per_user"),
+        CheckConstraint(f"thumbs IS NULL OR thumbs IN {THUMBS}", name="feedback_thumbs"),
+        CheckConstraint("score IS NULL OR (score >= 0 AND score <= 1)", name="feedback_score"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    response_id: Mapped[int] = mapped_column(ForeignKey("served_responses.id", ondelete="CASCADE"), index=True)
+    user_key: Mapped[str] = mapped_column(String(64), default="")
+    thumbs: Mapped[str | None] = mapped_column(String(4), nullable=True)
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    comment: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ResponsePreference(Base):
+    """A user's choice between two served responses of one deployment (or a tie).
+
+    ``pair_low_id``/``pair_high_id`` are the two responses in id order: one preference per
+    (pair, user), whichever was preferred; a later one replaces it.
+    """
+
+    __tablename__ = "response_preferences"
+    __table_args__ = (UniqueConstraint("pair_low_id", "pair_high_id", "user_key", name="one_preference_per_pair"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), index=True)
+    preferred_id: Mapped[int] = mapped_column(ForeignKey("served_responses.id", ondelete="CASCADE"))
+    other_id: Mapped[int] = mapped_column(ForeignKey("served_responses.id", ondelete="CASCADE"))
+    pair_low_id: Mapped[int] = mapped_column(Integer)
+    pair_high_id: Mapped[int] = mapped_column(Integer)
+    user_key: Mapped[str] = mapped_column(String(64), default="")
+    tie: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

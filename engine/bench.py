@@ -17,6 +17,14 @@ Headline keys are for the GPT-2-small-sized model (12 layers, hidden 768, random
 weights), except ``mixing_cost_ratio`` and the ``smollm2_*`` keys, which come from the
 real instruct model SmolLM2-135M-Instruct (30 layers, hidden 576, from the shared GGUF
 file, prompted through its chat template); ``models`` holds the figures of each model.
+
+``steerlab bench decode`` (:func:`run_decode_benchmark`) measures what a decode step costs
+as the text grows and what batching buys, on the GPT-2-small-sized model: ``step_ms`` at
+the start and at 256 generated tokens with transformers' dynamic cache (extended by
+``torch.cat`` at every step) and with the preallocated cache of :mod:`engine.kv_cache`,
+the two runs stepping in lockstep so machine noise hits both; and
+``mixed_tokens_per_second`` (decode tokens/s) of batches of 8, 16, 32 and 64 rows, each row its own variant,
+stepping in lockstep too (what the default batch size is chosen from).
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +42,11 @@ import torch
 
 from engine.chat import Message, render_chat
 from engine.generation import Decoding, forward, generate, left_pad, positions_from_mask
+from engine.kv_cache import new_cache
 from engine.layers import hidden_output
 from engine.measure import measure_reversibility, toggle_milliseconds
 from engine.methods.add import AddVector
-from engine.methods.base import PreparedEdit
+from engine.methods.base import PositionMasks, PreparedEdit
 from engine.models import LoadedModel, load_model, wrap_model
 from engine.steering import BatchSteering
 from engine.vectors import SteeringVector
@@ -202,6 +213,129 @@ def _typical_hidden_norm(model: LoadedModel) -> float:
     finally:
         handle.remove()
     return float(captured[0][0].norm(dim=-1).median())
+
+
+def run_decode_benchmark(quick: bool = False, log: Callable[[str], None] = lambda _line: None) -> dict[str, Any]:
+    """Decode-step figures on the GPT-2-small-sized model (``quick``: a 4-layer one, few steps)."""
+    torch.manual_seed(0)
+    model = _gpt2_sized(load_model(TINYSTORIES, device="cpu"), quick)
+    log(f"measuring decode steps on {model.model_id} ({model.n_layers} layers, hidden {model.hidden_size}) ...")
+    return {
+        "machine": {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__},
+        "model": model.model_id,
+        **measure_decode(model, quick, log),
+    }
+
+
+def measure_decode(model: LoadedModel, quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    """Decode-step time by length with either cache, and mixed-batch throughput by batch size."""
+    return {**measure_step_times(model, quick, log), **measure_batch_sizes(model, quick, log)}
+
+
+def measure_step_times(model: LoadedModel, quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    """Milliseconds per decode step at the start and at the end of a long run, with either cache."""
+    rows, steps = (4, 12) if quick else (16, 256)
+    window = 3 if quick else 8  # steps whose median is "the start" and "the end"
+    generator = torch.Generator().manual_seed(3)
+    vocab = min(int(model.model.config.vocab_size), 2048)
+    prompts = [torch.randint(3, vocab, (12,), generator=generator).tolist() for _ in range(rows)]
+    batches = [_Lockstep(prompts, preallocate=False), _Lockstep(prompts)]
+    _lockstep_step_seconds(model, batches, window, log)  # warm-up: the first passes allocate and spin threads up
+    dynamic, preallocated = _lockstep_step_seconds(model, batches, steps, log)
+    step_ms = {
+        name: {
+            "start": 1000 * statistics.median(times[:window]),
+            f"at_{steps}": 1000 * statistics.median(times[-window:]),
+        }
+        for name, times in (("dynamic", dynamic), ("preallocated", preallocated))
+    }
+    log(
+        f"  decode step of {rows} rows, start / at {steps} tokens: dynamic cache "
+        f"{step_ms['dynamic']['start']:.1f} / {step_ms['dynamic'][f'at_{steps}']:.1f} ms, preallocated "
+        f"{step_ms['preallocated']['start']:.1f} / {step_ms['preallocated'][f'at_{steps}']:.1f} ms"
+    )
+    return {
+        "rows": rows,
+        "generated_tokens": steps,
+        "step_ms": step_ms,
+        "slowdown_at_end": {name: v[f"at_{steps}"] / v["start"] for name, v in step_ms.items()},
+        "preallocated_speedup_at_end": step_ms["dynamic"][f"at_{steps}"] / step_ms["preallocated"][f"at_{steps}"],
+    }
+
+
+def measure_batch_sizes(model: LoadedModel, quick: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    """Decode tokens per second of mixed batches (every row its own variant) by batch size.
+
+    The batches decode in lockstep, one step of each in turn, and each figure is the batch
+    size over its median step time: load from other processes hits every size alike.
+    """
+    generator = torch.Generator().manual_seed(4)
+    vocab = min(int(model.model.config.vocab_size), 2048)
+    sizes = (8, 16) if quick else (8, 16, 32, 64)
+    steps = 4 if quick else 32
+    vector = SteeringVector(
+        "bench", torch.randn(model.n_layers, model.hidden_size, generator=generator), tuple(range(model.n_layers))
+    )
+    middle = model.n_layers // 2
+    batches = []
+    for size in sizes:
+        # Every row its own variant: a distinct coefficient at the same layer.
+        edits = [[AddVector("bench", (middle,), 0.05 * (i + 1)).prepare(model, {"bench": vector})] for i in range(size)]
+        prompts = [torch.randint(3, vocab, (12,), generator=generator).tolist() for _ in range(size)]
+        batches.append(_Lockstep(prompts, BatchSteering(model, edits)))
+    _lockstep_step_seconds(model, batches, 2, log)  # warm-up: the first passes allocate and spin threads up
+    times = _lockstep_step_seconds(model, batches, steps, log)
+    throughput = {str(size): size / statistics.median(t) for size, t in zip(sizes, times, strict=True)}
+    log("  mixed batches, decode tokens/s: " + ", ".join(f"{size} rows {tps:.0f}" for size, tps in throughput.items()))
+    return {
+        "mixed_decode_steps": steps,
+        "mixed_tokens_per_second": throughput,
+        "mixed_speedup_over_8": {size: tps / throughput["8"] for size, tps in throughput.items()},
+    }
+
+
+@dataclass
+class _Lockstep:
+    """One batch of a lockstep measurement: its prompts, steering and cache kind."""
+
+    prompts: Sequence[Sequence[int]]
+    steering: BatchSteering | None = None
+    preallocate: bool = True
+
+
+def _lockstep_step_seconds(
+    model: LoadedModel, batches: Sequence[_Lockstep], steps: int, log: Callable[[str], None]
+) -> list[list[float]]:
+    """Seconds of each greedy decode step of every batch, the batches taking one step each in turn."""
+    runs = []
+    with torch.no_grad():
+        for batch in batches:
+            ids, mask = left_pad(model, batch.prompts)
+            positions = positions_from_mask(mask)
+            cache = new_cache(model.model, model.n_layers, mask.shape[1] + steps + 1, batch.preallocate)
+            steering = batch.steering
+            if steering is not None:
+                steering.masks = PositionMasks.prompt_only(mask)
+            with steering.attached() if steering is not None else nullcontext():
+                result = forward(model, ids, mask, positions, past=cache)
+            if steering is not None:
+                generated = torch.ones((len(batch.prompts), 1), dtype=torch.bool, device=model.device)
+                steering.masks = PositionMasks(torch.zeros_like(generated), generated)
+            runs.append([result, mask, positions, []])
+        for step in range(steps):
+            if step and step % 64 == 0:
+                log(f"  {step} of {steps} decode steps ...")
+            for batch, run in zip(batches, runs, strict=True):
+                result, run_mask, run_positions, times = run
+                token = result.logits[:, -1, :].argmax(-1)[:, None]
+                run_mask = torch.cat([run_mask, torch.ones_like(run_mask[:, :1])], dim=1)
+                run_positions = run_positions[:, -1:] + 1
+                started = time.perf_counter()
+                with batch.steering.attached() if batch.steering is not None else nullcontext():
+                    result = forward(model, token, run_mask, run_positions, past=result.past_key_values)
+                times.append(time.perf_counter() - started)
+                run[:3] = [result, run_mask, run_positions]
+    return [run[3] for run in runs]
 
 
 def measure_model(model: LoadedModel, repeats: int, new_tokens: int, log: Callable[[str], None]) -> dict[str, Any]:

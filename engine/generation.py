@@ -25,6 +25,7 @@ import torch
 # Decoding is plain settings that experiment definitions hold, so it lives in a torch-free module; re-exported here.
 from engine.decoding import Decoding as Decoding
 from engine.errors import RunCancelled
+from engine.kv_cache import new_cache
 from engine.methods.base import PositionMasks
 from engine.models import LoadedModel
 from engine.steering import BatchSteering
@@ -108,8 +109,12 @@ def generate_checked(
     should_stop: Callable[[], bool] | None = None,
     on_step: Callable[[], None] | None = None,
     assistant: Sequence[Sequence[bool]] | None = None,
+    preallocate: bool = True,
 ) -> Generated:
-    """Like :func:`generate`, with a per-row flag: its logits became non-finite (or collapsed)."""
+    """Like :func:`generate`, with a per-row flag: its logits became non-finite (or collapsed).
+
+    ``preallocate=False`` keeps transformers' dynamic cache (the reference benchmarks compare against).
+    """
     if assistant is not None and [len(f) for f in assistant] != [len(p) for p in prompts]:
         raise ValueError("assistant flags need one flag per prompt token of every row")
     if not prompts:
@@ -120,7 +125,7 @@ def generate_checked(
             steering.begin(prompts)
         context = steering.attached() if steering is not None else nullcontext()
         with torch.no_grad(), context:
-            return _decode(model, prompts, decoding, generators, steering, should_stop, on_step, assistant)
+            return _decode(model, prompts, decoding, generators, steering, should_stop, on_step, assistant, preallocate)
 
 
 def broken_rows(logits: torch.Tensor) -> torch.Tensor:
@@ -146,6 +151,7 @@ def _decode(
     should_stop: Callable[[], bool] | None,
     on_step: Callable[[], None] | None,
     assistant: Sequence[Sequence[bool]] | None = None,
+    preallocate: bool = True,
 ) -> Generated:
     batch = len(prompts)
     ids, mask = left_pad(model, prompts)
@@ -158,7 +164,9 @@ def _decode(
     if steering is not None:
         flags = None if assistant is None else left_pad_flags(model, assistant, mask.shape[1])
         steering.masks = PositionMasks.prompt_only(mask, flags)
-    result = forward(model, ids, mask, positions)
+    # Written in place and sized for the whole run, so no decode step copies the cache (torch.cat did).
+    cache = new_cache(model.model, model.n_layers, mask.shape[1] + decoding.max_new_tokens, preallocate)
+    result = forward(model, ids, mask, positions, past=cache)
     for step_index in range(decoding.max_new_tokens):
         if should_stop is not None and should_stop():
             raise RunCancelled()

@@ -73,7 +73,7 @@ def estimate_memory(
     shape: ModelShape,
     dtype: torch.dtype,
     quantize: str | None = None,
-    batch_size: int = 8,
+    batch_size: int = 32,  # a run's default batch (service.run_options.RunOptions)
     context_tokens: int = DEFAULT_CONTEXT_TOKENS,
     dequantising: bool = False,
 ) -> MemoryEstimate:

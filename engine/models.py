@@ -124,7 +124,7 @@ def load_model(
     dtype: str = "auto",
     *,
     quantize: str | None = None,
-    batch_size: int = 8,
+    batch_size: int = 32,  # service.run_options.RunOptions.batch_size: what a run uses by default
 ) -> LoadedModel:
     """Load (or reuse) a causal LM by hub id, local folder or GGUF file (see engine.model_reference).
 

@@ -132,7 +132,7 @@ class ContrastPair:
 
 @dataclass(frozen=True)
 class VectorSpec:
-    """A named vector: extracted from contrastive pairs or personas, or read from a safetensors file.
+    """A named vector: extracted from contrastive pairs or personas, or read from a file (safetensors, GGUF, .pt).
 
     Pairs are answers (see :class:`ContrastPair`); personas are a positive and a negative
     system prompt over shared ``questions``, read where the model starts to answer.
@@ -441,7 +441,9 @@ class VectorSettings(Settings):
         0, description="For single_pair: which pair (or question, with personas), from 0."
     )
     file: Annotated[str | None, TEXT] = Field(
-        None, description="Instead of pairs: a vector saved earlier, a safetensors file in this file's folder."
+        None,
+        description="Instead of pairs: a vector file in this file's folder: SteerLab's safetensors, per-layer "
+        "safetensors, a llama.cpp/repeng control-vector GGUF, or a steering-vectors layer dict (.pt).",
     )
 
     @model_validator(mode="after")
@@ -813,7 +815,7 @@ class ExperimentSettings(Settings):
             {"type": "object", "additionalProperties": settings_schema(VectorSettings)},
             "text",
         ),
-    ] = Field((), description="Named steering vectors: from contrastive pairs, or a safetensors file.")
+    ] = Field((), description="Named steering vectors: from contrastive pairs, or a vector file.")
     variants: Annotated[
         tuple[VariantSpec, ...],
         Check(

@@ -5,13 +5,16 @@ that row's variant, so one batch can carry many variants. It attaches one forwar
 per edited decoder layer, which runs that layer's plan of steps:
 
 - a *fused addition*: every additive edit at the layer (``PreparedEdit.additive``: plain
-  vector addition) folded into one per-row delta matrix per scope, applied to the edited
-  rows with one ``addcmul``, so 64 rows carrying 64 different additions cost one op per
-  layer instead of 64 gathers and scatters;
+  vector addition) folded into one ``[batch, hidden]`` delta table per scope (zero rows for
+  rows without one) and applied as one add over the batch, so 64 rows carrying 64 different
+  additions cost what one does; the masked sum of the tables is worked out once per set of
+  position masks, so the decode steps of one batch composition cost exactly one add;
 - *gathered edits*: any other edit gathers its rows, computes their new hidden states,
   and writes them into a copy of the layer's output (one copy per layer, not per edit).
 
-Rows with no edit are never written, so they stay bitwise equal to the plain model's.
+Rows with no edit keep the plain model's values: gathered edits never write them, and the
+fused addition adds exact zeros to them (``h + 0.0 == h``; only a ``-0.0`` turns into
+``+0.0``, which no later operation tells apart), so their logits equal the plain model's.
 Steps keep each row's order of edits at a layer (additions move only past edits of other
 rows). The model itself is never changed, and hooks are removed in ``finally``: leaving
 :meth:`attached`, even by an exception, gives back exactly the original model.
@@ -161,27 +164,36 @@ class _Gathered:
 
 
 class _FusedAdditions:
-    """Many additive edits at one layer as one ``h + scope_mask * delta_of_row`` per scope.
+    """Many additive edits at one layer as one ``h + addition`` for the whole batch.
 
-    ``deltas`` holds, per scope, a ``[edited rows, hidden]`` matrix: the sum of the deltas
-    of that row's additions with that scope (zero for the row's other scopes). Only the
-    edited rows are gathered and written, so rows with no edit keep their exact bits.
+    ``deltas`` holds, per scope, a ``[batch, hidden]`` table: the sum of the deltas of that
+    row's additions with that scope, zero for rows without one. ``addition`` is
+    ``sum over scopes of scope_mask * table`` (``[batch, tokens, hidden]``); it depends only on
+    the pass's masks, so it is worked out once per masks object and a run of decode steps
+    with one set of masks (continuous batching) costs one add per layer, whatever the number
+    of distinct configurations. A row without an addition adds exact zeros, so its values
+    stay those of the plain model.
     """
 
-    def __init__(self, index: torch.Tensor | None, deltas: list[tuple[str, torch.Tensor]]) -> None:
-        self.index, self.deltas = index, deltas
+    def __init__(self, deltas: list[tuple[str, torch.Tensor]]) -> None:
+        self.deltas = deltas
+        self._addition: tuple[PositionMasks, torch.dtype, torch.Tensor] | None = None
 
     def run(self, layer: int, hidden: torch.Tensor, masks: PositionMasks) -> torch.Tensor:
-        if self.index is None:
-            return self._add(hidden, masks)
-        edited = self._add(hidden.index_select(0, self.index), masks.rows(self.index))
-        return hidden.index_copy(0, self.index, edited)
+        cached = self._addition
+        if cached is None or cached[0] is not masks or cached[1] != hidden.dtype:
+            cached = (masks, hidden.dtype, self._sum(masks, hidden.dtype))
+            self._addition = cached
+        return hidden + cached[2]
 
-    def _add(self, hidden: torch.Tensor, masks: PositionMasks) -> torch.Tensor:
-        for scope, matrix in self.deltas:
-            # A 0/1 mask times a delta is exact, so this rounds like ``hidden + mask * delta``.
-            hidden = torch.addcmul(hidden, masks.scoped(scope, hidden.dtype), matrix.unsqueeze(1))
-        return hidden
+    def _sum(self, masks: PositionMasks, dtype: torch.dtype) -> torch.Tensor:
+        total: torch.Tensor | None = None
+        for scope, table in self.deltas:
+            # A 0/1 mask times a delta is exact; scopes of one row are summed before the add.
+            part = masks.scoped(scope, dtype) * table.to(dtype).unsqueeze(1)
+            total = part if total is None else total + part
+        assert total is not None
+        return total
 
 
 _Step = _Gathered | _FusedAdditions
@@ -216,17 +228,15 @@ def _plan(layer: int, entries: list[_Entry], batch_size: int, device: torch.devi
         if not additive:
             steps.append(_Gathered([(edit, index_of(rows)) for edit, rows, _ in stage]))
             continue
-        edited = sorted({r for _, rows, _ in stage for r in rows})
-        position = {row: i for i, row in enumerate(edited)}
         matrices: dict[str, torch.Tensor] = {}
         for _, rows, addition in stage:
             assert addition is not None
             delta, scope = addition
             if scope not in matrices:
-                matrices[scope] = torch.zeros(len(edited), delta.shape[-1], dtype=delta.dtype, device=device)
-            where = torch.tensor([position[r] for r in rows], device=device)
+                matrices[scope] = torch.zeros(batch_size, delta.shape[-1], dtype=delta.dtype, device=device)
+            where = torch.tensor(rows, device=device)
             matrices[scope].index_add_(0, where, delta.to(device).expand(len(rows), -1))
-        steps.append(_FusedAdditions(index_of(edited), list(matrices.items())))
+        steps.append(_FusedAdditions(list(matrices.items())))
     return steps
 
 

@@ -24,6 +24,25 @@ from engine.errors import SteerLabError
 from engine.fields import middle, printable, short
 
 FORMAT = "steerlab-vector/1"
+
+# How a vector's length was made, recorded as ``extra["norm_convention"]``: the coefficient
+# a vector needs differs by orders of magnitude between them (a unit-norm direction needs
+# about the hidden states' own norm; a mean difference is already in their units).
+MEAN_DIFFERENCE = "mean_difference"  # SteerLab's extraction (mean_diff, pca, single_pair): activation units
+UNIT_NORM = "unit_norm"  # each layer's direction has length 1 (repeng's PCA components)
+BAKED = "baked"  # a coefficient is already multiplied in (an exported control vector): use it at 1
+UNKNOWN = "unknown"
+NORM_CONVENTIONS = {
+    MEAN_DIFFERENCE: "mean difference in activation units (SteerLab's extraction)",
+    UNIT_NORM: "unit-norm direction per layer (repeng-style PCA)",
+    BAKED: "coefficient baked in (use it at coefficient 1)",
+    UNKNOWN: "unknown scale",
+}
+# SteerLab's PCA scales its unit component by the mean difference's projection, so every
+# extraction method gives activation units.
+_EXTRACTED = ("mean_diff", "pca", "single_pair")
+# Per-layer norms within this of 1 read as unit-norm directions.
+UNIT_NORM_TOLERANCE = 1e-3
 # Largest magnitude of one number in a direction: far beyond any hidden state, far below
 # where a steering coefficient (at most engine.fields.MAX_COEFFICIENT) overflows float32.
 MAX_ABS_VALUE = 1e6
@@ -64,8 +83,28 @@ class SteeringVector:
     def parameter_count(self) -> int:
         return int(self.directions.numel())
 
+    @property
+    def norm_convention(self) -> str:
+        """How this vector's length was made (see NORM_CONVENTIONS); inferred for vectors saved before it was recorded."""
+        recorded = self.extra.get("norm_convention", "")
+        if recorded in NORM_CONVENTIONS:
+            return recorded
+        if self.method in _EXTRACTED:
+            return MEAN_DIFFERENCE
+        return UNIT_NORM if looks_unit_norm(self.directions) else UNKNOWN
+
+    def layer_norms(self) -> dict[int, float]:
+        """Each layer's direction length, the figure a coefficient is weighed against."""
+        return {
+            layer: float(norm) for layer, norm in zip(self.layers, self.directions.norm(dim=1).tolist(), strict=True)
+        }
+
     def to_bytes(self) -> bytes:
-        metadata = {
+        return save({"directions": self.directions.contiguous()}, metadata=self.metadata())
+
+    def metadata(self) -> dict[str, str]:
+        """The file's string metadata: provenance, and ``extra.*`` (the norm convention among them)."""
+        return {
             "format": FORMAT,
             "name": self.name,
             "model_id": self.model_id,
@@ -77,7 +116,6 @@ class SteeringVector:
             "extraction_seconds": repr(self.extraction_seconds),
             **{f"extra.{k}": v for k, v in self.extra.items()},
         }
-        return save({"directions": self.directions.contiguous()}, metadata=metadata)
 
     @classmethod
     def from_bytes(cls, data: bytes, source: str, name: str | None = None) -> SteeringVector:
@@ -143,6 +181,12 @@ class SteeringVector:
                 f"{source} holds a vector of hidden size {self.hidden_size} (from model '{self.model_id or 'unknown'}'), "
                 f"but model '{model_id}' has hidden size {hidden_size}; extract the vector on this model."
             )
+
+
+def looks_unit_norm(directions: torch.Tensor) -> bool:
+    """Whether every row has length 1 (within UNIT_NORM_TOLERANCE)."""
+    norms = directions.norm(dim=1)
+    return bool(((norms - 1.0).abs() <= UNIT_NORM_TOLERANCE).all())
 
 
 def _read_metadata(data: bytes) -> dict[str, str]:

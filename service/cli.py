@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 PROG = "steerlab"
 DB_HELP = "SQLAlchemy URL or SQLite file (default: $STEERLAB_DB or steerlab.db)"
 # Commands that log to the file beside the store even without --db.
-LOGGED_COMMANDS = ("run", "worker", "judge", "sweep", "score", "suite")
+LOGGED_COMMANDS = ("run", "worker", "judge", "sweep", "score", "suite", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--model", help="hub id, local folder or .gguf file, instead of the file's model")
     run.add_argument("--name", help="store under this experiment name instead of the file's")
-    run.add_argument("--batch-size", type=int, default=8, help="rows per mixed batch (default 8)")
+    run.add_argument("--batch-size", type=int, default=32, help="rows per mixed batch (default 32)")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or multi (spread over every GPU; default auto)")
     run.add_argument(
         "--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default auto: float32 on CPU)"
@@ -161,11 +161,62 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure steering overhead, mixed-batch speedup, toggle time, reversibility; "
         "or (bench store) every page and call on a team-scale store",
     )
-    bench.add_argument("what", nargs="?", choices=("engine", "store"), default="engine", help="what to measure")
+    bench.add_argument(
+        "what", nargs="?", choices=("engine", "store", "serve", "decode"), default="engine", help="what to measure"
+    )
     bench.add_argument("--json", help="also write the figures to this JSON file")
     bench.add_argument(
         "--quick", action="store_true", help="fewer repeats; bench store: a small store (for smoke tests)"
     )
+    _serve_parser(sub)
+
+    vectors = sub.add_parser(
+        "vectors", help="export a variant's vectors for llama.cpp or the Hub, or import other tools' vector files"
+    )
+    vectors_sub = vectors.add_subparsers(dest="vectors_command", required=True)
+    vectors_export = vectors_sub.add_parser(
+        "export", help="write a steering variant's vectors (coefficient multiplied in) as GGUF or safetensors"
+    )
+    vectors_export.add_argument("name", help="experiment name")
+    vectors_export.add_argument("variant", help="steering variant to export")
+    vectors_export.add_argument(
+        "--format",
+        choices=("gguf", "safetensors"),
+        default="gguf",
+        help="gguf: a llama.cpp control vector file; safetensors: a folder with the vectors and a model card",
+    )
+    vectors_export.add_argument("-o", "--output", required=True, help="the .gguf file, or the folder to create")
+    vectors_export.add_argument("--db")
+    vectors_import = vectors_sub.add_parser(
+        "import",
+        help="convert a llama.cpp/repeng .gguf, a steering-vectors torch.save dict or a per-layer safetensors "
+        "file to a SteerLab vector file, and say what it holds",
+    )
+    vectors_import.add_argument("file", help="the vector file to read")
+    vectors_import.add_argument("-o", "--output", required=True, help="the SteerLab .safetensors file to write")
+    vectors_import.add_argument("--name", help="the vector's name (default: the file's)")
+
+    deploy = sub.add_parser("deploy", help="live A/B deployments served by `steerlab serve`: traffic, kill switch")
+    deploy.add_argument("--db", help=DB_HELP)
+    deploy_sub = deploy.add_subparsers(dest="deploy_command", required=True)
+    deploy_create = deploy_sub.add_parser("create", help="deploy an experiment's variants with traffic weights")
+    deploy_create.add_argument("name", help="the deployment's name: the `model` clients send")
+    deploy_create.add_argument("--experiment", required=True, help="experiment whose variants are served")
+    deploy_create.add_argument("--weights", required=True, help="traffic weights, like baseline=50,sad=50")
+    deploy_create.add_argument("--baseline", help="where stopped arms' traffic goes (default: the baseline variant)")
+    deploy_create.add_argument("--show-variant", action="store_true", help="name the variant in responses (not blind)")
+    deploy_sub.add_parser("list", help="list deployments with their arms")
+    deploy_show = deploy_sub.add_parser("show", help="the live comparison: traffic, feedback, arms vs baseline")
+    deploy_show.add_argument("name")
+    deploy_weights = deploy_sub.add_parser("weights", help="set new traffic weights (arms left out get 0)")
+    deploy_weights.add_argument("name")
+    deploy_weights.add_argument("weights", help="like baseline=80,sad=20")
+    for command, what in (("stop-variant", "the kill switch: serve the baseline instead"), ("resume-variant", "undo")):
+        switch = deploy_sub.add_parser(command, help=what)
+        switch.add_argument("name")
+        switch.add_argument("variant")
+    deploy_end = deploy_sub.add_parser("end", help="stop serving the deployment (its data stays)")
+    deploy_end.add_argument("name")
 
     schema = sub.add_parser("schema", help="write the JSON Schema of experiment files (for editors)")
     schema.add_argument("-o", "--output", help="file to write (default: standard output)")
@@ -212,14 +263,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "suite": _suite,
         "score": _score,
         "bench": _bench,
+        "serve": _serve,
         "schema": _schema,
+        "deploy": _deploy,
+        "vectors": _vectors,
     }
     try:
         if getattr(args, "db", None) is not None or args.command in LOGGED_COMMANDS:
             # The log file lies beside the store; a command's own output stays on stdout/stderr.
             configure_logging(
                 resolve_url(getattr(args, "db", None)),
-                stderr_level=logging.INFO if args.command == "worker" else logging.ERROR,
+                stderr_level=logging.INFO if args.command in ("worker", "serve") else logging.ERROR,
             )
         return commands[args.command](args)
     except (SteerLabError, StoreError) as exc:
@@ -578,7 +632,18 @@ def _bench(args: argparse.Namespace) -> int:
     def report(line: str) -> None:
         print(line, flush=True)
 
-    if args.what == "store":
+    if args.what == "serve":
+        _passive_openmp_threads()  # as `steerlab serve` runs
+        from service.bench_serve import format_serve_benchmark, run_serve_benchmark
+
+        figures = run_serve_benchmark(quick=args.quick, log=report)
+        print(format_serve_benchmark(figures))
+    elif args.what == "decode":
+        from engine.bench import run_decode_benchmark
+
+        figures = run_decode_benchmark(quick=args.quick, log=report)
+        print(json.dumps(figures, indent=2))
+    elif args.what == "store":
         from service.bench_store import format_store_benchmark, run_store_benchmark
 
         figures = run_store_benchmark("quick" if args.quick else "full", report)
@@ -590,6 +655,197 @@ def _bench(args: argparse.Namespace) -> int:
         print(json.dumps(figures, indent=2))
     if args.json:
         _write(Path(args.json), json.dumps(_json_safe(figures), indent=2), "benchmark figures")
+    return 0
+
+
+def _serve_parser(sub: Any) -> None:
+    serve = sub.add_parser(
+        "serve", help="serve experiments' variants and live deployments over an OpenAI-compatible HTTP API"
+    )
+    serve.add_argument(
+        "--experiment",
+        action="append",
+        required=True,
+        metavar="NAME",
+        help="a stored experiment to serve (repeatable; one model for all)",
+    )
+    serve.add_argument("--db", help=DB_HELP)
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; others need an API key)"
+    )
+    serve.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    serve.add_argument(
+        "--api-key-env",
+        metavar="VAR",
+        help="environment variable holding the API key clients must send (default: STEERLAB_API_KEY if set)",
+    )
+    serve.add_argument(
+        "--admin-key-env",
+        metavar="VAR",
+        help="environment variable holding the key of the kill-switch endpoints (default: STEERLAB_ADMIN_KEY if set)",
+    )
+    serve.add_argument("--max-rows", type=int, default=64, help="requests decoded together (default 64)")
+    serve.add_argument(
+        "--request-steering",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="let a request carry its own steering spec (default: on)",
+    )
+    serve.add_argument(
+        "--request-method",
+        action="append",
+        metavar="METHOD",
+        help="a method such a spec may use (repeatable; default: add)",
+    )
+    serve.add_argument(
+        "--max-coefficient", type=float, default=8.0, help="largest |coefficient| of a request's edit (default 8)"
+    )
+    serve.add_argument("--max-edits", type=int, default=4, help="most edits in a request's spec (default 4)")
+    serve.add_argument("--max-tokens", type=int, default=512, help="most new tokens per request, and the default (512)")
+    serve.add_argument("--device", default="auto", help="auto, cpu, cuda or multi (default auto)")
+    serve.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default auto)")
+
+
+def _key_from(variable: str | None, default: str) -> str | None:
+    """The key in ``variable`` (which must then be set), else in ``default`` if that is set."""
+    import os
+
+    if variable is None:
+        return os.environ.get(default) or None
+    value = os.environ.get(variable)
+    if not value:
+        raise SteerLabError(
+            f"Environment variable {variable} named by the key option is not set; set it to the key, or leave the option out."
+        )
+    return value
+
+
+def _passive_openmp_threads() -> None:
+    """Let idle OpenMP threads sleep instead of spinning (before torch is imported).
+
+    The server's model runs in the batcher's thread, not the main one; on a busy 2-core
+    machine, OpenMP threads spinning between parallel regions made its decode steps 20 times
+    slower (4.5 s against 0.2 s for 16 rows x 8 tokens of a small GPT-2).
+    """
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    _passive_openmp_threads()
+    from service.serving.options import ServeOptions
+
+    options = ServeOptions(
+        tuple(args.experiment),
+        host=args.host,
+        port=args.port,
+        api_key=_key_from(args.api_key_env, "STEERLAB_API_KEY"),
+        admin_key=_key_from(args.admin_key_env, "STEERLAB_ADMIN_KEY"),
+        max_rows=args.max_rows,
+        request_steering=args.request_steering,
+        request_methods=tuple(args.request_method or ("add",)),
+        max_coefficient=args.max_coefficient,
+        max_edits=args.max_edits,
+        max_tokens=args.max_tokens,
+        device=args.device,
+        dtype=args.dtype,
+    )
+    options.check()  # before the model loads: a refused host or limit costs nothing
+    from service.serving.server import serve
+
+    store = Store(args.db)
+
+    def ready(context: Any) -> None:
+        served = len(context.catalog.model_names()) - 1
+        print(
+            f"Serving {served} variants of {', '.join(options.experiments)} on {context.catalog.model_id} at "
+            f"http://{options.host}:{options.port}/v1 (store {store.display_url}); Ctrl-C stops.",
+            flush=True,
+        )
+
+    serve(store, options, ready)
+    return 0
+
+
+def _vectors(args: argparse.Namespace) -> int:
+    if args.vectors_command == "export":
+        from service.vector_export import write_variant
+
+        who = Identity(f"command line on {_host()}", signed_in=False)
+        written = write_variant(Store(args.db), args.name, args.variant, args.format, args.output, who)
+        print(f"Wrote variant '{args.variant}' of '{args.name}' as {args.format}: {', '.join(map(str, written))}.")
+        return 0
+    from engine.vector_formats import describe_vector, load_any_vector
+
+    vector = load_any_vector(args.file, args.name)
+    target = _output_path(args.output, "vector")
+    try:
+        target.write_bytes(vector.to_bytes())
+    except OSError as exc:
+        raise SteerLabError(
+            f"The vector could not be written to '{target}' ({exc.strerror or exc}); pick another -o path."
+        ) from exc
+    print(f"Read {args.file}:")
+    for line in describe_vector(vector):
+        print(f"  {line}")
+    print(f"Wrote {target}; name it in an experiment as `vectors: {{{vector.name}: {{file: {target.name}}}}}`.")
+    return 0
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from engine.traffic import parse_weights
+    from service import deployments as live
+    from service.cli_tables import table
+    from service.live_comparison import difference_rows, live_comparison, traffic_rows
+
+    store, who = Store(args.db), Identity(f"command line on {_host()}", signed_in=False)
+    command = args.deploy_command
+    if command == "list":
+        rows = [["deployment", "experiment", "baseline", "arms", "state", "blind"]]
+        for d in live.list_deployments(store):
+            arms = ", ".join(f"{a.variant}={a.weight:g}{' (stopped)' if a.stopped else ''}" for a in d.arms)
+            rows.append(
+                [
+                    d.name,
+                    d.experiment,
+                    d.baseline,
+                    arms,
+                    "live" if d.live else "ended",
+                    "no" if d.show_variant else "yes",
+                ]
+            )
+        print(table(rows) if len(rows) > 1 else "No deployments yet; create one with `steerlab deploy create`.")
+        return 0
+    if command == "show":
+        comparison = live_comparison(store, args.name)
+        d = comparison.deployment
+        print(
+            f"Deployment '{d.name}' of experiment '{d.experiment}' ({'live' if d.live else 'ended'}; "
+            f"{'names the variant' if d.show_variant else 'blind'}; baseline {d.baseline}; version {d.version})"
+        )
+        print(table(traffic_rows(comparison)))
+        if comparison.differences or comparison.preferences:
+            print(
+                f"\nEach arm against {d.baseline} (unpaired; {comparison.correction}-corrected over "
+                f"{comparison.family} comparisons at alpha {comparison.alpha:g}):"
+            )
+            print(table(difference_rows(comparison)))
+        return 0
+    if command == "create":
+        weights = parse_weights(args.weights)
+        d = live.create_deployment(store, who, args.name, args.experiment, weights, args.baseline, args.show_variant)
+        print(f"Deployed '{d.name}': clients send model=\"{d.name}\" to `steerlab serve`.")
+    elif command == "weights":
+        d = live.set_weights(store, who, args.name, parse_weights(args.weights))
+    elif command == "stop-variant":
+        d = live.stop_variant(store, who, args.name, args.variant)
+    elif command == "resume-variant":
+        d = live.resume_variant(store, who, args.name, args.variant)
+    else:
+        d = live.end_deployment(store, who, args.name)
+    arms = ", ".join(f"{a.variant}={a.weight:g}{' (stopped)' if a.stopped else ''}" for a in d.arms)
+    print(f"{d.name}: {'live' if d.live else 'ended'}, baseline {d.baseline}, arms {arms} (version {d.version}).")
     return 0
 
 

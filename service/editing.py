@@ -31,6 +31,7 @@ from engine.spec import (
     parse_experiment,
     parse_variant,
 )
+from engine.vector_formats import is_other_tool_file, vector_from_upload
 from engine.vectors import SteeringVector
 from service import audit, catalog
 from service.access import LOCAL, Identity, make_owner, require
@@ -283,9 +284,15 @@ def _cell(value: Any) -> str:
 def upload_vector(
     store: Store, experiment_name: str, name: str, content: bytes, filename: str, who: Identity = LOCAL
 ) -> SteeringVector:
-    """Add a vector from a safetensors file; its hidden size must match the model."""
+    """Add a vector from a file (SteerLab or per-layer safetensors, a llama.cpp/repeng control-vector
+    GGUF, a steering-vectors layer dict); its hidden size must match the model. What is stored is
+    SteerLab's own safetensors of what was read, norm convention included."""
     require(store, who, experiment_name, "owner", "adding vectors")
-    vector = SteeringVector.from_bytes(content, source=uploaded(filename), name=name)
+    vector = vector_from_upload(content, filename, name)
+    if is_other_tool_file(content):
+        # Another tool's file is stored as SteerLab's own; a safetensors upload keeps its bytes, so the
+        # same file uploaded again is recognised as unchanged (safetensors' metadata order is not stable).
+        content = vector.to_bytes()
     with store.session() as session:
         experiment = get_experiment(session, experiment_name)
         spec = stored_spec(experiment)

@@ -27,7 +27,9 @@ TASKS = ("generate", "judge")
 
 @dataclass(frozen=True)
 class RunOptions:
-    batch_size: int = 8
+    # 32 rows per mixed batch: on a GPT-2-small-sized model a batch of 32 makes about twice the tokens/s of
+    # a batch of 8, most of what 64 gives (`steerlab bench decode`; README "Decode speed and batch size").
+    batch_size: int = 32
     device: str = "auto"
     dtype: str = "auto"
     model: str | None = None  # overrides the file's model

@@ -23,21 +23,35 @@ from engine.contrast import vector_recipe
 from engine.errors import SteerLabError
 from engine.extract import extract_from_readings
 from engine.models import LoadedModel
-from engine.spec import ExperimentSpec, VectorSpec
-from engine.vectors import SteeringVector, load_vector
+from engine.spec import DEFAULT_NEUTRAL_PROMPTS, ExperimentSpec, VectorSpec
+from engine.vector_formats import load_any_vector, small_coefficient_warnings
+from engine.vectors import MEAN_DIFFERENCE, UNIT_NORM, SteeringVector
 from service.catalog import get_experiment
 
 log = logging.getLogger(__name__)
 
 
 def read_vector_files(spec: ExperimentSpec, model: LoadedModel, source: str) -> dict[str, bytes]:
-    """The bytes of every vector the definition names by file, each checked against the model."""
+    """The bytes of every vector the definition names by file, each checked against the model.
+
+    A SteerLab file is stored as it is; a llama.cpp / repeng control vector, a steering-vectors
+    tensor dict or a safetensors file of one tensor per layer is stored converted to SteerLab's
+    format (engine.vector_formats), its norm convention and origin in its metadata.
+    """
     out = {}
     for vector in spec.vectors:
         if vector.file is not None:
-            loaded = load_vector(vector.file, vector.name)
-            loaded.check_fits(model.hidden_size, model.model_id, f"{source}: vector file '{vector.file}'")
-            out[vector.name] = Path(vector.file).read_bytes()
+            loaded = load_any_vector(vector.file, vector.name)
+            where = f"{source}: vector file '{vector.file}'"
+            loaded.check_fits(model.hidden_size, model.model_id, where)
+            beyond = [layer for layer in loaded.layers if layer >= model.n_layers]
+            if beyond:
+                raise SteerLabError(
+                    f"{where} has a direction for layer {beyond[0]}, but model '{model.model_id}' has layers 0 to "
+                    f"{model.n_layers - 1}; use the vector with the model it was made for."
+                )
+            foreign = loaded.extra.get("source_format", "") not in ("", "steerlab-export")
+            out[vector.name] = loaded.to_bytes() if foreign else Path(vector.file).read_bytes()
     return out
 
 
@@ -73,7 +87,31 @@ def ensure_vectors(
                     vector.extraction_seconds,
                 )
         out[vector_spec.name] = vector
+    warn_small_coefficients(name, spec, model, out)
     return out
+
+
+def warn_small_coefficients(
+    name: str, spec: ExperimentSpec, model: LoadedModel, vectors: dict[str, SteeringVector]
+) -> list[str]:
+    """Log (and return) one sentence per variant that adds a unit-norm vector too weakly to matter.
+
+    Unit-norm vectors (repeng's) need coefficients of the order of the hidden states' norm,
+    mean differences (SteerLab's) about 1: the typical norm is read from the neutral prompts
+    in one short forward pass, only when a unit-norm vector is in use.
+    """
+    if not any(v.norm_convention == UNIT_NORM for v in vectors.values()):
+        return []
+    from engine.extract import read_activations  # here: only when a unit-norm vector is used
+
+    texts = spec.neutral_prompts or DEFAULT_NEUTRAL_PROMPTS
+    token_lists = [list(model.tokenizer(text).input_ids) for text in texts]
+    readings = read_activations(model, [t for t in token_lists if t], "last")  # [texts, layers, hidden]
+    norms = readings.norm(dim=-1).median(dim=0).values.tolist()
+    warnings = small_coefficient_warnings(name, spec.variants, vectors, dict(enumerate(norms)))
+    for warning in warnings:
+        log.warning("%s", warning)
+    return warnings
 
 
 def _has_outputs(session: Session, experiment_id: int, spec: ExperimentSpec, vector: str) -> bool:
@@ -142,7 +180,9 @@ def extract(model: LoadedModel, spec: VectorSpec, chat_template: str = "auto") -
         read=spec.read,
         pair_index=0,  # the recipe holds only the examples the method uses (single_pair: its one pair)
         pairs_hash=recipe.pairs_hash,
-        extra={"template": "chat" if recipe.templated else "raw"},
+        # Extraction gives activation units (mean difference, its PCA or one pair's difference): recorded, so an
+        # exported or shared file tells its reader which coefficients fit it.
+        extra={"template": "chat" if recipe.templated else "raw", "norm_convention": MEAN_DIFFERENCE},
     )
     # The extraction time includes rendering and tokenising the examples.
     return replace(vector, extraction_seconds=time.perf_counter() - started)

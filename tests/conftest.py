@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+# The example experiment served over HTTP, started once for all the serving tests.
+from tests.serving import served as served
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 HF_CACHE = SHARED / "hf-cache" / "hub"

@@ -35,7 +35,7 @@ HOSTILE_OUTPUT = (
     "Sure <script>alert(1)</script><img src=x onerror=alert(2)>\n\n**not bold** [a link](http://evil.example) "
     "![pic](http://evil.example/i.png) $x^2$ <b>tag</b>\n\n# not a heading"
 )
-PAGES = ("", "variants", "run", "playground", "sweep", "rate", "compare", "adaptation", "report")
+PAGES = ("", "variants", "run", "playground", "sweep", "rate", "compare", "adaptation", "report", "deploy")
 
 
 @pytest.fixture(scope="module")

@@ -178,7 +178,10 @@ def test_a_changed_recipe_is_a_changed_vector(smollm2: LoadedModel, stories260k:
     spec = VectorSpec("v", tuple(ContrastPair(p, n) for p, n in PAIRS), read="answer_mean")
     stored = extract(smollm2, spec, "auto")
     data = stored.to_bytes()
-    assert stored.extra == {"template": "chat"} and stored.pairs_hash != hash_pairs(PAIRS)
+    assert stored.extra == {
+        "template": "chat",
+        "norm_convention": "mean_difference",
+    } and stored.pairs_hash != hash_pairs(PAIRS)
     assert usable_vector(data, spec, smollm2, "x", "auto") is not None
     assert usable_vector(data, spec, smollm2, "x", "off") is None, "the experiment's prompts stopped using the template"
     assert usable_vector(data, replace(spec, template="off"), smollm2, "x", "auto") is None

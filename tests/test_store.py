@@ -45,7 +45,7 @@ def test_sqlite_is_wal_with_foreign_keys_and_versioned(store: Store) -> None:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
         version = conn.execute(text("SELECT value FROM meta WHERE key='schema_version'")).scalar()
-        assert version == str(schema_version()) == "7"
+        assert version == str(schema_version()) == "8"
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == head_revision()
 
 

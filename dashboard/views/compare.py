@@ -7,6 +7,7 @@ import math
 
 import streamlit as st
 
+from dashboard import live_panel
 from dashboard.common import attempt, chosen_experiment, flash, identity, may, page_header, store, succeeded
 from dashboard.run_status import health_warnings
 from dashboard.text import md, plain_block
@@ -47,7 +48,12 @@ tab_names = ["Verdicts", "Votes", "Scores"]
 if c.null_arms:
     tab_names.append("Null arms")
 tab_names += ["Raters & judges", "Compute & reversibility", "Per prompt"]
+live_deployments = live_panel.deployments_of(name)  # served to real users (dashboard/live_panel.py)
+tab_names += ["Live"] if live_deployments else []
 tabs = dict(zip(tab_names, st.tabs(tab_names), strict=True))
+if live_deployments:
+    with tabs["Live"]:
+        live_panel.show_live_tab(live_deployments)
 votes_tab, scores_tab = tabs["Votes"], tabs["Scores"]
 compute_tab, drill_tab = tabs["Compute & reversibility"], tabs["Per prompt"]
 

@@ -1,5 +1,6 @@
-"""Report: download the HTML report, the CSV of generations with ratings, the JSON export and the
-votes (CSV or JSONL); import votes from another tool or another copy of the experiment.
+"""Report: download the HTML report, the CSV of generations with ratings, the JSON export, a steering
+variant's vectors (llama.cpp GGUF, or safetensors with a model card) and the votes (CSV or JSONL);
+import votes from another tool or another copy of the experiment.
 
 All of them name the variants behind every vote, so they are for analysts and owners only.
 Each file is made when its button is pressed (not on every view of the page), and each
@@ -16,6 +17,7 @@ import streamlit as st
 from dashboard.common import attempt, chosen_experiment, flash, identity, page_header, store
 from dashboard.text import md
 from service.export import export_csv, export_json, html_report_for
+from service.vector_export import FORMATS, export_variant, steering_variants
 from service.votes_io import export_votes, import_votes
 
 page_header("Report")
@@ -46,6 +48,33 @@ c2.download_button(
 c3.download_button(
     "Full JSON export", lambda: export_json(store(), name, who), f"{name}.json", "application/json", on_click="ignore"
 )
+
+st.subheader("Vectors for other tools")
+st.caption(
+    "A steering variant's vectors, its coefficient multiplied in: a llama.cpp control vector (GGUF, for "
+    "`--control-vector`), or a zip of safetensors (one tensor per layer) with a Hugging Face model card. llama.cpp "
+    "takes only plain addition on every token from layer 1 up; other variants are explained when prepared."
+)
+exportable = steering_variants(store(), name)
+if not exportable:
+    st.caption("This experiment has no steering variant to export.")
+else:
+    e1, e2 = st.columns([2, 1])
+    chosen = e1.selectbox("Steering variant", exportable, key=f"vector_export_variant:{name}")
+    labels = {"gguf": "llama.cpp control vector (.gguf)", "safetensors": "safetensors + model card (.zip)"}
+    fmt = e2.radio("Format", FORMATS, format_func=labels.__getitem__, key=f"vector_export_format:{name}")
+    target = shlex.quote(f"{chosen}.gguf" if fmt == "gguf" else f"{chosen}_vectors")
+    st.code(
+        f"steerlab vectors export {shlex.quote(name)} {shlex.quote(chosen)} --format {fmt} -o {target}", language="bash"
+    )
+    prepared_key = f"vector_export_file:{name}:{chosen}:{fmt}"
+    if st.button("Prepare the vector file", key=f"vector_export_prepare:{name}"):
+        made = attempt(partial(export_variant, store(), name, chosen, fmt, who))
+        if made is not None:
+            st.session_state[prepared_key] = made
+    made = st.session_state.get(prepared_key)
+    if made is not None:
+        st.download_button(f"Download {made.filename}", made.content, made.filename, made.mime, on_click="ignore")
 
 st.subheader("Votes")
 st.caption(

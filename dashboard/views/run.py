@@ -21,14 +21,14 @@ st.number_input(
     "Rows per mixed batch",
     1,
     512,
-    16,
+    32,
     key="batch_size",
     help="Variants share batches: a bigger batch is faster per row on most hardware.",
 )
 run_status(
     name,
     key="run",
-    options=lambda: RunOptions(batch_size=int(st.session_state.get("batch_size", 16))),
+    options=lambda: RunOptions(batch_size=int(st.session_state.get("batch_size", 32))),
     done_message="All generations are done: rate them on the Rate page, or look at Compare.",
 )
 health_warnings(name)

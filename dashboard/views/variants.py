@@ -277,7 +277,11 @@ with pairs_tab:
         _done(f"Deleted vector '{md(current.name)}'.", f":{vk}", ("vector_choice", "(new vector)"))
 with upload_tab:
     up_name = st.text_input("Vector name", key="upload_vector_name")
-    file = st.file_uploader("Vector file (.safetensors)", type=["safetensors"], key="upload_vector_file")
+    file = st.file_uploader(
+        "Vector file: SteerLab or per-layer safetensors, llama.cpp/repeng control-vector GGUF, steering-vectors .pt",
+        type=["safetensors", "gguf", "pt"],
+        key="upload_vector_file",
+    )
     if (
         file is not None
         and st.button("Add vector from file", type="primary")
