@@ -157,14 +157,25 @@ def live_comparison(store: Store, deployment: str) -> LiveComparison:
         )
 
     base_units = units.get(shown.baseline, {})
+    # A kind of feedback nobody gave (many products collect thumbs only) is no comparison: left out,
+    # it neither fills the table with empty rows nor widens the correction's family.
+    given = {
+        kind: any(_unit_values(variant_units, kind) for variant_units in units.values())
+        for kind in ("thumbs", "scores")
+    }
     differences: list[tuple[str, LiveDifference]] = []
     for name in order[1:]:
         arm_units = units.get(name, {})
-        thumbs = _thumbs_difference(_unit_values(arm_units, "thumbs"), _unit_values(base_units, "thumbs"), alpha, power)
-        score = compare_scores(
-            _unit_values(arm_units, "scores"), _unit_values(base_units, "scores"), alpha, power, SCORE_EFFECT
-        )
-        differences += [(name, thumbs), (name, score)]
+        if given["thumbs"]:
+            thumbs = _thumbs_difference(
+                _unit_values(arm_units, "thumbs"), _unit_values(base_units, "thumbs"), alpha, power
+            )
+            differences.append((name, thumbs))
+        if given["scores"]:
+            score = compare_scores(
+                _unit_values(arm_units, "scores"), _unit_values(base_units, "scores"), alpha, power, SCORE_EFFECT
+            )
+            differences.append((name, score))
 
     tallies: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for preferred, other, tie in votes:

@@ -319,8 +319,9 @@ def test_a_vector_an_earlier_version_read_raw_is_kept_while_outputs_were_made_wi
                 assert torch.equal(stored.directions, earlier.directions) and stored.pairs_hash == earlier.pairs_hash
                 assert "kept because outputs were generated with it" in caplog.text
             else:  # nothing was generated with it yet: read it as this version does
-                assert used.extra == stored.extra == {"template": "chat"} and torch.equal(
-                    stored.directions, used.directions
-                )
+                assert used.extra == stored.extra == {
+                    "template": "chat",
+                    "norm_convention": "mean_difference",
+                } and torch.equal(stored.directions, used.directions)
     finally:
         store.close()

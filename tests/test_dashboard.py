@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import html
 import re
+import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +23,30 @@ pytestmark = needs_models
 APP = str(ROOT / "dashboard" / "app.py")
 
 
-@pytest.fixture
-def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+@pytest.fixture(scope="module")
+def ran_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example, run once for the module (3 prompts, 12 tokens); each test gets its own copy."""
+    folder = tmp_path_factory.mktemp("dashboard")
     data = yaml.safe_load(MOOD_FILE.read_text())
     data["generation"].update(samples_per_prompt=1, max_new_tokens=12)
     data["prompts"] = data["prompts"][:3]
-    path = tmp_path / "mood.yaml"
+    path = folder / "mood.yaml"
     path.write_text(yaml.safe_dump(data))
+    file = folder / "dash.db"
+    store = Store(str(file))
+    try:
+        run_experiment_file(store, path, RunOptions(device="cpu"))
+    finally:
+        store.close()
+    return file
+
+
+@pytest.fixture
+def db(ran_once: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     file = tmp_path / "dash.db"
-    run_experiment_file(Store(str(file)), path, RunOptions(device="cpu"))
+    # SQLite's backup API copies a consistent database (WAL included), unlike copying the file.
+    with closing(sqlite3.connect(ran_once)) as source, closing(sqlite3.connect(file)) as target:
+        source.backup(target)
     monkeypatch.setenv("STEERLAB_DB", str(file))
     yield file
 
