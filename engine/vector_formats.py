@@ -50,7 +50,7 @@ from safetensors.torch import load, save
 
 from engine import limits
 from engine.errors import SteerLabError
-from engine.fields import middle, printable, short
+from engine.fields import printable, short
 from engine.spec import VariantSpec
 from engine.vectors import (
     BAKED,
@@ -61,6 +61,7 @@ from engine.vectors import (
     UNKNOWN,
     SteeringVector,
     looks_unit_norm,
+    read_vector_file,
 )
 
 GGUF_MAGIC = b"GGUF"
@@ -264,20 +265,12 @@ def safetensors_bytes(deltas: VariantDeltas, metadata: Mapping[str, str] | None 
 def load_any_vector(path: str | Path, name: str | None = None) -> SteeringVector:
     """A vector file of any format read here, by its content (not its name), checked like SteerLab's own."""
     file = Path(path)
-    source = f"Vector file '{middle(printable(str(file)))}'"
-    try:
-        if not file.is_file():
-            raise SteerLabError(f"{source} does not exist; check the path.")
-        limits.check(limits.MAX_FILE_BYTES, file.stat().st_size, source)
-        with file.open("rb") as handle:
-            head = handle.read(8)
-    except OSError as exc:
-        raise SteerLabError(f"{source} cannot be read ({exc.strerror}); check the path and its permissions.") from exc
-    if head[:4] == GGUF_MAGIC:
+    source, data = read_vector_file(file)
+    if data[:4] == GGUF_MAGIC:
         return read_control_vector(file, source, name)
-    if head[:4] == _ZIP_MAGIC or head[:1] == b"\x80":  # torch.save's zip, or a bare pickle
+    if is_other_tool_file(data):  # torch.save's zip, or a bare pickle
         return read_torch_vectors(file, source, name)
-    return vector_from_safetensors(file.read_bytes(), source, name or file.stem)
+    return vector_from_safetensors(data, source, name or file.stem)
 
 
 def is_other_tool_file(head: bytes) -> bool:

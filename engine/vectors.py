@@ -201,16 +201,21 @@ def save_vector(vector: SteeringVector, path: str | Path) -> None:
     Path(path).write_bytes(vector.to_bytes())
 
 
-def load_vector(path: str | Path, name: str | None = None) -> SteeringVector:
+def read_vector_file(path: str | Path) -> tuple[str, bytes]:
+    """How messages name a vector file, and its bytes: checked to exist, be readable and within the size limit."""
     file = Path(path)
     source = f"Vector file '{middle(printable(str(file)))}'"
     try:
         if not file.is_file():
             raise SteerLabError(f"{source} does not exist; check the path.")
         limits.check(limits.MAX_FILE_BYTES, file.stat().st_size, source)
-        data = file.read_bytes()
+        return source, file.read_bytes()
     except OSError as exc:
         raise SteerLabError(f"{source} cannot be read ({exc.strerror}); check the path and its permissions.") from exc
+
+
+def load_vector(path: str | Path, name: str | None = None) -> SteeringVector:
+    source, data = read_vector_file(path)
     return SteeringVector.from_bytes(data, source=source, name=name)
 
 
