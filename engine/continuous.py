@@ -413,15 +413,17 @@ class ContinuousBatcher:
         leaving = {id(r) for r in rows}
         for row in rows:
             self._finish(row, reason or (reasons or {})[id(row)], error)
-        keep = [i for i, r in enumerate(self._running) if id(r) not in leaving]
-        self._running = [self._running[i] for i in keep]
         self._steering = None
-        if not self._running:
+        if all(id(r) in leaving for r in self._running):
+            self._running = []
             self._drop_cache()
             return
         cache = self._cache
         assert cache is not None
-        cache.select_rows(torch.tensor(keep, device=self.model.device))
+        # The last rows move into the leavers' places (a few rows copied, not the whole cache):
+        # rows leave one or two at a time in a server, so this runs at most steps.
+        order = cache.remove_rows([i for i, r in enumerate(self._running) if id(r) in leaving])
+        self._running = [self._running[i] for i in order]
         cache.drop_leading(cache.width - max(r.length for r in self._running))
 
     def _drop_cache(self) -> None:

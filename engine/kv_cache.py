@@ -26,6 +26,7 @@ plain growing buffer that can be written in place and padded on the left.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import torch
@@ -131,6 +132,25 @@ class PreallocatedLayer(DynamicLayer):
         kept = len(index)
         for buffer in (self.key_buffer, self.value_buffer):
             buffer[:kept, :, used] = buffer[: self.rows, :, used].index_select(0, index)
+        self.rows = kept
+        self._publish()
+
+    def remove_rows(self, holes: Sequence[int], movers: Sequence[int], kept: int) -> None:
+        """Fill the rows ``holes`` with the rows ``movers`` and keep the first ``kept`` rows.
+
+        A server's rows finish one or two at a time; moving only the last rows into the
+        leavers' places copies those few rows, where keeping every row in order
+        (:meth:`batch_select_indices`) copies the whole cache at every retirement.
+        """
+        if not self.is_initialized:
+            return
+        assert self.key_buffer is not None and self.value_buffer is not None
+        if holes:
+            used = slice(self.start, self.start + self.length)
+            into = torch.tensor(list(holes), device=self.key_buffer.device)
+            source = torch.tensor(list(movers), device=self.key_buffer.device)
+            for buffer in (self.key_buffer, self.value_buffer):
+                buffer[:, :, used].index_copy_(0, into, buffer[:, :, used].index_select(0, source))
         self.rows = kept
         self._publish()
 
@@ -242,6 +262,23 @@ class PreallocatedCache(Cache):
     def select_rows(self, index: torch.Tensor) -> None:
         """Keep only the rows in ``index`` (in that order)."""
         self.batch_select_indices(index)
+
+    def remove_rows(self, leaving: Collection[int]) -> list[int]:
+        """Drop the rows ``leaving``, moving the last remaining rows into their places.
+
+        Returns, for each remaining row position, the row it held before (the caller reorders
+        its own per-row state the same way). Copies as many rows as leave, not the whole cache.
+        """
+        rows = self.rows
+        kept = rows - len(leaving)
+        order = [i for i in range(kept)]
+        holes = sorted(i for i in leaving if i < kept)
+        movers = [i for i in range(kept, rows) if i not in leaving]
+        for hole, mover in zip(holes, movers, strict=True):
+            order[hole] = mover
+        for layer in self.preallocated:
+            layer.remove_rows(holes, movers, kept)
+        return order
 
     def drop_leading(self, columns: int) -> None:
         for layer in self.preallocated:

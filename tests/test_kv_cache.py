@@ -120,6 +120,22 @@ def test_rows_are_selected_merged_right_aligned_and_leading_padding_dropped() ->
     assert first.values is not None and torch.equal(first.values, -first.keys)
 
 
+def test_leaving_rows_are_filled_by_the_last_rows_in_place() -> None:
+    cache = PreallocatedCache(2, 8)
+    for layer in range(2):
+        values = torch.arange(5 * 3, dtype=torch.float32).reshape(5, 1, 3, 1)
+        cache.update(values, -values, layer)
+    before = cache.preallocated[1].keys.clone()  # type: ignore[union-attr]
+    pointer = cache.preallocated[1].key_buffer.data_ptr()  # type: ignore[union-attr]
+    order = cache.remove_rows({0, 2, 4})
+    assert order == [3, 1] and cache.rows == 2 and cache.width == 3
+    layer = cache.preallocated[1]
+    assert layer.key_buffer is not None and layer.key_buffer.data_ptr() == pointer  # moved in place
+    assert layer.keys is not None and layer.values is not None
+    assert torch.equal(layer.keys, before[order]) and torch.equal(layer.values, -before[order])
+    assert cache.remove_rows(set()) == [0, 1] and torch.equal(layer.keys, before[order])
+
+
 def test_sliding_window_models_keep_transformers_cache_and_still_generate(tiny: LoadedModel) -> None:
     model = build("mistral", tiny.tokenizer)  # MistralConfig has a sliding window
     assert isinstance(new_cache(model.model, model.n_layers, 32), DynamicCache)
