@@ -11,12 +11,14 @@ import streamlit as st
 
 from dashboard.common import store
 from dashboard.text import md
+from engine.stats import plural
 from service.deployments import Deployment, list_deployments
-from service.live_comparison import difference_rows, live_comparison, traffic_rows
+from service.live_comparison import difference_rows, live_comparison, summary, traffic_rows
 
 
 def deployments_of(experiment: str) -> list[Deployment]:
-    return list_deployments(store(), experiment)
+    """The experiment's deployments, live ones first (then ended ones), each group by name."""
+    return sorted(list_deployments(store(), experiment), key=lambda d: (not d.live, d.name))
 
 
 def _frame(rows: list[list[str]]) -> pd.DataFrame:
@@ -26,35 +28,33 @@ def _frame(rows: list[list[str]]) -> pd.DataFrame:
 def show_live_figures(deployment: str) -> None:
     """Traffic and feedback per variant, then each arm against the baseline with its verdict."""
     comparison = live_comparison(store(), deployment)
-    d = comparison.deployment
     st.dataframe(_frame(traffic_rows(comparison)), hide_index=True, width="stretch")
-    if any(v.stopped for v in comparison.variants):
-        st.caption(
-            "A stopped arm's users are served the baseline: *assigned* counts what their hash picked, *served* "
-            "what ran; every figure is by the variant served."
-        )
+    st.caption(
+        "Traffic, tokens and latency are by the variant that ran (*served*); users and feedback by the arm the "
+        "user was *assigned* (intention to treat: a stopped arm's users, served the baseline, keep counting for "
+        "their arm, so no user is in two samples). The thumbs-up share is the mean over users of each user's "
+        f"share of thumbs up; its interval here is {md(comparison.thumbs_interval)} (Wilson while every user's "
+        "thumbs agree, else a t interval over users' shares)."
+    )
     if comparison.unattributed:
-        st.caption(f"{comparison.unattributed} responses ran a request's own steering and belong to no variant.")
+        st.caption(
+            f"{plural(comparison.unattributed, 'response')} ran a request's own steering and "
+            f"{'belongs' if comparison.unattributed == 1 else 'belong'} to no variant."
+        )
+    st.caption(md(summary(comparison)))
     if comparison.differences or comparison.preferences:
         st.caption(
-            md(
-                f"Each arm against {d.baseline}: users differ between arms, so the comparisons are unpaired; each "
-                f"user counts once. The one-look interval holds for a single look; the always-valid one, the "
-                f"p-value and the verdict hold however often you look. {comparison.correction.capitalize()}-"
-                f"corrected over {comparison.family} comparisons at alpha {comparison.alpha:g}; n is arm vs "
-                "baseline."
-            )
+            "The one-look interval holds for a single look; the always-valid one, the p-value and the verdict "
+            "hold however often you look. n is arm vs baseline."
         )
         rows = difference_rows(comparison)
         # The verdicts are sentences: they read better as lines under the figures than in a narrow column.
         st.dataframe(_frame([r[:-1] for r in rows]), hide_index=True, width="stretch")
         st.markdown("\n".join(f"- **{md(r[0])}**, {md(r[1])}: {md(r[-1])}" for r in rows[1:]))
-    else:
-        st.caption(md(f"No arm besides the baseline {d.baseline} yet: nothing to compare."))
 
 
 def show_live_tab(deployments: list[Deployment]) -> None:
-    """Compare's Live tab: every deployment of the experiment, newest state first."""
+    """Compare's Live tab: every deployment of the experiment, live ones first, then ended ones."""
     st.caption(
         "Live A/B deployments of this experiment, served by `steerlab serve` to real users; their feedback is "
         "not mixed with the offline votes and scores of the other tabs. Change them on the Deploy page."

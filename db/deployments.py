@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, aliased
 from db.schema import (
     Deployment,
     DeploymentArm,
+    Experiment,
     ResponseFeedback,
     ResponsePreference,
     ServedResponseRecord,
@@ -48,6 +49,13 @@ class NewServedResponse:
 
 
 @dataclass(frozen=True)
+class StoredResponseKey:
+    row_id: int
+    deployment_id: int | None
+    user_key: str  # who the response was served to ("" without a user)
+
+
+@dataclass(frozen=True)
 class LiveRow:
     """What the live statistics need of one served response and its feedback (one row per feedback)."""
 
@@ -58,6 +66,7 @@ class LiveRow:
     completion_tokens: int
     first_token_seconds: float
     latency_seconds: float
+    finish_reason: str
     thumbs: str | None
     score: float | None
 
@@ -74,16 +83,16 @@ def deployments_of(session: Session, experiment_id: int | None = None) -> list[D
 
 
 def version_stamp(session: Session) -> tuple[int, int]:
-    """The highest version and the number of deployments: one of them changes with every change."""
-    top, count = session.execute(
-        select(func.coalesce(func.max(Deployment.version), 0), func.count(Deployment.id))
+    """The sum of the deployments' versions and their number. Each deployment numbers its own
+    versions (1 when created, +1 per change), so the sum grows with every change anywhere."""
+    total, count = session.execute(
+        select(func.coalesce(func.sum(Deployment.version), 0), func.count(Deployment.id))
     ).one()
-    return int(top), int(count)
+    return int(total), int(count)
 
 
-def next_version(session: Session) -> int:
-    """Versions grow across all deployments, so the highest one moves with every change anywhere."""
-    return version_stamp(session)[0] + 1
+def experiment_exists(session: Session, name: str) -> bool:
+    return session.scalar(select(Experiment.id).where(Experiment.name == name)) is not None
 
 
 def variants_by_name(session: Session, experiment_id: int) -> dict[str, Variant]:
@@ -116,14 +125,13 @@ def insert_responses(session: Session, rows: Sequence[NewServedResponse]) -> int
     return len(values)
 
 
-def response_keys(session: Session, response_ids: Sequence[str]) -> dict[str, tuple[int, int | None]]:
-    """Stored response id → (row id, deployment row id)."""
+def response_keys(session: Session, response_ids: Sequence[str]) -> dict[str, StoredResponseKey]:
+    """Stored response id → its row id, deployment row id and user key."""
+    r = ServedResponseRecord
     rows = session.execute(
-        select(ServedResponseRecord.response_id, ServedResponseRecord.id, ServedResponseRecord.deployment_id).where(
-            ServedResponseRecord.response_id.in_(list(response_ids))
-        )
+        select(r.response_id, r.id, r.deployment_id, r.user_key).where(r.response_id.in_(list(response_ids)))
     )
-    return {rid: (row_id, deployment_id) for rid, row_id, deployment_id in rows}
+    return {rid: StoredResponseKey(row_id, deployment_id, key) for rid, row_id, deployment_id, key in rows}
 
 
 def upsert_feedback(
@@ -167,6 +175,7 @@ def live_rows(session: Session, deployment_id: int) -> list[LiveRow]:
             r.completion_tokens,
             r.first_token_seconds,
             r.latency_seconds,
+            r.finish_reason,
             ResponseFeedback.thumbs,
             ResponseFeedback.score,
         )
@@ -176,19 +185,23 @@ def live_rows(session: Session, deployment_id: int) -> list[LiveRow]:
         .where(r.deployment_id == deployment_id)
         .order_by(r.id)
     )
-    return [LiveRow(*row) for row in rows]
+    return [LiveRow(*tuple(row)) for row in rows]
 
 
 def preference_rows(session: Session, deployment_id: int) -> list[tuple[str | None, str | None, bool]]:
-    """(served variant of the preferred response, of the other one, tie) per stored preference."""
+    """(assigned arm of the preferred response, of the other one, tie) per stored preference; the
+    served variant where a response has no assigned arm."""
     preferred, other = aliased(ServedResponseRecord), aliased(ServedResponseRecord)
     preferred_variant, other_variant = aliased(Variant), aliased(Variant)
     rows = session.execute(
         select(preferred_variant.name, other_variant.name, ResponsePreference.tie)
         .join(preferred, preferred.id == ResponsePreference.preferred_id)
         .join(other, other.id == ResponsePreference.other_id)
-        .outerjoin(preferred_variant, preferred_variant.id == preferred.served_variant_id)
-        .outerjoin(other_variant, other_variant.id == other.served_variant_id)
+        .outerjoin(
+            preferred_variant,
+            preferred_variant.id == func.coalesce(preferred.assigned_variant_id, preferred.served_variant_id),
+        )
+        .outerjoin(other_variant, other_variant.id == func.coalesce(other.assigned_variant_id, other.served_variant_id))
         .where(ResponsePreference.deployment_id == deployment_id)
     )
     return [(a, b, bool(t)) for a, b, t in rows]

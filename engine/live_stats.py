@@ -3,10 +3,13 @@
 Live feedback differs from an offline run in two ways, and the statistics follow them:
 
 - **Unpaired.** Each user sees one arm, so an arm and the baseline are two independent
-  samples (not rows paired by prompt). A thumbs-up share gets the Wilson interval; the
-  difference of two shares the Newcombe hybrid score interval (Newcombe 1998, method 10,
-  which keeps its coverage near 95% where the Wald interval does not); a difference of mean
-  scores the Welch interval (unequal variances). These hold for *one* look.
+  samples (not rows paired by prompt). A share of 0/1 units (:func:`compare_thumbs`) gets
+  the Wilson interval and the difference of two shares the Newcombe hybrid score interval
+  (Newcombe 1998, method 10, which keeps its coverage near 95% where the Wald interval does
+  not); means of units' values in [0, 1] (:func:`compare_scores`: scores, or users' shares
+  of thumbs up when a user gave mixed thumbs) get the t interval and their difference the
+  Welch interval (unequal variances). :mod:`service.live_comparison` picks one of the two
+  for a whole deployment. These hold for *one* look.
 - **Watched continuously.** Teams read live numbers every hour, and a fixed-sample interval
   read that often finds a difference between equal arms far more often than alpha. The
   verdicts therefore rest on an always-valid test: the asymptotic confidence sequence of
@@ -227,7 +230,7 @@ class LiveDifference:
     """An arm against the baseline on one metric (thumbs-up share or mean score), unpaired."""
 
     metric: str  # "thumbs_up" or "score"
-    arm: Estimate  # the arm's share or mean, 1 - alpha interval (Wilson / t), n = its observations
+    arm: Estimate  # the arm's share (Wilson) or mean (t), 1 - alpha interval, n = its observations
     baseline: Estimate
     estimate: float  # arm - baseline
     low: float  # fixed-sample 1 - alpha interval (Newcombe / Welch): right for one look

@@ -236,6 +236,7 @@ def write_control_vector(
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
+        os.chmod(temporary, 0o644)  # mkstemp's file is private; an exported vector is for sharing
         os.replace(temporary, target)
     finally:
         if os.path.exists(temporary):
@@ -331,7 +332,8 @@ def read_control_vector(path: Path, source: str, name: str | None = None) -> Ste
                 continue
             layer = _direction_layer(tensor.name, source)
             kind = gguf.GGMLQuantizationType(tensor.tensor_type)
-            if kind not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16) or len(tensor.shape) != 1:
+            floats = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.F64)
+            if kind not in floats or len(tensor.shape) != 1:
                 raise SteerLabError(
                     f"{source} holds {tensor.name} as a {kind.name} tensor of shape {list(map(int, tensor.shape))}, "
                     "not the one row of 32-bit floats llama.cpp reads; export the vector again."

@@ -57,7 +57,7 @@ class Deployment:
     arms: tuple[Arm, ...]
     show_variant: bool  # False (default): responses are blind (no variant header)
     live: bool
-    version: int  # bumped by every change; servers poll deployments_version()
+    version: int  # this deployment's own count: 1 when created, +1 per change; servers poll deployments_version()
 
     def split(self) -> TrafficSplit:
         return TrafficSplit(self.name, self.baseline, self.arms)
@@ -111,7 +111,12 @@ def deployment_row(session: Session, name: str) -> DeploymentRow:
     return row
 
 
-def _servable(kinds: Mapping[str, str], variant: str, role: str) -> None:
+def _servable(kinds: Mapping[str, str], controls: Mapping[str, str], variant: str, role: str) -> None:
+    if variant in controls:
+        raise SteerLabError(
+            f"Variant '{variant}' is a null-arm control of '{controls[variant]}', made for offline comparison, not "
+            "for real users; leave it out of the deployment."
+        )
     if kinds[variant] in TRAINED_KINDS:
         todo = "choose another baseline" if role == "baseline" else "leave it out of the weights"
         raise SteerLabError(
@@ -141,18 +146,34 @@ def create_deployment(
     show_variant: bool = False,
 ) -> Deployment:
     """A live deployment of ``experiment``'s variants with these traffic weights; the baseline is the
-    experiment's baseline variant unless named."""
+    experiment's baseline variant unless named, and must be one of the weighted arms.
+
+    Refused: a name clients' ``model`` would resolve to something else first (a stored
+    experiment, the model id; ``EXPERIMENT/VARIANT`` has a "/", which names never do), and
+    null-arm controls as arms (they are for offline comparison, not for real users)."""
     check_name(name)
     require(store, who, experiment, "owner", "deploying variants")
     with store.session() as session:
         if stored.find_deployment(session, name) is not None:
             raise SteerLabError(f"A deployment named '{name}' already exists; choose another name.")
         experiment_row = get_experiment(session, experiment)
-        kinds = {v.name: v.kind for v in stored_spec(experiment_row).variants}
+        if stored.experiment_exists(session, name):
+            raise SteerLabError(
+                f"Deployment name '{name}' is the name of an experiment, which clients' `model` would reach "
+                "instead; choose another name."
+            )
+        spec = stored_spec(experiment_row)
+        if name == spec.model:
+            raise SteerLabError(
+                f"Deployment name '{name}' is the id of the model it serves, which clients' `model` would reach "
+                "instead; choose another name."
+            )
+        kinds = {v.name: v.kind for v in spec.variants}
+        controls = {v.name: v.control_of for v in spec.variants if v.control_of}
         variants = stored.variants_by_name(session, experiment_row.id)
         checked = check_weights(weights, [v for v in kinds if v in variants])
         for variant in checked:
-            _servable(kinds, variant, "weights")
+            _servable(kinds, controls, variant, "weights")
         if baseline is None:
             baseline = next((v for v, kind in kinds.items() if kind == "baseline" and v in variants), None)
             if baseline is None:
@@ -164,14 +185,20 @@ def create_deployment(
             raise SteerLabError(
                 f"Baseline '{baseline}' is not a variant of experiment '{experiment}' (it has: {', '.join(kinds)})."
             )
-        _servable(kinds, baseline, "baseline")
+        _servable(kinds, controls, baseline, "baseline")
+        if baseline not in checked:
+            # Without traffic of its own the baseline has no users to compare the arms with.
+            raise SteerLabError(
+                f"Baseline '{baseline}' has no weight, so the arms would have nothing to be compared with; give it "
+                f"one (like {baseline}=50; 0 keeps it to stopped arms' traffic)."
+            )
         row = DeploymentRow(
             name=name,
             experiment_id=experiment_row.id,
             baseline_variant_id=variants[baseline].id,
             show_variant=show_variant,
             live=True,
-            version=stored.next_version(session),
+            version=1,
             created_by=who.user,
         )
         session.add(row)
@@ -202,11 +229,13 @@ def set_weights(store: Store, who: Identity, name: str, weights: Mapping[str, fl
     experiment = _changing(store, who, name, "changing a deployment's weights")
     with store.session() as session:
         row = deployment_row(session, name)
-        kinds = {v.name: v.kind for v in stored_spec(row.experiment).variants}
+        spec = stored_spec(row.experiment)
+        kinds = {v.name: v.kind for v in spec.variants}
+        controls = {v.name: v.control_of for v in spec.variants if v.control_of}
         variants = stored.variants_by_name(session, row.experiment_id)
         checked = check_weights(weights, [v for v in kinds if v in variants])
         for variant in checked:
-            _servable(kinds, variant, "weights")
+            _servable(kinds, controls, variant, "weights")
         existing = {a.variant.name: a for a in row.arms}
         for arm in row.arms:
             arm.weight = checked.get(arm.variant.name, 0.0)
@@ -223,7 +252,7 @@ def set_weights(store: Store, who: Identity, name: str, weights: Mapping[str, fl
                         stopped=False,
                     )
                 )
-        row.version = stored.next_version(session)
+        row.version += 1
         audit.record(session, who.user, "changed", experiment, f"deployment {name} weights: {_weights_text(checked)}")
         session.flush()
         session.refresh(row)
@@ -249,7 +278,7 @@ def _switch(store: Store, who: Identity, name: str, variant: str, stop: bool) ->
         arm.stopped = stop
         arm.stopped_at = utcnow() if stop else None
         arm.stopped_by = who.user if stop else ""
-        row.version = stored.next_version(session)
+        row.version += 1
         action = "stopped variant" if stop else "resumed variant"
         audit.record(session, who.user, action, experiment, f"deployment {name}: {variant}")
         session.flush()
@@ -272,7 +301,7 @@ def end_deployment(store: Store, who: Identity, name: str) -> Deployment:
     with store.session() as session:
         row = deployment_row(session, name)
         row.live = False
-        row.version = stored.next_version(session)
+        row.version += 1
         audit.record(session, who.user, "ended deployment", experiment, f"deployment {name}")
         session.flush()
         session.refresh(row)
@@ -293,8 +322,8 @@ def list_deployments(store: Store, experiment: str | None = None) -> list[Deploy
 def deployments_version(store: Store) -> int:
     """A number that changes whenever any deployment is created, changed or removed (servers poll it)."""
     with store.session() as session:
-        top, count = stored.version_stamp(session)
-    return top * 1_000_000 + count
+        total, count = stored.version_stamp(session)
+    return total * 1_000_000 + count
 
 
 def assign(deployment: Deployment, user: str | None) -> Assignment:
@@ -376,7 +405,7 @@ def _variant_id(named: Mapping[str, int], variant: str | None, response_id: str)
     return named[variant]
 
 
-def _stored_response(session: Session, response_id: str) -> tuple[int, int | None]:
+def _stored_response(session: Session, response_id: str) -> stored.StoredResponseKey:
     found = stored.response_keys(session, [response_id]).get(response_id)
     if found is None:
         raise SteerLabError(
@@ -396,8 +425,10 @@ def record_feedback(
 ) -> None:
     """Thumbs "up"/"down" and/or a score in [0, 1] (0 worst, 1 best) on a served response.
 
-    One per (response, user): a later one replaces it (without a user, one anonymous feedback
-    per response)."""
+    Feedback comes from the user the response was served to (the unit of the live statistics
+    is the served user): a ``user`` other than the response's is refused, and a response served
+    without a user takes feedback only without one. So each response has at most one feedback;
+    a later one replaces it."""
     if thumbs is None and score is None:
         raise SteerLabError('Feedback needs thumbs ("up" or "down") or a score between 0 and 1; it had neither.')
     if thumbs is not None and thumbs not in ("up", "down"):
@@ -409,28 +440,49 @@ def record_feedback(
     if len(comment) > MAX_COMMENT_CHARS:
         raise SteerLabError(f"The comment has {len(comment)} characters, more than {MAX_COMMENT_CHARS}; shorten it.")
     with store.session() as session:
-        row_id, _ = _stored_response(session, response_id)
+        found = _stored_response(session, response_id)
+        _check_rater(found, user, response_id)
         stored.upsert_feedback(
-            session, row_id, user_key(user), thumbs, None if score is None else float(score), comment
+            session, found.row_id, found.user_key, thumbs, None if score is None else float(score), comment
         )
+
+
+def _check_rater(found: stored.StoredResponseKey, user: str | None, response_id: str) -> None:
+    """Feedback and preferences come from the user the response was served to (see record_feedback)."""
+    if user_key(user) == found.user_key:
+        return
+    if found.user_key:
+        raise SteerLabError(
+            f"Response '{response_id[:100]}' was served to a different user; only the user it was served to may "
+            "rate it, so send that request's `user`."
+        )
+    raise SteerLabError(
+        f"Response '{response_id[:100]}' was served without a user, so it takes feedback only without one."
+    )
 
 
 def record_preference(
     store: Store, preferred_id: str, other_id: str, user: str | None = None, tie: bool = False
 ) -> None:
-    """A user preferred one response over another of the same deployment (or called it a tie);
-    one per (pair, user): a later one replaces it."""
+    """A user preferred one response over another of the same deployment (or called it a tie).
+
+    Only the user who was served both responses may compare them (or, for two responses served
+    without a user, a preference without one); one per pair: a later one replaces it."""
     if preferred_id == other_id:
         raise SteerLabError("A preference needs two different responses; both ids were the same.")
     with store.session() as session:
-        preferred, preferred_deployment = _stored_response(session, preferred_id)
-        other, other_deployment = _stored_response(session, other_id)
-        if preferred_deployment is None or preferred_deployment != other_deployment:
+        preferred = _stored_response(session, preferred_id)
+        other = _stored_response(session, other_id)
+        if preferred.deployment_id is None or preferred.deployment_id != other.deployment_id:
             raise SteerLabError(
                 f"Responses '{preferred_id[:100]}' and '{other_id[:100]}' were not served by one deployment; "
                 "compare two responses of the same deployment."
             )
-        stored.upsert_preference(session, preferred_deployment, preferred, other, user_key(user), tie)
+        _check_rater(preferred, user, preferred_id)
+        _check_rater(other, user, other_id)
+        stored.upsert_preference(
+            session, preferred.deployment_id, preferred.row_id, other.row_id, preferred.user_key, tie
+        )
 
 
 def deployment_json(deployment: Deployment) -> str:

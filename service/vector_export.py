@@ -104,6 +104,7 @@ def write_variant(store: Store, name: str, variant: str, fmt: str, output: str, 
         files = _bundle(spec, deltas, facts)
         # Written beside the target, then renamed: a killed export leaves no half-written folder.
         staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+        staging.chmod(0o755)  # mkdtemp's folder is private; an export is for sharing
         try:
             for filename, data in files.items():
                 (staging / filename).write_bytes(data)

@@ -19,6 +19,7 @@ from service.access import LOCAL
 from service.deployments import (
     ServedResponse,
     create_deployment,
+    end_deployment,
     get_deployment,
     record_feedback,
     record_responses,
@@ -108,3 +109,33 @@ def test_stop_variant_stops_the_arm_in_the_store_and_a_reload_keeps_it(
     expect(page.get_by_role("heading", name="mood-live (live)")).to_be_visible()
     expect(page.get_by_text("Keep collecting", exact=False).first).to_be_attached()
     page.screenshot(path=str(shots / "compare_live.png"), full_page=True)
+
+
+def test_a_new_deployment_shows_its_name_literally_and_ended_ones_come_last(app: str, browser: Any, db: Path) -> None:
+    import re
+
+    from playwright.sync_api import expect
+
+    page = new_page(browser)
+    page.goto(f"{app}/deploy?experiment=live_mood")
+    settled(page)
+    # No escapes: the caption says the servers' real poll time, and no global version counter leaks in.
+    expect(page.get_by_text("within a fraction of a second", exact=False)).to_be_visible()
+    page.get_by_label(re.compile(r"^Name \(the")).fill("ui-dep")
+    page.get_by_role("button", name="Create deployment").click()
+    expect(page.get_by_text('clients send model="ui-dep"', exact=False)).to_be_visible()
+    expect(page.get_by_text("ui\\-dep", exact=False)).to_have_count(0)
+    expect(page.get_by_text("version 1 of this deployment", exact=False).last).to_be_attached()
+    store = Store(str(db))
+    try:
+        end_deployment(store, LOCAL, "mood-live")
+    finally:
+        store.close()
+    page.reload()
+    settled(page)
+    headings = page.get_by_role("heading").filter(has_text=re.compile("^(mood-live|ui-dep)$"))
+    expect(headings).to_have_text(["ui-dep", "mood-live"])  # the ended one after the live one
+    expect(page.get_by_text("ended", exact=True).first).to_be_visible()
+    expect(page.get_by_text("serving", exact=True)).to_have_count(2)  # ui-dep's two arms only
+    # The page says how feedback is attributed once an arm was stopped.
+    expect(page.get_by_text("intention to treat: a stopped arm's users", exact=False).first).to_be_attached()

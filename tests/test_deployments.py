@@ -184,8 +184,15 @@ def test_trained_variants_and_a_missing_baseline_are_refused(store: Store) -> No
         create_deployment(store, LOCAL, "d", "no_base", {"sad": 1}, baseline="tuned")
     with pytest.raises(SteerLabError, match="'nope' is not a variant"):
         create_deployment(store, LOCAL, "d", "no_base", {"sad": 1}, baseline="nope")
-    made = create_deployment(store, LOCAL, "d", "no_base", {"sad": 1}, baseline="prompt_sad", show_variant=True)
+    with pytest.raises(SteerLabError, match=r"^Baseline 'prompt_sad' has no weight.*prompt_sad=50"):
+        create_deployment(store, LOCAL, "d", "no_base", {"sad": 1}, baseline="prompt_sad")
+    with pytest.raises(SteerLabError, match="Baseline 'baseline' has no weight"):
+        create_deployment(store, LOCAL, "d", "no_base", {"sad": 1})
+    made = create_deployment(
+        store, LOCAL, "d", "no_base", {"sad": 1, "prompt_sad": 1}, baseline="prompt_sad", show_variant=True
+    )
     assert made.baseline == "prompt_sad" and made.show_variant
+    assert "prompt_sad" in {a.variant for a in made.arms}, "the baseline is always an arm"
 
 
 def test_responses_are_stored_once_and_feedback_is_replaced(store: Store, tmp_path: Path) -> None:
@@ -204,10 +211,18 @@ def test_responses_are_stored_once_and_feedback_is_replaced(store: Store, tmp_pa
         record_responses(store, [response("chatcmpl-9", "mood", "nope")])
     record_feedback(store, "chatcmpl-2", thumbs="up", user="u2")
     record_feedback(store, "chatcmpl-2", thumbs="down", score=0.25, user="u2", comment="changed my mind")
-    record_feedback(store, "chatcmpl-2", score=1.0, user="someone else")
+    # Feedback counts for the user the response was served to: nobody else may add to their numbers.
+    with pytest.raises(SteerLabError, match=r"^Response 'chatcmpl-2' was served to a different user; only the user"):
+        record_feedback(store, "chatcmpl-2", score=1.0, user="someone else")
+    with pytest.raises(SteerLabError, match="'chatcmpl-2' was served to a different user"):
+        record_feedback(store, "chatcmpl-2", score=1.0)  # anonymous feedback on a user's response
+    with pytest.raises(SteerLabError, match="served without a user, so it takes feedback only without one"):
+        record_feedback(store, "cmpl-4", score=1.0, user="u2")
+    record_feedback(store, "cmpl-4", score=1.0)
+    record_feedback(store, "cmpl-4", score=0.0)  # a second anonymous rater replaces, never adds
     with sqlite3.connect(tmp_path / "test.db") as conn:
         rows = conn.execute("SELECT thumbs, score, comment FROM response_feedback ORDER BY id").fetchall()
-    assert rows == [("down", 0.25, "changed my mind"), (None, 1.0, "")]
+    assert rows == [("down", 0.25, "changed my mind"), (None, 0.0, "")]
     for kwargs, fragment in (
         ({"thumbs": "sideways"}, 'neither "up" nor "down"'),
         ({"score": 1.5}, "between 0 and 1"),
@@ -218,8 +233,14 @@ def test_responses_are_stored_once_and_feedback_is_replaced(store: Store, tmp_pa
             record_feedback(store, "chatcmpl-1", **kwargs)
     with pytest.raises(SteerLabError, match="No served response has id 'nope'"):
         record_feedback(store, "nope", thumbs="up")
-    record_preference(store, "chatcmpl-2", "chatcmpl-1", user="u9")
-    record_preference(store, "chatcmpl-1", "chatcmpl-2", user="u9")  # replaces the first
+    record_responses(store, [response("chatcmpl-5", "mood", "baseline", "u2")])
+    record_preference(store, "chatcmpl-2", "chatcmpl-5", user="u2")
+    record_preference(store, "chatcmpl-5", "chatcmpl-2", user="u2")  # replaces the first
+    # A preference comes from the user who was served both responses.
+    with pytest.raises(SteerLabError, match=r"^Response 'chatcmpl-2' was served to a different"):
+        record_preference(store, "chatcmpl-2", "chatcmpl-5", user="u9")
+    with pytest.raises(SteerLabError, match="'chatcmpl-1' was served to a different user"):
+        record_preference(store, "chatcmpl-2", "chatcmpl-1", user="u2")
     with pytest.raises(SteerLabError, match="not served by one deployment"):
         record_preference(store, "chatcmpl-1", "cmpl-4")
     comparison = live_comparison(store, "mood")
@@ -274,7 +295,7 @@ def test_the_deploy_command_creates_switches_and_shows(
     assert main(["deploy", *db, "show", "mood"]) == 0
     shown = capsys.readouterr().out
     assert "baseline (baseline)" in shown and "stopped" in shown and "1.000 [" in shown and "(n=1)" in shown
-    assert "Keep collecting" in shown and "holm-corrected over 1 comparison" in shown
+    assert "Keep collecting" in shown and "holm-corrected over 3 comparisons" in shown
     assert main(["deploy", *db, "list"]) == 0
     assert "mood" in capsys.readouterr().out
     assert main(["deploy", *db, "weights", "mood", "baseline=50,sad=-1"]) == 2
@@ -282,3 +303,111 @@ def test_the_deploy_command_creates_switches_and_shows(
     assert err.startswith("error: Weight of 'sad' is -1") and err.count("\n") == 1
     assert main(["deploy", *db, "end", "mood"]) == 0
     assert "ended" in capsys.readouterr().out
+
+
+def test_names_that_reach_something_else_and_null_arm_controls_are_refused(store: Store) -> None:
+    experiment(store)
+    with pytest.raises(SteerLabError, match=r"^Deployment name 'live_mood' is the name of an experiment.*\.$"):
+        create_deployment(store, LOCAL, "live_mood", "live_mood", {"baseline": 1})
+    create_experiment(
+        store,
+        {
+            "name": "with_controls",
+            "model": "raincandy-u/TinyStories-656K",
+            "prompts": ["Once upon a time "],
+            "vectors": {"sad": {"pairs": [["sad", "happy"]]}},
+            "variants": [
+                {"name": "baseline"},
+                {
+                    "name": "sad",
+                    "interventions": [{"method": "add", "vector": "sad", "layers": [0], "coefficient": 1.0}],
+                    "null_arms": True,
+                },
+            ],
+        },
+    )
+    for control in ("sad (random)", "sad (flipped)"):
+        with pytest.raises(SteerLabError, match=r"is a null-arm control of 'sad'.*not for real users"):
+            create_deployment(store, LOCAL, "c", "with_controls", {"baseline": 1, control: 1})
+        with pytest.raises(SteerLabError, match="null-arm control"):
+            create_deployment(store, LOCAL, "c", "with_controls", {control: 1}, baseline=control)
+    create_deployment(store, LOCAL, "c", "with_controls", {"baseline": 1, "sad": 1})
+    with pytest.raises(SteerLabError, match="null-arm control"):
+        set_weights(store, LOCAL, "c", {"baseline": 1, "sad (random)": 1})
+
+
+def test_versions_count_per_deployment_and_the_servers_stamp_still_moves(store: Store) -> None:
+    experiment(store)
+    create_deployment(store, LOCAL, "one", "live_mood", {"baseline": 1, "sad": 1})
+    for weight in (2, 3, 4):
+        set_weights(store, LOCAL, "one", {"baseline": 1, "sad": weight})
+    stamp = deployments_version(store)
+    assert create_deployment(store, LOCAL, "two", "live_mood", {"baseline": 1}).version == 1
+    assert deployments_version(store) != stamp
+    stamp = deployments_version(store)
+    assert set_weights(store, LOCAL, "two", {"baseline": 2}).version == 2  # below "one"'s 4: the stamp moves anyway
+    assert deployments_version(store) != stamp
+
+
+def test_the_family_is_fixed_by_the_arms_and_feedback_is_by_assigned_arm(store: Store) -> None:
+    experiment(store)
+    create_deployment(store, LOCAL, "fam", "live_mood", {"baseline": 1, "sad": 1, "prompt_sad": 1})
+    empty = live_comparison(store, "fam")
+    assert empty.family == 6 and not empty.differences and not empty.preferences
+    from service.live_comparison import summary, traffic_rows
+
+    assert (
+        summary(empty)
+        == "No feedback or preferences yet on the arms (sad, prompt_sad) or the baseline (baseline): nothing to compare yet."
+    )
+    rows = [response(f"b{i}", "fam", "baseline", f"b{i}") for i in range(30)]
+    rows += [response(f"s{i}", "fam", "sad", f"s{i}") for i in range(30)]
+    # One sad user was switched to the baseline by the kill switch: they still count for sad.
+    rows.append(response("s-stopped", "fam", "baseline", "s-late", assigned_variant="sad"))
+    record_responses(store, rows)
+    for i in range(30):
+        record_feedback(store, f"b{i}", thumbs="down" if i % 10 else "up", user=f"b{i}")
+        record_feedback(store, f"s{i}", thumbs="up" if i % 10 else "down", user=f"s{i}")
+    record_feedback(store, "s-stopped", thumbs="up", user="s-late")
+    before = live_comparison(store, "fam")
+    (sad_thumbs,) = [d for arm, d in before.differences if arm == "sad"]
+    assert before.family == 6 and sad_thumbs.arm.n == 31 and sad_thumbs.baseline.n == 30
+    assert sad_thumbs.adjusted_p_value == pytest.approx(min(1.0, 6 * sad_thumbs.raw_p_value))
+    assert "over 6 comparisons" in sad_thumbs.verdict.sentence
+    assert before.thumbs_interval == "Wilson" and "[95% Wilson]" in traffic_rows(before)[0][10]
+    # Scores on another arm arrive: the thumbs verdict on sad keeps its family and its p-value.
+    record_responses(store, [response(f"p{i}", "fam", "prompt_sad", f"p{i}") for i in range(4)])
+    for i in range(4):
+        record_feedback(store, f"p{i}", score=0.5 + 0.1 * (i % 2), user=f"p{i}")
+    after = live_comparison(store, "fam")
+    (again,) = [d for arm, d in after.differences if arm == "sad" and d.metric == "thumbs_up"]
+    assert after.family == 6 and again.adjusted_p_value == sad_thumbs.adjusted_p_value
+    assert again.verdict == sad_thumbs.verdict
+    # One user with mixed thumbs: every share of the deployment switches to the t interval over users.
+    record_responses(store, [response("b-again", "fam", "baseline", "b0")])
+    record_feedback(store, "b-again", thumbs="down", user="b0")
+    mixed = live_comparison(store, "fam")
+    assert mixed.thumbs_interval == "t over users' shares"
+    assert "[95% t over users' shares]" in traffic_rows(mixed)[0][10]
+    assert "over 6 comparisons" in summary(mixed) and "intention to treat" in summary(mixed)
+    ended = live_comparison(store, end_deployment(store, LOCAL, "fam").name)
+    assert {r[2] for r in traffic_rows(ended)[1:]} == {"ended"}
+    alone = create_deployment(store, LOCAL, "alone", "live_mood", {"baseline": 1})
+    assert summary(live_comparison(store, alone.name)) == (
+        "The deployment has no arm besides its baseline (baseline): nothing to compare."
+    )
+
+
+def test_abandoned_responses_count_as_served_but_not_in_tokens_or_latency(store: Store) -> None:
+    experiment(store)
+    create_deployment(store, LOCAL, "quit", "live_mood", {"baseline": 1, "sad": 1})
+    record_responses(
+        store,
+        [
+            response("done", "quit", "sad", "u1", completion_tokens=10, latency_seconds=1.0),
+            response("left", "quit", "sad", "u2", completion_tokens=2, latency_seconds=0.1, finish_reason="cancelled"),
+        ],
+    )
+    (sad,) = [v for v in live_comparison(store, "quit").variants if v.variant == "sad"]
+    assert (sad.served, sad.abandoned, sad.completion_tokens) == (2, 1, 10.0)
+    assert sad.latency_p50 == sad.latency_p95 == 1.0

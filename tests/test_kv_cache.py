@@ -129,11 +129,11 @@ def test_leaving_rows_are_filled_by_the_last_rows_in_place() -> None:
     pointer = cache.preallocated[1].key_buffer.data_ptr()  # type: ignore[union-attr]
     order = cache.remove_rows({0, 2, 4})
     assert order == [3, 1] and cache.rows == 2 and cache.width == 3
-    layer = cache.preallocated[1]
-    assert layer.key_buffer is not None and layer.key_buffer.data_ptr() == pointer  # moved in place
-    assert layer.keys is not None and layer.values is not None
-    assert torch.equal(layer.keys, before[order]) and torch.equal(layer.values, -before[order])
-    assert cache.remove_rows(set()) == [0, 1] and torch.equal(layer.keys, before[order])
+    moved = cache.preallocated[1]
+    assert moved.key_buffer is not None and moved.key_buffer.data_ptr() == pointer  # moved in place
+    assert moved.keys is not None and moved.values is not None
+    assert torch.equal(moved.keys, before[order]) and torch.equal(moved.values, -before[order])
+    assert cache.remove_rows(set()) == [0, 1] and torch.equal(moved.keys, before[order])
 
 
 def test_sliding_window_models_keep_transformers_cache_and_still_generate(tiny: LoadedModel) -> None:

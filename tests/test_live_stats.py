@@ -17,6 +17,7 @@ from db.store import Store
 from engine.live_stats import (
     compare_scores,
     compare_thumbs,
+    mean_estimate,
     mixture_tuning,
     newcombe_difference,
     sequence_multiplier,
@@ -112,7 +113,7 @@ def test_the_sequence_finds_a_real_difference_and_its_p_value_matches_its_edge()
     assert math.isnan(empty.raw_p_value) and empty.verdict.label == "keep collecting"
 
 
-def test_live_comparison_reads_the_store_by_served_variant_per_user(store: Store) -> None:
+def test_live_comparison_reads_traffic_by_served_variant_and_feedback_by_assigned_arm_per_user(store: Store) -> None:
     create_experiment(
         store,
         {
@@ -145,10 +146,30 @@ def test_live_comparison_reads_the_store_by_served_variant_per_user(store: Store
     result = live_comparison(store, "mood")
     assert result.alpha == 0.1 and result.correction == "holm"
     base, sad = result.variants
-    assert (base.variant, base.served, base.assigned, base.users) == ("baseline", 20, 19, 19)
-    assert (sad.variant, sad.served, sad.assigned, sad.users) == ("sad", 20, 21, 20)
+    # Served: what ran (latency, tokens); users and feedback: the arm assigned (intention to treat),
+    # so the user the kill switch sent to the baseline still counts for sad, and in one sample only.
+    assert (base.variant, base.served, base.assigned, base.users) == ("baseline", 20, 19, 18)
+    assert (sad.variant, sad.served, sad.assigned, sad.users) == ("sad", 20, 21, 21)
     assert base.latency_p50 == pytest.approx(np.percentile([0.1 * (i + 1) for i in range(0, 40, 2)], 50))
-    assert sad.thumbs_up.n == 20 and base.thumbs_up.n == 19 and base.score.value == pytest.approx(0.5)
-    # u0 gave a thumbs up and a thumbs down: a unit with share 0.5, so shares are compared as means.
-    assert result.family == 2 and all(d.family == 2 and d.correction == "holm" for _, d in result.differences)
-    assert {d.metric for _, d in result.differences} == {"thumbs_up", "score"}
+    assert sad.thumbs_up.n == 21 and base.thumbs_up.n == 18 and base.score.value == pytest.approx(0.5)
+    # u0 gave a thumbs up and a thumbs down: a unit with share 0.5, so every share is a mean over users.
+    assert result.thumbs_interval == "t over users' shares"
+    assert base.thumbs_up == mean_estimate([0.5, *(1.0 if i % 3 == 0 else 0.0 for i in range(4, 38, 2))], 0.1)
+    # The family: 1 arm x (thumbs, score, preference), the preference counted though nobody gave one.
+    assert result.family == 3 and all(d.family == 3 and d.correction == "holm" for _, d in result.differences)
+    assert {d.metric for _, d in result.differences} == {"thumbs_up", "score"} and not result.preferences
+
+
+def test_the_t_interval_over_users_shares_covers_when_users_give_mixed_thumbs() -> None:
+    # 200 users per look, each with 1 to 6 thumbs and their own up-rate: clustered, overdispersed thumbs.
+    rng = np.random.default_rng(11)
+    looks, covered = 2000, 0
+    rates = rng.beta(2, 3, (looks, 200))
+    counts = rng.integers(1, 7, (looks, 200))
+    ups = rng.binomial(counts, rates)
+    truth = 2 / 5  # a user's expected share is their expected rate, the Beta(2, 3) mean
+    for shares in ups / counts:
+        e = mean_estimate(shares.tolist(), 0.05)
+        covered += e.low <= truth <= e.high
+    # 2000 looks: a true 95% interval covers 93% to 97% of them (4 binomial sd), a wrong one would not.
+    assert 0.93 <= covered / looks <= 0.97, covered / looks

@@ -117,7 +117,9 @@ def test_kill_switch_by_endpoint_and_by_store(served: Served) -> None:
     from service.access import LOCAL
     from service.deployments import create_deployment, resume_variant, stop_variant
 
-    create_deployment(served.store, LOCAL, "mood-live", EXPERIMENT, {"sad_x2": 1.0}, baseline="baseline")
+    create_deployment(
+        served.store, LOCAL, "mood-live", EXPERIMENT, {"sad_x2": 1.0, "baseline": 0.0}, baseline="baseline"
+    )
     wait_for(lambda: served.server.context.board.get("mood-live") is not None)  # the server's next poll
     client, prompt = served.client(), served.prompts[0]
     steered, baseline = served.run_texts[("sad_x2", 0)], served.run_texts[("baseline", 0)]
@@ -132,7 +134,9 @@ def test_kill_switch_by_endpoint_and_by_store(served: Served) -> None:
     url = f"{served.base_url}/deployments/mood-live/variants/sad_x2/stop"
     assert httpx.post(url, headers={"Authorization": "Bearer wrong"}).status_code == 401
     switched = httpx.post(url, headers=admin)
-    assert switched.status_code == 200 and switched.json()["arms"][0]["stopped"] is True
+    assert (
+        switched.status_code == 200 and {a["variant"]: a["stopped"] for a in switched.json()["arms"]}["sad_x2"] is True
+    )
     after = complete(client, "mood-live", prompt, user="bob")  # the very next request
     assert after.choices[0].text == baseline
     row = stored_responses(served.store)[after.id]
@@ -148,30 +152,43 @@ def test_feedback_and_preferences_on_served_responses(served: Served) -> None:
     from service.access import LOCAL
     from service.deployments import create_deployment
 
-    create_deployment(served.store, LOCAL, "mood-feedback", EXPERIMENT, {"sad_x1": 1.0, "happy_x2": 1.0})
+    create_deployment(
+        served.store, LOCAL, "mood-feedback", EXPERIMENT, {"sad_x1": 1.0, "happy_x2": 1.0, "baseline": 1.0}
+    )
     wait_for(lambda: served.server.context.board.get("mood-feedback") is not None)  # the server's next poll
     client = served.client()
     first = complete(client, "mood-feedback", served.prompts[0], user="u1")
-    second = complete(client, "mood-feedback", served.prompts[1], user="u2")
+    second = complete(client, "mood-feedback", served.prompts[1], user="u1")
     headers = {"Authorization": "Bearer serve-test-key"}
     good = httpx.post(
         f"{served.base_url}/feedback", json={"response_id": first.id, "thumbs": "up", "user": "u1"}, headers=headers
     )
     assert good.status_code == 200, good.text
-    pair = {"preferred": first.id, "other": second.id, "user": "u3"}
-    assert httpx.post(f"{served.base_url}/preferences", json=pair, headers=headers).status_code == 200
+    pair = {"preferred": first.id, "other": second.id, "user": "u1"}
+    preferred = httpx.post(f"{served.base_url}/preferences", json=pair, headers=headers)
+    assert preferred.status_code == 200, preferred.text
     unknown = httpx.post(
         f"{served.base_url}/feedback", json={"response_id": "chatcmpl-nope", "thumbs": "up"}, headers=headers
     )
     assert unknown.status_code == 400 and unknown.json()["error"]["message"].count(". ") == 0
 
 
-def test_a_client_that_leaves_cancels_its_row(served: Served) -> None:
+def test_a_client_that_leaves_cancels_its_row_and_its_answer_is_stored_as_cancelled(served: Served) -> None:
+    import json
+
+    from service.access import LOCAL
+    from service.deployments import create_deployment
+    from service.live_comparison import live_comparison
+
+    create_deployment(
+        served.store, LOCAL, "mood-leave", EXPERIMENT, {"sad_x2": 1.0, "baseline": 0.0}, baseline="baseline"
+    )
+    wait_for(lambda: served.server.context.board.get("mood-leave") is not None)  # the server's next poll
     health = f"{served.base_url.removesuffix('/v1')}/health"
     batcher = served.server.context.batcher
     before = batcher.stats()["generated_tokens"]
     body = {
-        "model": f"{EXPERIMENT}/baseline",
+        "model": "mood-leave",
         "prompt": served.prompts[0],
         "max_tokens": 500,
         "ignore_eos": True,  # it would write all 500 tokens if nobody stopped it
@@ -181,9 +198,30 @@ def test_a_client_that_leaves_cancels_its_row(served: Served) -> None:
         "POST", f"{served.base_url}/completions", json=body, headers={"Authorization": "Bearer serve-test-key"}
     ) as stream:
         assert stream.status_code == 200
-        next(stream.iter_lines())  # the first piece arrived: the row runs; now the client leaves
+        first = json.loads(next(stream.iter_lines()).removeprefix("data: "))  # the row runs; now the client leaves
     wait_for(lambda: httpx.get(health).json()["running"] == 0)
     assert batcher.stats()["generated_tokens"] - before < 500
+    # Abandonment is an A/B signal: the answer so far is stored, as "cancelled", under the deployment.
+    wait_for(lambda: first["id"] in stored_responses(served.store))
+    row = stored_responses(served.store)[first["id"]]
+    assert row.finish_reason == "cancelled" and row.deployment_id is not None
+    assert row.response_text.startswith(first["choices"][0]["text"]) and 1 <= row.completion_tokens < 500
+    live = live_comparison(served.store, "mood-leave")
+    assert {v.variant: v.served for v in live.variants}["sad_x2"] == 1 and live.unattributed == 0
+
+
+def test_top_k_is_honoured(served: Served) -> None:
+    # Sampling from the single likeliest token is greedy decoding, whatever the temperature and seed.
+    for seed in (1, 2):
+        answer = served.client().completions.create(
+            model=f"{EXPERIMENT}/baseline",
+            prompt=served.prompts[0],
+            max_tokens=NEW_TOKENS,
+            temperature=1.5,
+            seed=seed,
+            extra_body={"top_k": 1},
+        )
+        assert answer.choices[0].text == served.run_texts[("baseline", 0)]
 
 
 def wait_for(condition: Any, seconds: float = 10.0) -> None:

@@ -37,7 +37,7 @@ st.caption(
     f"Experiment **{md(name)}**. A deployment serves variants of this experiment through `steerlab serve` "
     "(OpenAI-compatible): each user is hashed to one arm by the weights and keeps it while the weights stay; "
     "responses are blind unless the deployment names the variant. Stopping an arm serves its users the "
-    "baseline from the servers' next poll (about a second)."
+    "baseline within a fraction of a second (the servers read the store's deployments every 0.2 s)."
 )
 try:
     spec = load_spec(store(), name)
@@ -45,7 +45,8 @@ try:
 except USER_ERRORS as exc:
     st.error(md(exc), icon=":material/error:")
     st.stop()
-servable = [v.name for v in spec.variants if v.kind not in TRAINED_KINDS]
+# Null-arm controls (``sad (random)``) are for offline comparison only: never offered to real users.
+servable = [v.name for v in spec.variants if v.kind not in TRAINED_KINDS and not v.control_of]
 
 
 def _switch(deployment: str, variant: str, stop: bool) -> None:
@@ -75,8 +76,11 @@ def _arms(d: Deployment) -> None:
         left, middle, right = st.columns([3, 2, 2])
         role = " (baseline)" if arm.variant == d.baseline else ""
         left.markdown(f"**{md(arm.variant)}**{role} · {100 * arm.weight / total:.0f}% of traffic")
-        state = "stopped: serves the baseline" if arm.stopped else ("serving" if arm.weight else "no traffic")
-        middle.markdown(f":{'red' if arm.stopped else 'green'}[{state}]")
+        if not d.live:
+            middle.markdown(":gray[ended]")
+        else:
+            state = "stopped: serves the baseline" if arm.stopped else ("serving" if arm.weight else "no traffic")
+            middle.markdown(f":{'red' if arm.stopped else 'green'}[{state}]")
         if owner and d.live and arm.variant != d.baseline:
             if arm.stopped:
                 right.button(
@@ -135,7 +139,7 @@ for d in deployments:
         state = "live" if d.live else "ended"
         blind = "names the variant in responses" if d.show_variant else "blind"
         st.subheader(f"{d.name}")
-        st.caption(f"{state} · {blind} · baseline **{md(d.baseline)}** · version {d.version}")
+        st.caption(f"{state} · {blind} · baseline **{md(d.baseline)}** · version {d.version} of this deployment")
         _arms(d)
         live_tab, weights_tab, call_tab = st.tabs(["Live figures", "Weights", "Call it"])
         with live_tab:
@@ -190,5 +194,7 @@ if owner:
                 lambda: create_deployment(store(), identity(), new_name.strip(), name, chosen, baseline, show_variant)
             )
             if made is not None:
-                flash(f'Deployed **{md(made.name)}**: clients send `model="{md(made.name)}"`.')
+                # A code span shows its text literally (no markdown escapes inside); names keep to
+                # [A-Za-z0-9_.-] (engine.traffic.check_name), so no backtick can end it early.
+                flash(f'Deployed **{md(made.name)}**: clients send `model="{made.name}"`.')
                 st.rerun()

@@ -236,7 +236,7 @@ else:
 # --- vectors ----------------------------------------------------------------------------
 st.subheader("Vectors")
 vectors_slot = st.container()
-pairs_tab, upload_tab = st.tabs(["Contrastive pairs", "Upload safetensors"])
+pairs_tab, upload_tab = st.tabs(["Contrastive pairs", "Upload a vector file"])
 with pairs_tab:
     # Chat pairs and personas are edited in the experiment file: the table holds [positive, negative] pairs only.
     editable = [v.name for v in spec.vectors if v.plain_text_pairs]

@@ -42,7 +42,7 @@ from service.deployments import (
     user_key,
 )
 from service.serving.context import ServingContext
-from service.serving.errors import ApiError, bad_request
+from service.serving.errors import ApiError, bad_request, field_sentence
 from service.serving.protocol import (
     ApiRequest,
     chat_request,
@@ -218,7 +218,17 @@ class _Routes:
                 f"No action '{short(printable(action), 40)}' for a deployment's variant; use stop or resume.",
                 code="not_found",
             )
-        changed = await _store_call(lambda: actions[action](self.context.store, ADMIN, name, variant))
+        store = self.context.store
+        found: Deployment = await _store_call(lambda: get_deployment(store, name), status=404)
+        arms = [a.variant for a in found.arms]
+        if variant not in arms:
+            raise ApiError(
+                404,
+                f"Deployment '{found.name}' has no arm '{short(printable(variant), 80)}' (arms: {', '.join(arms)}); "
+                "name one of those.",
+                code="not_found",
+            )
+        changed = await _store_call(lambda: actions[action](store, ADMIN, name, variant))
         # This replica applies it at once; the others see the new version at their next poll.
         await asyncio.to_thread(self.context.board.refresh, True)
         return JSONResponse(_deployment_json(changed))
@@ -240,7 +250,7 @@ class _Routes:
         pieces = answer(run, context.decode, asked.sampling.stop, received)
         if asked.stream:
             return StreamingResponse(
-                self._stream(request, asked, target, response_id, run, pieces),
+                self._stream(request, asked, target, response_id, run, pieces, received),
                 media_type="text/event-stream",
                 headers={**headers, "cache-control": "no-cache"},
             )
@@ -263,9 +273,12 @@ class _Routes:
         response_id: str,
         run: RowRun,
         pieces: AsyncGenerator[str | Outcome, None],
+        received: float,
     ) -> AsyncIterator[bytes]:
         created = int(time.time())
         watcher = asyncio.create_task(_abandon_on_disconnect(request, run))
+        sent: list[str] = []
+        left = True  # until the stream ends or fails on its own: the client went away mid-stream
         try:
             if asked.endpoint == "chat":
                 yield event(chunk_body(asked, response_id, created, "", None, first=True))
@@ -275,10 +288,13 @@ class _Routes:
                     if isinstance(piece, Outcome):
                         outcome = piece
                     else:
+                        sent.append(piece)
                         yield event(chunk_body(asked, response_id, created, piece, None))
                 assert outcome is not None
+                left = False
                 await self._store(asked, target, response_id, outcome)
             except ApiError as error:  # the status line is sent already: say it in the stream
+                left = False
                 yield event(error.body())
                 return
             yield event(chunk_body(asked, response_id, created, None, outcome.finish_reason))
@@ -287,27 +303,36 @@ class _Routes:
             yield event("[DONE]")
         finally:
             watcher.cancel()
+            if left:
+                # The stream was cancelled (the client disconnected): no await may run here, so the
+                # abandoned answer is queued for the writer without waiting for its commit.
+                run.abandon()
+                self._store_abandoned(asked, target, response_id, run, "".join(sent), received)
             await pieces.aclose()
 
-    async def _store(self, asked: ApiRequest, target: Target, response_id: str, outcome: Outcome) -> None:
-        row = ServedResponse(
-            response_id=response_id,
-            experiment=target.experiment,
-            deployment=target.deployment,
-            assigned_variant=target.assigned,
-            served_variant=target.served,
-            steering_json=target.steering_json,
-            user_key=user_key(asked.user),
-            endpoint=asked.endpoint,
-            request_text=asked.request_text,
-            response_text=outcome.text,
-            prompt_tokens=outcome.prompt_tokens,
-            completion_tokens=outcome.completion_tokens,
-            first_token_seconds=outcome.first_token_seconds,
-            latency_seconds=outcome.latency_seconds,
-            finish_reason=outcome.stored_reason,
-            created_at=datetime.now(UTC),
+    def _store_abandoned(
+        self, asked: ApiRequest, target: Target, response_id: str, run: RowRun, text: str, received: float
+    ) -> None:
+        """Store what a client that left mid-stream was sent, as "cancelled": abandonment is an A/B signal."""
+        ended = time.perf_counter()
+        outcome = Outcome(
+            text,
+            "stop",
+            "cancelled",
+            run.prompt_tokens,
+            run.tokens,
+            (run.first_token_at or ended) - received,
+            ended - received,
         )
+
+        def done(error: BaseException | None) -> None:
+            if error is not None:
+                log.error("The abandoned response %s could not be stored: %s", response_id, error)
+
+        self.context.responses.submit(_served_response(asked, target, response_id, outcome), done)
+
+    async def _store(self, asked: ApiRequest, target: Target, response_id: str, outcome: Outcome) -> None:
+        row = _served_response(asked, target, response_id, outcome)
         try:
             await self.context.responses.store(row)
         except Exception as exc:
@@ -317,6 +342,27 @@ class _Routes:
                 "The answer could not be stored, so it is not given (the store failed); send the request again.",
                 code="store_failed",
             ) from None
+
+
+def _served_response(asked: ApiRequest, target: Target, response_id: str, outcome: Outcome) -> ServedResponse:
+    return ServedResponse(
+        response_id=response_id,
+        experiment=target.experiment,
+        deployment=target.deployment,
+        assigned_variant=target.assigned,
+        served_variant=target.served,
+        steering_json=target.steering_json,
+        user_key=user_key(asked.user),
+        endpoint=asked.endpoint,
+        request_text=asked.request_text,
+        response_text=outcome.text,
+        prompt_tokens=outcome.prompt_tokens,
+        completion_tokens=outcome.completion_tokens,
+        first_token_seconds=outcome.first_token_seconds,
+        latency_seconds=outcome.latency_seconds,
+        finish_reason=outcome.stored_reason,
+        created_at=datetime.now(UTC),
+    )
 
 
 async def _read_body(request: Request, limit: int) -> Mapping[str, Any]:
@@ -383,18 +429,26 @@ async def _api_error(_request: Request, exc: Exception) -> Response:
 
 
 async def _steerlab_error(_request: Request, exc: Exception) -> Response:
-    return JSONResponse(bad_request(str(exc)).body(), status_code=400)
+    return JSONResponse(bad_request(field_sentence(str(exc))).body(), status_code=400)
 
 
-async def _http_error(_request: Request, exc: Exception) -> Response:
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    code = "not_found"
+    headers: dict[str, str] = {}
     if exc.status_code == 404:
         message = "No such endpoint; this server offers /v1/chat/completions, /v1/completions and /v1/models."
     elif exc.status_code == 405:
-        message = "This endpoint does not take that HTTP method; see the OpenAI API for the right one."
+        allowed = (exc.headers or {}).get("Allow", "")
+        headers = {"Allow": allowed} if allowed else {}
+        use = " or ".join(m.strip() for m in allowed.split(",") if m.strip() and m.strip() != "HEAD") or "another"
+        method = short(printable(request.method), 20)
+        message = f"{request.url.path} does not take {method} requests; use {use}."
+        code = "method_not_allowed"
     else:
         message = str(exc.detail)
-    return JSONResponse(ApiError(exc.status_code, message, code="not_found").body(), status_code=exc.status_code)
+    error = ApiError(exc.status_code, message, code=code)
+    return JSONResponse(error.body(), status_code=exc.status_code, headers=headers)
 
 
 async def _server_error(_request: Request, exc: Exception) -> Response:

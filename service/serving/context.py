@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from db.store import Store
 from engine.continuous import ContinuousBatcher, RowRequest
 from engine.decoding import Decoding
+from engine.fields import short
 from engine.prompting import render_marked_prompt
 from service.serving.deployment_board import DeploymentBoard
 from service.serving.errors import bad_request
@@ -64,7 +65,7 @@ class ServingContext:
         param = "max_tokens"
         if sampling.max_tokens is not None and sampling.max_tokens > self.options.max_tokens:
             raise bad_request(
-                f"max_tokens {sampling.max_tokens} is above this server's limit of {self.options.max_tokens} "
+                f"max_tokens {short(str(sampling.max_tokens), 24)} is above this server's limit of {self.options.max_tokens} "
                 f"new tokens; ask for {self.options.max_tokens} or fewer.",
                 param,
             )
@@ -82,6 +83,7 @@ class ServingContext:
             do_sample=not greedy,
             temperature=1.0 if greedy else sampling.temperature,
             top_p=sampling.top_p,
+            top_k=sampling.top_k,
             stop_at_eos=not sampling.ignore_eos,
         )
         seed = sampling.seed if sampling.seed is not None else secrets.randbits(62)

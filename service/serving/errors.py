@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -42,3 +43,24 @@ _KINDS = {
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> ApiError:
     return ApiError(400, message, param=param, code=code)
+
+
+# engine.fields.Where's sentence for a request's field: "request, field PATH: PROBLEM; FIX."
+_FIELD_ERROR = re.compile(r"^request, field (?P<path>[^:]+?)(?: \(line \d+\))?: (?P<rest>.+)$", re.DOTALL)
+_VERBS = ("is ", "are ", "has ", "have ", "holds ", "must ", "needs ", "expected ", "names ", "gives ")
+
+
+def field_sentence(message: str) -> str:
+    """A field error of a request as a sentence that starts with the field.
+
+    ``request, field steering.edits[0].coefficient: is 9, beyond…`` becomes
+    ``steering.edits[0].coefficient is 9, beyond…``; a problem that is a sentence of its own
+    (``layer 7 is out of range``) becomes ``In steering.edits[0].layers, layer 7 is out of range``.
+    """
+    found = _FIELD_ERROR.match(message)
+    if found is None:
+        return message
+    path, rest = found["path"], found["rest"]
+    if rest.startswith(_VERBS):
+        return f"{path} {rest}"
+    return f"In {path}, {rest}"

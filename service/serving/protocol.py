@@ -1,16 +1,19 @@
 """OpenAI request bodies read into :class:`ApiRequest`, and the response bodies and stream chunks.
 
 Only what the server honours is accepted: a field it cannot honour (``n`` above 1,
-``logprobs``, tools, penalties) is refused in one sentence rather than silently ignored;
-fields that change nothing here (``metadata``, ``store``...) are ignored as OpenAI-compatible
-servers do. ``steering`` and ``ignore_eos`` are this server's extensions (the ``openai``
-client sends them with ``extra_body``).
+``logprobs``, tools, penalties, vLLM's ``repetition_penalty``) is refused in one sentence
+rather than silently ignored, unless it holds its neutral value, compared by type as well
+(``true`` and ``1`` ask for log-probabilities; ``false``, ``0`` and ``null`` do not). Fields that
+change nothing here (``metadata``, ``store``...) are ignored as OpenAI-compatible servers do.
+``steering``, ``ignore_eos`` and vLLM's ``top_k`` are extensions this server honours (the
+``openai`` client sends them with ``extra_body``).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,8 +21,8 @@ from typing import Any
 
 from engine.conversation import PromptItem, parse_messages
 from engine.errors import SteerLabError
-from engine.fields import Where, printable, short
-from service.serving.errors import ApiError, bad_request
+from engine.fields import Where, as_str, printable, short
+from service.serving.errors import ApiError, bad_request, field_sentence
 
 MAX_STOP_STRINGS = 4
 # Fields a client may send that would change the answer in a way this server does not do.
@@ -41,9 +44,26 @@ _UNSUPPORTED = {
     "modalities": "other modalities",
     "prediction": "predicted outputs",
 }
-# Values of those fields that mean "not used" (what the openai client sends by default).
-_NEUTRAL: tuple[Any, ...] = (None, False, 0, 0.0, 1, "none", "auto", [], {})
+# Values of those fields that mean "not used" (what the openai client sends by default),
+# compared by type and value: ``True == 1`` and ``1.0 == 1`` in Python, and neither is neutral.
+_NEUTRAL: tuple[Any, ...] = (False, 0, 0.0, "", [], {})
+_NEUTRAL_OF: dict[str, tuple[Any, ...]] = {
+    "best_of": (1,),  # one candidate: what n=1 already gives
+    "tool_choice": ("none", "auto"),  # no tools are sent (tools is refused), so either is no tool call
+    "repetition_penalty": (1, 1.0),  # vLLM's extension: 1 leaves the logits as they are
+}
+# vLLM's sampling extensions: refused unless neutral (top_k is honoured: see Sampling.top_k).
+_UNSUPPORTED_EXTENSIONS = {
+    "repetition_penalty": "repetition penalties",
+    "min_p": "min-p sampling",
+    "min_tokens": "a minimum answer length",
+    "use_beam_search": "beam search",
+    "guided_json": "guided decoding",
+    "guided_regex": "guided decoding",
+    "guided_choice": "guided decoding",
+}
 _ROLES = {"developer": "system"}  # the newer OpenAI name of the system role
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -54,6 +74,7 @@ class Sampling:
     seed: int | None
     stop: tuple[str, ...]
     ignore_eos: bool
+    top_k: int = 0  # vLLM's extension, honoured: keep the k likeliest tokens (0: no cut)
 
 
 @dataclass(frozen=True)
@@ -73,15 +94,52 @@ def read_json(body: bytes, limit: int) -> Mapping[str, Any]:
     if len(body) > limit:
         raise ApiError(413, f"The request body is {len(body)} bytes, above this server's limit of {limit}; send less.")
     try:
-        data = json.loads(body)
+        data = json.loads(body, parse_constant=_no_constant)
+    except RecursionError:
+        raise bad_request(
+            "The request body nests lists or objects too deeply to read; send a flatter object."
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         detail = (
             f" ({exc.msg} at line {exc.lineno} column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
         )
         raise bad_request(f"The request body is not valid JSON{detail}; send a JSON object.") from None
+    except ValueError:  # Python's own limit on the digits of an integer it converts
+        raise bad_request(
+            "The request body has a number with too many digits to read; send numbers of a sensible size."
+        ) from None
     if not isinstance(data, Mapping):
         raise bad_request(f"The request body is JSON {_kind(data)}, not an object; send a JSON object of fields.")
+    _check_unicode(data)
     return data
+
+
+def _no_constant(name: str) -> Any:
+    # Python's json reads NaN and Infinity, which JSON does not have and no field here takes.
+    raise bad_request(f"The request body has {name}, which is not a JSON number; send a finite number.")
+
+
+def _check_unicode(data: Mapping[str, Any]) -> None:
+    """Refuse a lone UTF-16 surrogate anywhere in the body: no tokenizer, store or log can encode one."""
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            found = _SURROGATE.search(value)
+            if found is not None:
+                field = path or "the request body"
+                raise bad_request(
+                    f"Field '{field}' holds the unpaired surrogate U+{ord(found.group()):04X}, which is not text; "
+                    "send valid Unicode (a character beyond U+FFFF as its surrogate pair).",
+                    path or None,
+                )
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                stack.append((path, key))  # a key is text too
+                name = printable(short(key, 40))
+                stack.append((f"{path}.{name}" if path else name, item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", item) for i, item in enumerate(value))
 
 
 def chat_request(data: Mapping[str, Any]) -> ApiRequest:
@@ -94,9 +152,9 @@ def chat_request(data: Mapping[str, Any]) -> ApiRequest:
         )
     messages = [_message(m, i) for i, m in enumerate(raw)]
     try:
-        conversation = parse_messages(messages, Where("request"))
+        conversation = parse_messages(messages, Where("request", "messages"))
     except SteerLabError as exc:
-        raise bad_request(str(exc), "messages") from None
+        raise bad_request(field_sentence(str(exc)), "messages") from None
     max_tokens = data.get("max_completion_tokens", data.get("max_tokens"))
     param = "max_completion_tokens" if "max_completion_tokens" in data else "max_tokens"
     return _request("chat", data, conversation, json.dumps(messages, ensure_ascii=False), max_tokens, param)
@@ -112,6 +170,10 @@ def completion_request(data: Mapping[str, Any]) -> ApiRequest:
             "send one prompt per request.",
             "prompt",
         )
+    try:  # the checks a chat message's text gets: no control characters (a store may refuse NUL)
+        as_str(prompt, Where("request", "prompt"), allow_empty=True)
+    except SteerLabError as exc:
+        raise bad_request(field_sentence(str(exc)), "prompt") from None
     return _request(
         "completions", data, prompt, json.dumps(prompt, ensure_ascii=False), data.get("max_tokens"), "max_tokens"
     )
@@ -122,13 +184,20 @@ def _request(
 ) -> ApiRequest:
     model = data.get("model")
     if not isinstance(model, str) or not model:
+        problem = "is missing" if model in (None, "") else f"is {_kind(model)}, not a text"
         raise bad_request(
-            "Field 'model' is missing; name a variant as EXPERIMENT/VARIANT, a deployment or the model (GET /v1/models lists them).",
+            f"Field 'model' {problem}; name a variant as EXPERIMENT/VARIANT, a deployment or the model "
+            "(GET /v1/models lists them) as a string.",
             "model",
         )
-    for name, what in _UNSUPPORTED.items():
-        if data.get(name) not in _NEUTRAL:
-            raise bad_request(f"Field '{name}' asks for {what}, which this server does not offer; leave it out.", name)
+    for name, what in (_UNSUPPORTED | _UNSUPPORTED_EXTENSIONS).items():
+        value = data.get(name)
+        if not _neutral(name, value):
+            raise bad_request(
+                f"Field '{name}' is {_shown(value)}, asking for {what}, which this server does not offer; "
+                f"leave it out (or send {_neutral_words(name)}).",
+                name,
+            )
     n = data.get("n", 1)
     if n not in (None, 1):
         raise bad_request(
@@ -160,6 +229,7 @@ def _request(
             _seed(data),
             _stops(data.get("stop")),
             _bool(data, "ignore_eos"),
+            _top_k(data),
         ),
         stream,
         include_usage,
@@ -216,6 +286,29 @@ def _top_p(data: Mapping[str, Any]) -> float:
     if top_p == 0.0:
         raise bad_request("Field 'top_p' is 0, which keeps no token; give a number above 0 and at most 1.", "top_p")
     return top_p
+
+
+def _neutral(name: str, value: Any) -> bool:
+    if value is None:
+        return True
+    return any(type(value) is type(n) and value == n for n in _NEUTRAL_OF.get(name, _NEUTRAL))
+
+
+def _neutral_words(name: str) -> str:
+    values = dict.fromkeys(json.dumps(n) for n in _NEUTRAL_OF.get(name, (False, 0)))
+    return " or ".join([*values, "null"])
+
+
+def _top_k(data: Mapping[str, Any]) -> int:
+    value = data.get("top_k")
+    if value is None or (type(value) is int and value in (0, -1)):  # vLLM's -1 and 0 both mean no cut
+        return 0
+    if type(value) is not int or value < 1:
+        raise bad_request(
+            f"Field 'top_k' is {_shown(value)}; give a whole number of tokens to keep, 1 or more (0 or -1: all).",
+            "top_k",
+        )
+    return value
 
 
 def _seed(data: Mapping[str, Any]) -> int | None:

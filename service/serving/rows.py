@@ -28,7 +28,7 @@ _OPENAI_REASONS = {"stop": "stop", "length": "length", "non_finite": "stop"}
 class Outcome:
     text: str
     finish_reason: str  # as the client sees it: "stop" | "length"
-    stored_reason: str  # as stored: the engine's reason ("stop" also for a stop string)
+    stored_reason: str  # as stored: the engine's reason ("stop" also for a stop string; "cancelled": the client left)
     prompt_tokens: int
     completion_tokens: int
     first_token_seconds: float  # request received -> first token, on the event loop
@@ -40,6 +40,9 @@ class RowRun:
         self._loop = asyncio.get_running_loop()
         self._items: asyncio.Queue[int | RowResult] = asyncio.Queue()
         self.abandoned = False  # the client went away: the row was cancelled for it
+        self.prompt_tokens = len(request.prompt)
+        self.tokens = 0  # generated so far, as the loop has received them
+        self.first_token_at = 0.0  # perf_counter() when the first one arrived
         try:
             self.handle: RowHandle = batcher.submit(request, self._on_token, self._on_done)
         except SteerLabError as exc:
@@ -58,7 +61,11 @@ class RowRun:
             self.handle.cancel()
 
     async def next(self) -> int | RowResult:
-        return await self._items.get()
+        item = await self._items.get()
+        if isinstance(item, int):
+            self.tokens += 1
+            self.first_token_at = self.first_token_at or time.perf_counter()
+        return item
 
     def abandon(self) -> None:
         """The client left: the row leaves the batch at its next step."""
@@ -93,8 +100,8 @@ async def answer(
         reason, stored, used = "stop", "stop", text.token_count
     elif result.finish_reason in _OPENAI_REASONS:
         reason, stored, used = _OPENAI_REASONS[result.finish_reason], result.finish_reason, len(result.tokens)
-    elif run.abandoned:
-        raise ApiError(499, "The client went away before the answer was done.", code="client_closed")
+    elif run.abandoned:  # nobody reads it; stored as "cancelled" with what was written (an A/B signal)
+        reason, stored, used = "stop", "cancelled", len(result.tokens)
     elif result.finish_reason == "error":
         raise ApiError(
             500, result.error or "Generation failed inside the model; the request was ended.", code="generation_failed"

@@ -9,8 +9,12 @@
 - the served model's own id: the plain model; or an experiment's bare name, together with
   a per-request steering spec that reads that experiment's vectors.
 
-``steering: "off"`` serves the plain model whatever ``model`` names (no edits, no variant
-framing): the per-request safety net. A steering spec ``{"experiment", "edits"}`` is read by
+``steering: "off"`` serves the plain model whatever variant ``model`` names (no edits, no
+variant framing): the per-request safety net. A deployment decides its steering itself, so a
+request to one that carries ``steering`` is refused (its responses are the A/B's data).
+The catalog is read once at start: variants and vectors added to an experiment later are
+served after a restart (their errors say so), since preparing them may extract vectors
+with the model the batcher owns. A steering spec ``{"experiment", "edits"}`` is read by
 the methods' own parsers, so its errors name the field, within the operator's limits.
 
 Adapter and fine-tune variants need weights of their own and are not served on one model.
@@ -35,7 +39,7 @@ from engine.vectors import SteeringVector
 from service.catalog import get_experiment, stored_spec
 from service.deployments import Deployment, assign
 from service.serving.deployment_board import DeploymentBoard
-from service.serving.errors import ApiError, bad_request
+from service.serving.errors import ApiError, bad_request, field_sentence
 from service.serving.options import ServeOptions
 from service.vector_store import ensure_vectors
 
@@ -130,6 +134,13 @@ class Catalog:
                 "steering",
             )
         target = self._by_name(model_name, user, board, steering)
+        if steering is not None and target.deployment is not None:
+            # Its responses are the deployment's A/B data: a request must not change what they ran.
+            raise bad_request(
+                f"Model '{_shown(model_name)}' is a deployment, which decides the steering itself; leave 'steering' "
+                f"out, or name EXPERIMENT/VARIANT or the model '{self.model_id}' to steer it yourself or switch it off.",
+                "steering",
+            )
         if steering == "off":
             return Target(
                 target.experiment,
@@ -142,7 +153,7 @@ class Catalog:
                 show_variant=target.show_variant,
             )
         if isinstance(steering, Mapping):
-            if target.served is not None or target.deployment is not None:
+            if target.served is not None:
                 raise bad_request(
                     f"Model '{_shown(model_name)}' already picks a variant, and a steering spec would replace it; "
                     f"send the spec with the model '{self.model_id}' or an experiment's name instead.",
@@ -199,8 +210,9 @@ class Catalog:
                 )
             raise ApiError(
                 404,
-                f"Experiment '{experiment.name}' has no variant '{_shown(name)}' (variants: "
-                f"{self._variant_list(experiment.name)}); pick one of those.",
+                f"Experiment '{experiment.name}' has no variant '{_shown(name)}' served here (variants: "
+                f"{self._variant_list(experiment.name)}); pick one of those, or restart the server to serve "
+                "variants added since it started.",
                 param="model",
                 code="model_not_found",
             )
@@ -260,7 +272,7 @@ class Catalog:
                 )
             methods = tuple(self._spec_edit(item, experiment, edits_where.child(i)) for i, item in enumerate(edits_raw))
         except SteerLabError as exc:
-            raise bad_request(str(exc), "steering") from None
+            raise bad_request(field_sentence(str(exc)), "steering") from None
         framed = tuple(m.framed(experiment.spec.chat_template) for m in methods)
         text = json.dumps({"experiment": experiment.name, "edits": [m.to_dict() for m in methods]}, sort_keys=True)
         return Target(
@@ -302,15 +314,16 @@ class Catalog:
         coefficient = getattr(method, "coefficient", None)
         if isinstance(coefficient, int | float) and abs(coefficient) > options.max_coefficient:
             where.child("coefficient").fail(
-                f"is {coefficient:g}, beyond this server's limit of {options.max_coefficient:g} either way",
-                f"give a coefficient from -{options.max_coefficient:g} to {options.max_coefficient:g}",
+                f"is {coefficient:g}, beyond this server's limit of {options.max_coefficient:g}",
+                f"use a coefficient between -{options.max_coefficient:g} and {options.max_coefficient:g}",
             )
         for name in method.vector_names():
             if name not in experiment.vectors:
                 known = ", ".join(sorted(experiment.vectors)) or "none"
                 where.child("vector").fail(
-                    f"is '{short(printable(name), 40)}', not a vector of experiment '{experiment.name}'",
-                    f"use one of its vectors ({known})",
+                    f"is '{short(printable(name), 40)}', not a vector this server loaded for experiment "
+                    f"'{experiment.name}' (loaded: {known})",
+                    "use one of those, or restart the server to serve vectors added since it started",
                 )
         method.check(ModelFacts.of(self.model), where)
         return method
