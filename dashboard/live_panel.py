@@ -11,9 +11,8 @@ import streamlit as st
 
 from dashboard.common import store
 from dashboard.text import md
-from engine.stats import plural
 from service.deployments import Deployment, list_deployments
-from service.live_comparison import difference_rows, live_comparison, summary, traffic_rows
+from service.live_comparison import difference_rows, live_comparison, summary, traffic_rows, unattributed_note
 
 
 def deployments_of(experiment: str) -> list[Deployment]:
@@ -37,10 +36,7 @@ def show_live_figures(deployment: str) -> None:
         "thumbs agree, else a t interval over users' shares)."
     )
     if comparison.unattributed:
-        st.caption(
-            f"{plural(comparison.unattributed, 'response')} ran a request's own steering and "
-            f"{'belongs' if comparison.unattributed == 1 else 'belong'} to no variant."
-        )
+        st.caption(unattributed_note(comparison))
     st.caption(md(summary(comparison)))
     if comparison.differences or comparison.preferences:
         st.caption(

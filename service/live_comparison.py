@@ -286,6 +286,14 @@ def _estimate(e: Estimate, digits: int = 3) -> str:
     return f"{e.value:.{digits}f} [{e.low:.{digits}f}, {e.high:.{digits}f}] (n={e.n})"
 
 
+def unattributed_note(comparison: LiveComparison) -> str:
+    """The sentence about responses that ran a request's own steering (no variant to count them for)."""
+    n = comparison.unattributed
+    return (
+        f"{plural(n, 'response')} ran a request's own steering and {'belongs' if n == 1 else 'belong'} to no variant."
+    )
+
+
 def traffic_rows(comparison: LiveComparison) -> list[list[str]]:
     """Per variant (header first): weight and switch, assigned and served responses, users, tokens,
     latency and first-token p50/p95, thumbs-up share and mean score with their intervals."""
