@@ -352,7 +352,9 @@ def _kill_switch(context: ServingContext, base_url: str, log: Callable[[str], No
     from service.deployments import create_deployment, resume_variant, stop_variant
 
     store = context.store
-    create_deployment(store, LOCAL, DEPLOYMENT, EXPERIMENT, {"calm": 1.0}, baseline="baseline", show_variant=True)
+    create_deployment(
+        store, LOCAL, DEPLOYMENT, EXPERIMENT, {"baseline": 0.0, "calm": 1.0}, baseline="baseline", show_variant=True
+    )
     context.board.refresh(force=True)
     by_store = asyncio.run(_until_baseline(base_url, lambda: stop_variant(store, LOCAL, DEPLOYMENT, "calm")))
     resume_variant(store, LOCAL, DEPLOYMENT, "calm")
