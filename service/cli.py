@@ -1,4 +1,4 @@
-"""The command line: ``steerlab run|worker|judge|status|list|export|votes|report|sweep|calibrate|score|suite|bench|schema``.
+"""The command line: ``steerlab run|worker|judge|status|list|export|votes|report|sweep|calibrate|score|suite|bench|serve|deploy|vectors|schema``.
 
 ``python -m engine`` is the same command. This module parses arguments and runs the
 commands; the text tables they print are in :mod:`service.cli_tables`.
