@@ -146,3 +146,42 @@ def test_workers_on_two_hosts_share_a_postgresql_queue_and_take_over_a_killed_ru
     assert (s.state, s.run_id, s.attempts, s.done, s.total) == ("done", run_id, 2, 72, 72), s
     assert _count(store, "SELECT count(*) FROM generations") == 72
     assert _count(store, "SELECT count(DISTINCT (variant_id, prompt_id, sample_index)) FROM generations") == 72
+
+
+@needs_models
+def test_deployments_feedback_and_the_kill_switch_on_postgresql(server: PostgresServer) -> None:
+    from service.access import LOCAL
+    from service.deployments import (
+        create_deployment,
+        deployments_version,
+        get_deployment,
+        record_feedback,
+        record_preference,
+        record_responses,
+        stop_variant,
+    )
+    from service.live_comparison import live_comparison
+    from tests.test_deployments import experiment, response
+
+    store = Store(server.new_database())
+    experiment(store)
+    create_deployment(store, LOCAL, "mood-pg", "live_mood", {"baseline": 50, "sad": 50})
+    before = deployments_version(store)
+    rows = [response(f"r{i}", "mood-pg", v, f"u{i % 4}") for i, v in enumerate(["baseline", "sad"] * 4)]
+    record_responses(store, rows)
+    record_responses(store, rows[:3])  # a retried batch: stored once (PostgreSQL's on-conflict path)
+    record_feedback(store, "r1", thumbs="down", user="u1")
+    record_feedback(store, "r1", thumbs="up", user="u1")  # replaces the first
+    record_preference(store, "r1", "r5", user="u1")
+    stop_variant(store, LOCAL, "mood-pg", "sad")
+    assert deployments_version(store) != before
+    assert [a.stopped for a in get_deployment(store, "mood-pg").arms] == [False, True]
+    assert _count(store, "SELECT count(*) FROM served_responses") == 8
+    assert _count(store, "SELECT count(*) FROM response_feedback") == 1
+    figures = live_comparison(store, "mood-pg")
+    (sad,) = [v for v in figures.variants if v.variant == "sad"]
+    assert (sad.served, sad.thumbs_up.value, sad.thumbs_up.n) == (4, 1.0, 1)
+    delete_experiment(store, "live_mood", "test")
+    for table in ("deployments", "served_responses", "response_feedback", "response_preferences"):
+        assert _count(store, f"SELECT count(*) FROM {table}") == 0, table
+    store.close()
