@@ -360,6 +360,6 @@ def test_compare_page_shows_labels_flags_and_shared_pairs(two_runs: Store, monke
     verdicts = next(f for f in frames if "verdict" in f.columns)
     assert (
         set(verdicts["verdict"]) <= {"keep rating", "add prompts"}
-        and verdicts["n"].str.contains("decisive votes").any()
+        and verdicts["n"].str.contains("decisive vote").any()  # "1 decisive vote" or "N decisive votes"
     )
     assert any("timed with the baseline" in f.columns for f in frames)
