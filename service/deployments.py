@@ -204,19 +204,18 @@ def create_deployment(
         session.add(row)
         session.flush()
         for position, (variant, weight) in enumerate(checked.items()):
-            session.add(
-                DeploymentArm(
-                    deployment_id=row.id,
-                    variant_id=variants[variant].id,
-                    position=position,
-                    weight=weight,
-                    stopped=False,
-                )
-            )
+            session.add(_new_arm(row.id, variants[variant].id, position, weight))
         audit.record(session, who.user, "deployed", experiment, f"deployment {name}: {_weights_text(checked)}")
         session.flush()
         session.refresh(row)
         return as_deployment(row)
+
+
+def _new_arm(deployment_id: int, variant_id: int, position: int, weight: float) -> DeploymentArm:
+    """A running arm (not stopped) of a deployment, at ``position`` in its list."""
+    return DeploymentArm(
+        deployment_id=deployment_id, variant_id=variant_id, position=position, weight=weight, stopped=False
+    )
 
 
 def _weights_text(weights: Mapping[str, float]) -> str:
@@ -243,15 +242,7 @@ def set_weights(store: Store, who: Identity, name: str, weights: Mapping[str, fl
         for variant, weight in checked.items():
             if variant not in existing:
                 position += 1
-                session.add(
-                    DeploymentArm(
-                        deployment_id=row.id,
-                        variant_id=variants[variant].id,
-                        position=position,
-                        weight=weight,
-                        stopped=False,
-                    )
-                )
+                session.add(_new_arm(row.id, variants[variant].id, position, weight))
         row.version += 1
         audit.record(session, who.user, "changed", experiment, f"deployment {name} weights: {_weights_text(checked)}")
         session.flush()
