@@ -197,6 +197,17 @@ def renew_lease(session: Session, run_id: int, owner: str, lease_seconds: float)
     return _rowcount(result) == 1
 
 
+def held_by(session: Session, run_id: int, owner: str) -> bool:
+    """Whether the run is running under ``owner`` (not taken over, ended or deleted)."""
+    found = session.execute(select(Run.id).where(Run.id == run_id, Run.owner == owner[:200], Run.status == "running"))
+    return found.first() is not None
+
+
+def units_done(session: Session, run_id: int) -> int:
+    """How many of the run's units are stored (its progress, as every shard's commits advance it)."""
+    return int(session.execute(select(Run.done_units).where(Run.id == run_id)).scalar() or 0)
+
+
 def finish_run(
     session: Session, run_id: int, status: str, error: str = "", traceback: str = "", owner: str | None = None
 ) -> bool:

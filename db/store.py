@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import URL, Engine, create_engine, event, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -48,7 +48,12 @@ class Store:
         self.url = resolve_url(url)
         self.display_url = mask_url(self.url)
         try:
-            self.engine: Engine = create_engine(self.url)
+            parsed = make_url(self.url)
+            # A mistyped host must fail in seconds, not hang until the network gives up.
+            timeout = {"connect_timeout": 10} if parsed.get_backend_name() == "postgresql" else {}
+            if "connect_timeout" in parsed.query:
+                timeout = {}
+            self.engine: Engine = create_engine(self.url, connect_args=timeout)
         except (ArgumentError, ImportError) as exc:
             raise StoreError(
                 f"Database URL '{self.display_url}' is not usable ({exc}); give a SQLAlchemy URL or a file path."
@@ -77,12 +82,45 @@ class Store:
         except SchemaError as exc:
             raise StoreError(f"Database '{self.display_url}' {exc}.") from exc
         except (OperationalError, DatabaseError) as exc:
+            refused = _refused_connection(str(exc.orig), self.engine.url, self.display_url)
+            if refused:
+                raise StoreError(refused) from exc
+            reason = " ".join(str(exc.orig).split())  # one line
             raise StoreError(
-                f"Database '{self.display_url}' cannot be opened as a SteerLab store ({exc.orig}); check the path or URL."
+                f"Database '{self.display_url}' cannot be opened as a SteerLab store ({reason}); check the path or URL."
             ) from exc
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _refused_connection(reason: str, url: URL, display_url: str) -> str | None:
+    """One sentence for a database server that refused the connection or did not answer; None for other errors."""
+    server = f"{url.host or 'localhost'}:{url.port or 5432}"
+    if "password authentication failed" in reason or "no password supplied" in reason:
+        return (
+            f"PostgreSQL at {server} refused the password of user '{url.username}' (database URL '{display_url}'); "
+            "correct the user and password in --db or STEERLAB_DB."
+        )
+    if re.search(r'role ".*" does not exist', reason):
+        return (
+            f"PostgreSQL at {server} has no user '{url.username}' (database URL '{display_url}'); "
+            "correct the user in --db or STEERLAB_DB, or create that role on the server."
+        )
+    if re.search(r'database ".*" does not exist', reason):
+        return (
+            f"PostgreSQL at {server} has no database '{url.database}' (database URL '{display_url}'); "
+            "create it (createdb) or correct its name in --db or STEERLAB_DB."
+        )
+    if any(
+        sign in reason
+        for sign in ("Connection refused", "timeout expired", "could not translate host name", "No route to host")
+    ):
+        return (
+            f"No database server answers at {server} (database URL '{display_url}'); "
+            "start the server there, or correct the host and port in --db or STEERLAB_DB."
+        )
+    return None
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

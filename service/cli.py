@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--replace", action="store_true", help="discard a stored experiment of that name whose definition differs"
     )
     _allow_path_option(run)
+    _executor_options(run)
 
     worker = sub.add_parser("worker", help="claim queued runs from the store and run them (until stopped)")
     worker.add_argument("--db", help=DB_HELP)
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--create", action="store_true", help="create the store if the database is empty (otherwise refused)"
     )
+    _executor_options(worker)
 
     judge = sub.add_parser(
         "judge", help="let an LLM judge of a stored experiment read its pairs in both orders and vote"
@@ -91,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="first delete this judge's readings and votes, and judge every pair again",
     )
+    _executor_options(judge, actors=False)
 
     status = sub.add_parser("status", help="show an experiment's run: state, progress, worker, error, traceback")
     status.add_argument("name")
@@ -131,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--add-cells", nargs="+", metavar="CELL", help="add these cells (like L1_x2) to the experiment as variants"
     )
     _allow_path_option(sweep)
+    _executor_options(sweep)
 
     calibrate = sub.add_parser("calibrate", help="pick a conditional variant's threshold from its condition examples")
     calibrate.add_argument("file", help="experiment YAML file")
@@ -223,6 +227,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _executor_options(parser: argparse.ArgumentParser, actors: bool = True) -> None:
+    from service.ray_cluster import EXECUTOR_HELP
+
+    parser.add_argument("--executor", metavar="local|ray|ray://HOST:PORT", help=EXECUTOR_HELP)
+    if actors:
+        parser.add_argument(
+            "--actors", type=int, help="Ray actors, each with the model loaded (default: one per GPU, else per CPU)"
+        )
+    parser.add_argument(
+        "--gpus-per-actor",
+        type=float,
+        help="GPUs each Ray actor holds (default: 1 when the cluster has GPUs; 2+ spreads a large model with --device multi)",
+    )
+
+
+def _ray_plan(args: argparse.Namespace) -> Any:
+    """The Ray cluster and actors the command line asks for; None for a local run."""
+    from service.ray_cluster import plan_from
+
+    queued = getattr(args, "queue", False)
+    plan = plan_from(args.executor, getattr(args, "actors", None), args.gpus_per_actor)
+    if plan is not None and queued:
+        raise SteerLabError(
+            "--queue hands the run to a worker, which runs it where the worker's own --executor says; "
+            "drop --executor here, or start the worker with `steerlab worker --executor ray`."
+        )
+    return plan
+
+
 def _allow_path_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--allow-path",
@@ -311,6 +344,7 @@ class _ProgressBar:
 def _run(args: argparse.Namespace) -> int:
     from service.running import RunOptions, run_experiment_file
 
+    ray_plan = _ray_plan(args)
     store = Store(args.db)
     options = RunOptions(
         args.batch_size,
@@ -336,7 +370,12 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     progress = _ProgressBar("generating")
     try:
-        result = run_experiment_file(store, args.file, options, progress)
+        if ray_plan is not None:
+            from service.ray_runs import run_file_on_ray
+
+            result = run_file_on_ray(store, args.file, options, ray_plan, progress)
+        else:
+            result = run_experiment_file(store, args.file, options, progress)
     finally:
         progress.close()
     print(
@@ -371,6 +410,7 @@ def _host() -> str:
 def _worker(args: argparse.Namespace) -> int:
     from service.worker import Worker, open_worker_store
 
+    ray_plan = _ray_plan(args)
     store = open_worker_store(args.db, create=args.create)
     if args.poll is not None and not args.poll > 0:
         raise SteerLabError(f"--poll {args.poll:g} is not a positive number of seconds; give one like --poll 2.")
@@ -386,7 +426,7 @@ def _worker(args: argparse.Namespace) -> int:
     if threading.current_thread() is threading.main_thread():
         previous = {number: signal.signal(number, stop_softly) for number in (signal.SIGTERM, signal.SIGINT)}
     try:
-        processed = Worker(store, stop, poll=args.poll, once=args.once).run()
+        processed = Worker(store, stop, poll=args.poll, once=args.once, ray=ray_plan).run()
     finally:
         for number, handler in previous.items():  # as they were (main() may be called again in-process)
             signal.signal(number, handler)
@@ -399,6 +439,7 @@ def _judge(args: argparse.Namespace) -> int:
     from service.judging import NothingToJudge, forget_judge, run_judge
     from service.run_options import RunOptions
 
+    ray_plan = _ray_plan(args)
     store = Store(args.db)
     options = RunOptions(args.batch_size, args.device, args.dtype)
     who = Identity(f"command line on {_host()}", signed_in=False)
@@ -413,7 +454,12 @@ def _judge(args: argparse.Namespace) -> int:
             forget_judge(store, args.name, args.judge, who)
         progress = _ProgressBar("judging", unit="reading")
         try:
-            result = run_judge(store, args.name, args.judge, options, progress)
+            if ray_plan is not None:
+                from service.ray_runs import judge_on_ray
+
+                result = judge_on_ray(store, args.name, args.judge, options, ray_plan)
+            else:
+                result = run_judge(store, args.name, args.judge, options, progress)
         finally:
             progress.close()
     except NothingToJudge as done:  # as `run`: a complete judge is not an error
@@ -467,7 +513,7 @@ def _sweep(args: argparse.Namespace) -> int:
             allowed_dirs=_allowed_dirs(args),
             quantize=args.quantize,
         )
-        run, result = run_sweep_file(store, args.file, options, progress)
+        run, result = run_sweep_file(store, args.file, options, progress, ray=_ray_plan(args))
     finally:
         progress.close()
     print(
@@ -704,6 +750,28 @@ def _serve_parser(sub: Any) -> None:
     serve.add_argument("--max-tokens", type=int, default=512, help="most new tokens per request, and the default (512)")
     serve.add_argument("--device", default="auto", help="auto, cpu, cuda or multi (default auto)")
     serve.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default auto)")
+    from service.ray_cluster import EXECUTOR_HELP
+
+    serve.add_argument(
+        "--replicas",
+        type=int,
+        metavar="N",
+        help="run N replicas of the server on a Ray cluster behind Ray Serve's proxy at --host/--port "
+        "(default: one server in this process)",
+    )
+    serve.add_argument(
+        "--executor",
+        metavar="local|ray|ray://HOST:PORT",
+        help=EXECUTOR_HELP + "; with --replicas, ray is the default",
+    )
+    serve.add_argument(
+        "--cpus-per-replica", type=float, default=1.0, help="CPUs each replica reserves on the cluster (default 1)"
+    )
+    serve.add_argument(
+        "--gpus-per-replica",
+        type=float,
+        help="GPUs each replica reserves (default: 1 when the cluster has GPUs and --device is not cpu, else 0)",
+    )
 
 
 def _key_from(variable: str | None, default: str) -> str | None:
@@ -752,6 +820,8 @@ def _serve(args: argparse.Namespace) -> int:
         dtype=args.dtype,
     )
     options.check()  # before the model loads: a refused host or limit costs nothing
+    if args.replicas is not None or (args.executor or "local").strip() != "local":
+        return _serve_replicas(args, options)
     from service.serving.server import serve
 
     store = Store(args.db)
@@ -765,6 +835,33 @@ def _serve(args: argparse.Namespace) -> int:
         )
 
     serve(store, options, ready)
+    return 0
+
+
+def _serve_replicas(args: argparse.Namespace, options: Any) -> int:
+    """``steerlab serve --replicas N``: the replicas on a Ray cluster, never a local server in their place."""
+    from service.ray_cluster import parse_executor
+    from service.serving.replicas import ReplicaPlan, Replicas, serve_replicas
+
+    target = parse_executor(args.executor or "ray")
+    if target is None:
+        raise SteerLabError(
+            "--replicas runs the replicas on Ray, but --executor is local; drop --executor (or give ray or "
+            "ray://HOST:PORT), or drop --replicas to serve from this process."
+        )
+    plan = ReplicaPlan(args.replicas or 1, target, args.cpus_per_replica, args.gpus_per_replica)
+    plan.check()
+    store = Store(args.db)
+
+    def ready(running: Replicas) -> None:
+        print(
+            f"Serving {', '.join(options.experiments)} from {running.replicas} replicas ({running.cpus:g} CPUs, "
+            f"{running.gpus:g} GPUs each) on the Ray cluster at {running.cluster}, through Ray Serve's proxy at "
+            f"{running.url} on the cluster's head node (store {store.display_url}); Ctrl-C stops.",
+            flush=True,
+        )
+
+    serve_replicas(store, options, plan, ready)
     return 0
 
 

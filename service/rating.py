@@ -185,10 +185,16 @@ class _Queue:
         self.shared_by_several = 0  # shared items rated by two or more raters
         self.votes = 0
         self.last_id = 0
+        self.ids: set[int] = set()  # the votes counted, so that none is counted twice
         self.counted_at = time.monotonic()
 
-    def add(self, votes: list[tuple[int, str, int, int, int]]) -> None:
+    def add(self, votes: list[tuple[int, str, int, int, int]], advance: bool = True) -> None:
+        """Count ``votes`` (each once); ``advance=False`` for a vote this process just stored, which
+        must not move ``last_id`` past votes of others not yet read (ids commit out of order)."""
         for rating_id, rater, low, high, repeat in votes:
+            if rating_id in self.ids:
+                continue
+            self.ids.add(rating_id)
             pair = (low, high)
             if repeat:
                 self.repeated.setdefault(rater, set()).add(pair)
@@ -220,7 +226,8 @@ class _Queue:
                 if gap is not None and pair not in self.repeated.get(rater, ()):
                     self.due.setdefault(rater, {})[pair] = len(mine) + gap
             self.votes += 1
-            self.last_id = max(self.last_id, rating_id)
+            if advance:
+                self.last_id = max(self.last_id, rating_id)
 
     def rated_by(self, rater: str) -> set[Pair]:
         return self.by_rater.get(rater, set())
@@ -412,7 +419,7 @@ def record_vote(
                     f"Rater '{rater}' has not rated outputs {left_id} and {right_id} before, so this cannot be "
                     "a repeat; reload the page for a new pair."
                 )
-            repo.add_rating(session, experiment.id, rater, left_id, right_id, choice, repeat=repeat)
+            rating = repo.add_rating(session, experiment.id, rater, left_id, right_id, choice, repeat=repeat)
             audit.record(
                 session,
                 who.user if who.signed_in else rater,
@@ -420,11 +427,21 @@ def record_vote(
                 experiment_name,
                 f"{choice} on outputs {left_id}/{right_id}" + (" (shown again)" if repeat else ""),
             )
-            return _settings(experiment).reveal
+            reveal = _settings(experiment).reveal
+            vote = (rating.id, rater, rating.pair_low_id, rating.pair_high_id, repeat)
+            key = (store.url, experiment.id)
     except IntegrityError as exc:
         raise SteerLabError(
             f"Rater '{rater}' has already rated this pair (perhaps in another tab); the vote was not stored twice."
         ) from exc
+    # Committed: this process's queue counts the vote now. Reading it back by id is not enough
+    # on PostgreSQL, where ids commit out of order: another tab's newer vote may already have
+    # moved the queue past this one, and the rater would be served this pair again.
+    with _queues_lock:
+        queue = _queues.get(key)
+        if queue is not None:
+            queue.add([vote], advance=False)
+    return reveal
 
 
 def progress(store: Store, experiment_name: str, rater: str) -> RatingProgress:

@@ -44,7 +44,7 @@ from service.run_options import MEASURING as MEASURING
 from service.run_options import SCORING as SCORING
 from service.run_options import RunOptions as RunOptions
 from service.scoring import score_experiment, score_fluency
-from service.vector_store import ensure_vectors, read_vector_files
+from service.vector_store import check_vector_files, ensure_vectors, load_vector_files
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class RunResult:
     total: int  # units of the whole experiment
 
 
-class _StoreCancel:
+class StoreCancel:
     """Cancelled by a local event, by a cancel request stored for the run (another tab or
     host), or because the run's lease was lost (another worker took it over)."""
 
@@ -113,17 +113,29 @@ def run_spec(
 
 def store_spec(store: Store, spec: ExperimentSpec, source: str, options: RunOptions = RunOptions()) -> LoadedModel:
     """Validate ``spec`` against its model and store (or extend) it; returns the loaded model."""
-    _check_batch_size(options.batch_size)
+    check_batch_size(options.batch_size)
     model = load_model(
         spec.model, options.device, options.dtype, quantize=options.quantize, batch_size=options.batch_size
     )
+    store_checked_spec(store, spec, source, options, model, load_vector_files(spec))
+    return model
+
+
+def store_checked_spec(
+    store: Store,
+    spec: ExperimentSpec,
+    source: str,
+    options: RunOptions,
+    model: LoadedModel,
+    vector_files: dict[str, bytes],
+) -> None:
+    """Check ``spec`` (and its vector files' bytes) against the loaded model, then store (or extend) it."""
     check_against_model(spec, ModelFacts.of(model), source)
     for scorer in spec.scorers:
         scorer.check_available()
-    vector_files = read_vector_files(spec, model, source)
+    check_vector_files(spec, vector_files, model, source)
     with store.session() as session:
         import_experiment(session, spec, source, vector_files, options.replace)
-    return model
 
 
 def run_stored(
@@ -151,68 +163,21 @@ def run_stored(
     local ``cancel`` stops it (a worker shutting down), hand the run back to the queue
     instead of marking it cancelled.
     """
-    _check_batch_size(options.batch_size)
+    check_batch_size(options.batch_size)
     lease = lease_seconds()
     holder = owner or owner_name("foreground")
-    with store.session() as session:
-        experiment = get_experiment(session, name)
-        spec = stored_spec(experiment)
-        variant_ids = [v.id for v in experiment.variants]
-        prompt_ids = [p.id for p in experiment.prompts]
-        done = repo.done_keys(session, experiment.id)
-        all_units = [
-            Unit(p, s, v)
-            for p in range(len(prompt_ids))
-            for s in range(spec.generation.samples_per_prompt)
-            for v in range(len(variant_ids))
-        ]
-        pending = [u for u in all_units if (variant_ids[u.variant], prompt_ids[u.prompt], u.sample) not in done]
-        total, already = len(all_units), len(all_units) - len(pending)
-        if claimed is None:
-            run_id = _take(session, experiment, total, already, options, holder, lease)
-        else:
-            run_id = claimed.run_id
-            runs.restart_counts(session, run_id, total, already, options.batch_size)
-        runs.set_run_hardware(
-            session,
-            run_id,
-            str(model.device) if model is not None else options.device,
-            _dtype_name(model) if model is not None else options.dtype,
-        )
-        runs.set_run_phase(session, run_id, LOADING if model is None else PREPARING)
-        experiment_id = experiment.id
-    log.info("Run %s of '%s' started by %s: %s of %s generations to do", run_id, name, holder, len(pending), total)
+    opened = open_run(store, name, options, claimed, holder, lease, model)
+    run_id, spec, pending = opened.run_id, opened.spec, opened.pending
     if started is not None:
         started(run_id)
     heartbeat = Heartbeat(store, run_id, holder, lease)
-    stop = _StoreCancel(store, run_id, cancel, heartbeat)
+    stop = StoreCancel(store, run_id, cancel, heartbeat)
 
     def phase(now: str) -> None:  # between phases is also where a cancel request is honoured
         if stop.is_set():
             raise RunCancelled()
         with store.session() as session:
             runs.set_run_phase(session, run_id, now)
-
-    def store_batch(rows: list[RowOutput]) -> None:
-        with store.session() as session:
-            ids = repo.record_batch(
-                session,
-                experiment_id,
-                run_id,
-                [
-                    repo.NewGeneration(
-                        variant_ids[r.unit.variant],
-                        prompt_ids[r.unit.prompt],
-                        r.unit.sample,
-                        r.text,
-                        len(r.token_ids),
-                        r.seconds,
-                        r.peak_memory_bytes,
-                    )
-                    for r in rows
-                ],
-            )
-            repo.mark_non_finite(session, (i for i, r in zip(ids, rows, strict=True) if r.non_finite))
 
     status, error, trace = "failed", "", ""
     heartbeat.start()
@@ -223,37 +188,20 @@ def run_stored(
             )
             with store.session() as session:
                 runs.set_run_hardware(session, run_id, str(model.device), _dtype_name(model))
-        check_against_model(spec, ModelFacts.of(model), f"stored experiment '{name}'")
-        with store.session() as session:
-            record_model_source(session, name, model.source)  # the GGUF file's SHA-256, the hub revision
-        if spec.vectors:
-            phase(EXTRACTING)
-        vectors = ensure_vectors(store, name, spec, model)
-        if any(v.train is not None for v in spec.variants):
-            phase(TRAINING)
-        adapted = {
-            v.name: adapt(model, training_texts(spec, v.train), v.train, f"variant '{v.name}'")
-            for v in spec.variants
-            if v.train is not None
-        }
-        variants = [_prepared(model, spec, v, vectors, adapted) for v in spec.variants]
+        work = prepare_work(store, name, spec, model, phase)
         phase(GENERATING)
         run_units(
             model,
-            variants,
+            work.variants,
             pending,
             spec.generation,
             options.batch_size,
-            store_batch,
+            BatchWriter(store, opened),
             progress,
             stop,
-            already_done=len(all_units) - len(pending),
+            already_done=opened.total - len(pending),
         )
-        phase(MEASURING)
-        store_variant_figures(store, experiment_id, run_id, spec, model, variants, vectors, adapted)
-        phase(SCORING)
-        score_experiment(store, name)
-        score_fluency(store, name, model)
+        measure_and_score(store, opened, model, work, phase)
         status = "done"
     except RunCancelled:
         status = "cancelled"
@@ -276,7 +224,149 @@ def run_stored(
             status,
             f" ({error})" if error else "",
         )
-    return RunResult(name, run_id, status, len(pending), len(all_units))
+    return RunResult(name, run_id, status, len(pending), opened.total)
+
+
+@dataclass(frozen=True)
+class OpenRun:
+    """A run row claimed for a stored experiment, with the work units still to do."""
+
+    name: str
+    run_id: int
+    experiment_id: int
+    spec: ExperimentSpec
+    variant_ids: tuple[int, ...]
+    prompt_ids: tuple[int, ...]
+    pending: tuple[Unit, ...]
+    total: int  # units of the whole experiment
+
+
+def open_run(
+    store: Store,
+    name: str,
+    options: RunOptions,
+    claimed: ClaimedRun | None,
+    holder: str,
+    lease: float,
+    model: LoadedModel | None = None,
+) -> OpenRun:
+    """Claim the run row (or take over ``claimed``) and list the units not yet stored."""
+    with store.session() as session:
+        experiment = get_experiment(session, name)
+        spec = stored_spec(experiment)
+        variant_ids = tuple(v.id for v in experiment.variants)
+        prompt_ids = tuple(p.id for p in experiment.prompts)
+        done = repo.done_keys(session, experiment.id)
+        all_units = [
+            Unit(p, s, v)
+            for p in range(len(prompt_ids))
+            for s in range(spec.generation.samples_per_prompt)
+            for v in range(len(variant_ids))
+        ]
+        pending = tuple(u for u in all_units if (variant_ids[u.variant], prompt_ids[u.prompt], u.sample) not in done)
+        total, already = len(all_units), len(all_units) - len(pending)
+        if claimed is None:
+            run_id = _take(session, experiment, total, already, options, holder, lease)
+        else:
+            run_id = claimed.run_id
+            runs.restart_counts(session, run_id, total, already, options.batch_size)
+        runs.set_run_hardware(
+            session,
+            run_id,
+            str(model.device) if model is not None else options.device,
+            _dtype_name(model) if model is not None else options.dtype,
+        )
+        runs.set_run_phase(session, run_id, LOADING if model is None else PREPARING)
+        experiment_id = experiment.id
+    log.info("Run %s of '%s' started by %s: %s of %s generations to do", run_id, name, holder, len(pending), total)
+    return OpenRun(name, run_id, experiment_id, spec, variant_ids, prompt_ids, pending, total)
+
+
+def open_shard(store: Store, name: str, run_id: int) -> OpenRun:
+    """A running run's experiment as a shard's actor sees it: ids and definition, no claim, no unit list."""
+    with store.session() as session:
+        experiment = get_experiment(session, name)
+        return OpenRun(
+            name,
+            run_id,
+            experiment.id,
+            stored_spec(experiment),
+            tuple(v.id for v in experiment.variants),
+            tuple(p.id for p in experiment.prompts),
+            (),
+            0,
+        )
+
+
+class BatchWriter:
+    """Stores a finished batch in one transaction (the run's progress advances with it)."""
+
+    def __init__(self, store: Store, run: OpenRun) -> None:
+        self._store, self._run = store, run
+
+    def __call__(self, rows: list[RowOutput]) -> None:
+        run = self._run
+        with self._store.session() as session:
+            ids = repo.record_batch(
+                session,
+                run.experiment_id,
+                run.run_id,
+                [
+                    repo.NewGeneration(
+                        run.variant_ids[r.unit.variant],
+                        run.prompt_ids[r.unit.prompt],
+                        r.unit.sample,
+                        r.text,
+                        len(r.token_ids),
+                        r.seconds,
+                        r.peak_memory_bytes,
+                    )
+                    for r in rows
+                ],
+            )
+            repo.mark_non_finite(session, (i for i, r in zip(ids, rows, strict=True) if r.non_finite))
+
+
+@dataclass(frozen=True)
+class PreparedWork:
+    """What generation needs beyond the model: vectors, trained variants, prepared variants."""
+
+    vectors: dict[str, SteeringVector]
+    adapted: dict[str, AdaptedModel]
+    variants: list[PreparedVariant]
+
+
+def prepare_work(
+    store: Store, name: str, spec: ExperimentSpec, model: LoadedModel, phase: Callable[[str], None]
+) -> PreparedWork:
+    """Check the model, extract (or read) the vectors, train what trains, prepare every variant."""
+    check_against_model(spec, ModelFacts.of(model), f"stored experiment '{name}'")
+    with store.session() as session:
+        record_model_source(session, name, model.source)  # the GGUF file's SHA-256, the hub revision
+    if spec.vectors:
+        phase(EXTRACTING)
+    vectors = ensure_vectors(store, name, spec, model)
+    if any(v.train is not None for v in spec.variants):
+        phase(TRAINING)
+    adapted = {
+        v.name: adapt(model, training_texts(spec, v.train), v.train, f"variant '{v.name}'")
+        for v in spec.variants
+        if v.train is not None
+    }
+    return PreparedWork(vectors, adapted, [_prepared(model, spec, v, vectors, adapted) for v in spec.variants])
+
+
+def measure_and_score(
+    store: Store, run: OpenRun, model: LoadedModel, work: PreparedWork, phase: Callable[[str], None]
+) -> None:
+    """After generation: each variant's compute and reversibility figures, then every automatic score."""
+    phase(MEASURING)
+    store_variant_figures(
+        store, run.experiment_id, run.run_id, run.spec, model, work.variants, work.vectors, work.adapted
+    )
+    phase(SCORING)
+    score_experiment(store, run.name)
+    score_fluency(store, run.name, model)
 
 
 def _prepared(
@@ -345,6 +435,6 @@ def _dtype_name(model: LoadedModel) -> str:
     return str(model.dtype).removeprefix("torch.")
 
 
-def _check_batch_size(batch_size: int) -> None:
+def check_batch_size(batch_size: int) -> None:
     if batch_size < 1:
         raise SteerLabError(f"Batch size {batch_size} is too small; give 1 or more.")

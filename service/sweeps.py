@@ -22,6 +22,7 @@ from service.catalog import import_experiment, load_spec, stored_spec
 from service.editing import model_facts, save_variant
 from service.jobs import enqueue
 from service.provenance import scorer_hash
+from service.ray_cluster import RayPlan
 from service.running import RunOptions, RunResult, run_spec
 from service.scoring import FLUENCY
 from service.staleness import stale_figures
@@ -62,14 +63,22 @@ def run_sweep_file(
     options: RunOptions | None = None,
     progress: Callable[[Progress], None] | None = None,
     cancel: CancelFlag | None = None,
+    ray: RayPlan | None = None,
 ) -> tuple[RunResult, SweepResult]:
+    """Run the file's sweep (locally, or on the Ray cluster ``ray`` names) and analyse it."""
     options = options or RunOptions()
     spec = load_experiment_file(path, [Path(d) for d in options.allowed_dirs])
     if options.model:
         spec = replace(spec, model=options.model)
     config = config_of(spec, str(path))
     sweep = plan_sweep(spec, config, Where(str(path), "sweep"))
-    result = run_spec(store, _keep_stored_cells(store, sweep), str(path), replace(options, name=None), progress, cancel)
+    to_run, run_options = _keep_stored_cells(store, sweep), replace(options, name=None)
+    if ray is not None:
+        from service.ray_runs import run_spec_on_ray
+
+        result = run_spec_on_ray(store, to_run, str(path), run_options, ray, progress, cancel)
+    else:
+        result = run_spec(store, to_run, str(path), run_options, progress, cancel)
     return result, analyse(store, sweep.name)
 
 

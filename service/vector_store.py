@@ -32,27 +32,43 @@ log = logging.getLogger(__name__)
 
 
 def read_vector_files(spec: ExperimentSpec, model: LoadedModel, source: str) -> dict[str, bytes]:
-    """The bytes of every vector the definition names by file, each checked against the model.
+    """The bytes of every vector the definition names by file, each checked against the model."""
+    files = load_vector_files(spec)
+    check_vector_files(spec, files, model, source)
+    return files
+
+
+def load_vector_files(spec: ExperimentSpec) -> dict[str, bytes]:
+    """The bytes to store of every vector the definition names by file; needs no model.
 
     A SteerLab file is stored as it is; a llama.cpp / repeng control vector, a steering-vectors
     tensor dict or a safetensors file of one tensor per layer is stored converted to SteerLab's
-    format (engine.vector_formats), its norm convention and origin in its metadata.
+    format (engine.vector_formats), its norm convention and origin in its metadata. Read
+    where the files are (a cluster run's driver), checked where the model is.
     """
     out = {}
     for vector in spec.vectors:
         if vector.file is not None:
             loaded = load_any_vector(vector.file, vector.name)
-            where = f"{source}: vector file '{vector.file}'"
-            loaded.check_fits(model.hidden_size, model.model_id, where)
-            beyond = [layer for layer in loaded.layers if layer >= model.n_layers]
-            if beyond:
-                raise SteerLabError(
-                    f"{where} has a direction for layer {beyond[0]}, but model '{model.model_id}' has layers 0 to "
-                    f"{model.n_layers - 1}; use the vector with the model it was made for."
-                )
             foreign = loaded.extra.get("source_format", "") not in ("", "steerlab-export")
             out[vector.name] = loaded.to_bytes() if foreign else Path(vector.file).read_bytes()
     return out
+
+
+def check_vector_files(spec: ExperimentSpec, files: dict[str, bytes], model: LoadedModel, source: str) -> None:
+    """Refuse a vector file made for another model (hidden size, layers) in one sentence."""
+    for vector in spec.vectors:
+        if vector.file is None or vector.name not in files:
+            continue
+        where = f"{source}: vector file '{vector.file}'"
+        loaded = SteeringVector.from_bytes(files[vector.name], where, vector.name)
+        loaded.check_fits(model.hidden_size, model.model_id, where)
+        beyond = [layer for layer in loaded.layers if layer >= model.n_layers]
+        if beyond:
+            raise SteerLabError(
+                f"{where} has a direction for layer {beyond[0]}, but model '{model.model_id}' has layers 0 to "
+                f"{model.n_layers - 1}; use the vector with the model it was made for."
+            )
 
 
 def ensure_vectors(

@@ -31,6 +31,7 @@ from db.runs import ClaimedRun
 from db.store import Store, StoreError, mask_url, resolve_url
 from service.judging import run_judge
 from service.lease import lease_seconds, owner_name, poll_seconds
+from service.ray_cluster import RayPlan
 from service.running import RunOptions, describe_error, run_stored
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,10 @@ class Worker:
         poll: float | None = None,
         once: bool = False,
         name: str | None = None,
+        ray: RayPlan | None = None,
     ) -> None:
         self.store = store
+        self.ray = ray  # run claimed runs on this Ray cluster instead of in this process
         self.stop = stop or threading.Event()
         self.poll = poll if poll is not None else poll_seconds()
         self.once = once
@@ -125,6 +128,9 @@ class Worker:
         log.info("Worker %s claimed run %s of '%s'%s", self.name, claimed.run_id, claimed.experiment, taken_over)
         try:
             options = RunOptions.from_json(claimed.options_json)
+            if self.ray is not None:
+                self._run_on_ray(claimed, options, self.ray)
+                return
             if options.task == "judge":
                 run_judge(
                     self.store,
@@ -148,6 +154,23 @@ class Worker:
             )
         except Exception as exc:
             self._after_failure(claimed, exc)
+
+    def _run_on_ray(self, claimed: ClaimedRun, options: RunOptions, plan: RayPlan) -> None:
+        from service.ray_runs import judge_on_ray, run_on_ray
+
+        if options.task == "judge":
+            judge_on_ray(self.store, claimed.experiment, options.judge, options, plan, self.stop, claimed, self.name)
+            return
+        run_on_ray(
+            self.store,
+            claimed.experiment,
+            options,
+            plan,
+            cancel=self.stop,
+            claimed=claimed,
+            owner=self.name,
+            requeue_on_stop=True,
+        )
 
     def _after_failure(self, claimed: ClaimedRun, exc: Exception) -> None:
         with self.store.session() as session:

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+# The throwaway PostgreSQL server, started once for the session when a test first needs it.
+from tests.postgres import postgres as postgres
+
 # The example experiment served over HTTP, started once for all the serving tests.
 from tests.serving import served as served
 
@@ -66,10 +69,31 @@ def stories260k():
     return load_model(str(STORIES260K), device="cpu")
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Store tests (marked both_stores) run once on SQLite and once on the session's PostgreSQL server.
+    if "store_backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_stores"):
+        metafunc.parametrize("store_backend", ["sqlite", "postgresql"], indirect=True)
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[object]:
+def store_backend(request: pytest.FixtureRequest) -> str:
+    """``sqlite`` or ``postgresql``: which database the ``store`` fixture opens."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def store(store_backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[object]:
+    """A fresh store: a SQLite file, or (both_stores tests) a new database on the throwaway PostgreSQL server."""
     from db.store import Store
 
+    if store_backend == "postgresql":
+        server = request.getfixturevalue("postgres")
+        url = server.new_store_url()
+        s = Store(url)
+        yield s
+        s.close()
+        server.drop(url)
+        return
     s = Store(str(tmp_path / "test.db"))
     yield s
     s.close()

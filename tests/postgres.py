@@ -2,6 +2,11 @@
 
 Debian's ``postgresql`` package provides the server (``scripts/test.sh`` installs it where it
 may). PostgreSQL refuses to run as root, so as root the server runs as the ``postgres`` user.
+
+One server serves the whole test session (the ``postgres`` fixture). Every test gets its own
+database, copied from a template that is created and migrated once (``CREATE DATABASE ...
+TEMPLATE``: a file copy, far cheaper than creating the schema again). User ``steerlab`` is
+trusted; user ``pw_user`` must give its password (scram-sha-256), for the wrong-credentials tests.
 """
 
 from __future__ import annotations
@@ -12,12 +17,17 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+PASSWORD_USER = "pw_user"
+PASSWORD = "right-Passw0rd"
+TEMPLATE = "steerlab_template"
 
 
 def _server_bin() -> Path | None:
@@ -37,15 +47,49 @@ def _free_port() -> int:
 class PostgresServer:
     def __init__(self, port: int) -> None:
         self.port = port
+        self._template_lock = threading.Lock()
+        self._template_ready = False
+
+    def url(self, database: str, user: str = "steerlab", password: str | None = None) -> str:
+        credentials = f"{user}:{password}" if password is not None else user
+        return f"postgresql+psycopg://{credentials}@127.0.0.1:{self.port}/{database}"
+
+    def _admin(self, sql: str) -> None:
+        import psycopg
+
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=steerlab dbname=postgres", autocommit=True) as c:
+            c.execute(sql)  # test-made names, never user input
 
     def new_database(self) -> str:
         """A new empty database; its SQLAlchemy URL."""
-        import psycopg
-
         name = f"steerlab_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=steerlab dbname=postgres", autocommit=True) as c:
-            c.execute(f'CREATE DATABASE "{name}"')
-        return f"postgresql+psycopg://steerlab@127.0.0.1:{self.port}/{name}"
+        self._admin(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def new_store_url(self) -> str:
+        """A new database with SteerLab's current schema, copied from the migrated template; its URL."""
+        with self._template_lock:
+            if not self._template_ready:
+                from db.store import Store
+
+                self._admin(f'CREATE DATABASE "{TEMPLATE}"')
+                Store(self.url(TEMPLATE)).close()  # no connection may stay open on a template
+                self._template_ready = True
+        name = f"steerlab_{uuid.uuid4().hex[:12]}"
+        self._admin(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}"')
+        return self.url(name)
+
+    def drop(self, url: str) -> None:
+        """Drop a test's database (its connections too), so that the session's disk use stays small."""
+        name = url.rsplit("/", 1)[1]
+        self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL server for the whole session, started when a test first needs it."""
+    with postgres_server() as running:
+        yield running
 
 
 @contextmanager
@@ -76,8 +120,11 @@ def _started(bin_dir: Path, folder: Path, as_user: list[str]) -> Iterator[Postgr
     if as_user:
         shutil.chown(sockets, "postgres")
     _run([*as_user, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "steerlab", "-N"])
+    # pg_hba.conf is read top down: the password user's rule comes before the trust lines.
+    hba = data / "pg_hba.conf"
+    hba.write_text(f"host all {PASSWORD_USER} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
     port = _free_port()
-    options = f"-h 127.0.0.1 -p {port} -k {sockets} -F -c max_connections=100"
+    options = f"-h 127.0.0.1 -p {port} -k {sockets} -F -c max_connections=200"
     log = folder / "server.log"
     if as_user:
         log.touch()
@@ -85,7 +132,9 @@ def _started(bin_dir: Path, folder: Path, as_user: list[str]) -> Iterator[Postgr
     pg_ctl = [*as_user, str(bin_dir / "pg_ctl"), "-D", str(data)]
     _run([*pg_ctl, "-o", options, "-l", str(log), "-w", "-t", "60", "start"])
     try:
-        yield PostgresServer(port)
+        server = PostgresServer(port)
+        server._admin(f"CREATE ROLE {PASSWORD_USER} LOGIN SUPERUSER PASSWORD '{PASSWORD}'")
+        yield server
     finally:
         subprocess.run([*pg_ctl, "-m", "immediate", "-w", "stop"], check=False, capture_output=True, timeout=60)
 

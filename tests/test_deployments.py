@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from alembic import command
 from scipy import stats as scipy_stats
+from sqlalchemy import text
 
 from db.migrate import _config
 from db.store import Store
@@ -39,6 +40,8 @@ from service.deployments import (
 )
 from service.editing import create_experiment
 from service.live_comparison import live_comparison
+
+pytestmark = pytest.mark.both_stores
 
 USERS = [f"user-{i}" for i in range(20_000)]  # a fixed set: the proportions test cannot flake
 
@@ -203,10 +206,10 @@ def test_responses_are_stored_once_and_feedback_is_replaced(store: Store, tmp_pa
     record_responses(store, [*batch, response("chatcmpl-3", "mood", "sad", "u3")])  # a retry after a crash
     free = response("cmpl-4", None, None, steering_json='{"vector": "sad"}', endpoint="completions")
     record_responses(store, [free])
-    with sqlite3.connect(tmp_path / "test.db") as conn:
-        ids = [r[0] for r in conn.execute("SELECT response_id FROM served_responses ORDER BY id")]
+    with store.engine.connect() as conn:
+        ids = [r[0] for r in conn.execute(text("SELECT response_id FROM served_responses ORDER BY id"))]
         assert ids == ["chatcmpl-1", "chatcmpl-2", "chatcmpl-3", "cmpl-4"]
-        assert conn.execute("SELECT count(*) FROM served_responses WHERE user_key = 'u1'").fetchone() == (0,)
+        assert conn.execute(text("SELECT count(*) FROM served_responses WHERE user_key = 'u1'")).scalar() == 0
     with pytest.raises(SteerLabError, match="lacks"):
         record_responses(store, [response("chatcmpl-9", "mood", "nope")])
     record_feedback(store, "chatcmpl-2", thumbs="up", user="u2")
@@ -220,8 +223,10 @@ def test_responses_are_stored_once_and_feedback_is_replaced(store: Store, tmp_pa
         record_feedback(store, "cmpl-4", score=1.0, user="u2")
     record_feedback(store, "cmpl-4", score=1.0)
     record_feedback(store, "cmpl-4", score=0.0)  # a second anonymous rater replaces, never adds
-    with sqlite3.connect(tmp_path / "test.db") as conn:
-        rows = conn.execute("SELECT thumbs, score, comment FROM response_feedback ORDER BY id").fetchall()
+    with store.engine.connect() as conn:
+        rows = [
+            tuple(r) for r in conn.execute(text("SELECT thumbs, score, comment FROM response_feedback ORDER BY id"))
+        ]
     assert rows == [("down", 0.25, "changed my mind"), (None, 0.0, "")]
     for kwargs, fragment in (
         ({"thumbs": "sideways"}, 'neither "up" nor "down"'),
@@ -284,7 +289,7 @@ def test_the_deploy_command_creates_switches_and_shows(
     from service.cli import main
 
     experiment(store)
-    db = ["--db", str(tmp_path / "test.db")]
+    db = ["--db", store.url]
     assert main(["deploy", *db, "create", "mood", "--experiment", "live_mood", "--weights", "baseline=50,sad=50"]) == 0
     assert 'model="mood"' in capsys.readouterr().out
     assert main(["deploy", *db, "stop-variant", "mood", "sad"]) == 0

@@ -29,6 +29,8 @@ from service.deployments import ServedResponse, create_deployment, record_feedba
 from service.editing import create_experiment
 from service.live_comparison import live_comparison
 
+pytestmark = pytest.mark.both_stores
+
 ALPHA = 0.05
 
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
-from collections.abc import Iterator
+import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from sqlalchemy import func, select, text
+from sqlalchemy import create_engine, func, inspect, select, text
 
 from db.migrate import head_revision
 from db.schema import Generation, Rating, Run
@@ -27,14 +27,14 @@ from service.jobs import enqueue, status
 from service.rating import next_item, record_vote
 from service.running import RunOptions, run_experiment_file
 from tests.conftest import MOOD_FILE, needs_models
-from tests.postgres import PostgresServer, postgres_server
+from tests.postgres import PASSWORD, PASSWORD_USER, PostgresServer
 from tests.test_worker import wait_for, worker_process
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[PostgresServer]:
-    with postgres_server() as running:
-        yield running
+@pytest.fixture
+def server(postgres: PostgresServer) -> PostgresServer:
+    """The session's throwaway server (tests/postgres.py)."""
+    return postgres
 
 
 def _open(url: str, results: Any) -> None:
@@ -69,6 +69,91 @@ def test_a_password_in_a_postgresql_url_never_shows_in_its_error(server: Postgre
         Store(url)
     assert "S3cretPassw0rd" not in str(caught.value)
     assert "no_such_database" in str(caught.value)
+
+
+def test_a_wrong_password_gives_one_sentence_from_the_store_and_the_commands(
+    server: PostgresServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from service.cli import main
+
+    wrong = server.url("postgres", PASSWORD_USER, "not-" + PASSWORD)
+    masked = f"postgresql+psycopg://{PASSWORD_USER}:***@127.0.0.1:{server.port}/postgres"
+    expected = (
+        f"PostgreSQL at 127.0.0.1:{server.port} refused the password of user '{PASSWORD_USER}' "
+        f"(database URL '{masked}'); correct the user and password in --db or STEERLAB_DB."
+    )
+    with pytest.raises(StoreError) as caught:
+        Store(wrong)
+    assert str(caught.value) == expected
+    for command in (["list", "--db", wrong], ["worker", "--once", "--db", wrong]):
+        assert main(command) == 2, command
+        out, err = capsys.readouterr()
+        assert err == f"error: {expected}\n" and "Traceback" not in out + err, command
+    # The right password opens it: the rule applies to this user, and the message was about the password.
+    right = server.url(server.new_database().rsplit("/", 1)[1], PASSWORD_USER, PASSWORD)
+    Store(right).close()
+
+
+def test_a_postgresql_server_that_does_not_answer_gives_one_sentence(capsys: pytest.CaptureFixture[str]) -> None:
+    from service.cli import main
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"postgresql+psycopg://steerlab:pw@127.0.0.1:{port}/steerlab"
+    expected = (
+        f"No database server answers at 127.0.0.1:{port} (database URL "
+        f"'postgresql+psycopg://steerlab:***@127.0.0.1:{port}/steerlab'); "
+        "start the server there, or correct the host and port in --db or STEERLAB_DB."
+    )
+    with pytest.raises(StoreError) as caught:
+        Store(url)
+    assert str(caught.value) == expected
+    assert main(["list", "--db", url]) == 2
+    assert capsys.readouterr().err == f"error: {expected}\n"
+
+
+def test_a_postgresql_store_at_the_previous_revision_with_data_upgrades_keeping_every_row(
+    server: PostgresServer,
+) -> None:
+    from alembic import command
+
+    from db.migrate import _config
+    from service.bench_store import Size, build_store
+
+    url = server.new_store_url()
+    store = Store(url)
+    build_store(store, Size(variants=3, prompts=6, samples=2, raters=3, votes=30, repeats=1, bootstrap_rounds=10))
+    store.close()
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        command.downgrade(_config(connection), "0007")  # the schema of the previous release
+    with engine.begin() as connection:
+        experiment_id = connection.execute(text("SELECT id FROM experiments LIMIT 1")).scalar()
+        generation_ids = connection.execute(text("SELECT id FROM generations ORDER BY id LIMIT 2")).scalars().all()
+        connection.execute(
+            text(
+                "INSERT INTO judgements (experiment_id, judge, left_generation_id, right_generation_id, choice, answer,"
+                " created_at) VALUES (:e, 'j', :l, :r, 'left', 'A', '2026-01-01')"
+            ),
+            {"e": experiment_id, "l": generation_ids[0], "r": generation_ids[1]},
+        )
+    with engine.connect() as connection:
+        tables = inspect(connection).get_table_names()
+        assert "deployments" not in tables
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0007"
+        before = {t: connection.execute(text(f'SELECT * FROM "{t}" ORDER BY 1')).all() for t in tables}
+    assert sum(len(rows) for rows in before.values()) > 100
+    Store(url).close()
+    with engine.connect() as connection:
+        after = {t: connection.execute(text(f'SELECT * FROM "{t}" ORDER BY 1')).all() for t in before}
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == head_revision()
+        assert connection.execute(text("SELECT count(*) FROM deployments")).scalar() == 0
+    engine.dispose()
+    for table in ("alembic_version", "meta"):
+        before.pop(table), after.pop(table)
+    assert after == before
+    server.drop(url)
 
 
 @needs_models

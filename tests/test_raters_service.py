@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -23,11 +22,13 @@ from service.rating import record_vote
 SHAPE = Size(variants=3, prompts=12, samples=1, raters=1, votes=0, repeats=1, bootstrap_rounds=10)
 
 
+pytestmark = pytest.mark.both_stores
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    s = Store(str(tmp_path / "raters.db"))
-    build_store(s, SHAPE)
-    return s
+def store(store: Store) -> Store:
+    build_store(store, SHAPE)
+    return store
 
 
 def output_rows(store: Store) -> list[list[int]]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 from sqlalchemy import bindparam, text
@@ -28,11 +27,13 @@ from service.report import html_report
 SHAPE = Size(variants=3, prompts=24, samples=1, raters=1, votes=0, repeats=1, bootstrap_rounds=20)
 
 
+pytestmark = pytest.mark.both_stores
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    s = Store(str(tmp_path / "verdicts.db"))
-    build_store(s, SHAPE)
-    return s
+def store(store: Store) -> Store:
+    build_store(store, SHAPE)
+    return store
 
 
 def rows(store: Store) -> list[dict[str, int]]:

@@ -1,0 +1,159 @@
+"""The Ray actor that runs one shard of a run: it loads the model once and writes to the shared store.
+
+Each actor opens the store by URL (a PostgreSQL server on a cluster; a SQLite file when
+every actor is on this machine) and commits each finished batch in one transaction, as a
+local run does. Before every batch it reads which of its units are already stored, so an
+actor that Ray restarts after a crash repeats no stored unit and skips none: Ray retries
+the interrupted call on the new actor, which continues its shard.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+
+from db import repository as repo
+from db import runs
+from db.store import Store
+from engine.errors import RunCancelled
+from engine.models import LoadedModel, load_model
+from engine.runner import Unit, run_batch
+from engine.spec import ExperimentSpec
+from service.judging import JudgeResult, run_judge
+from service.run_options import RunOptions
+from service.running import (
+    BatchWriter,
+    OpenRun,
+    PreparedWork,
+    measure_and_score,
+    open_shard,
+    prepare_work,
+    store_checked_spec,
+)
+
+log = logging.getLogger(__name__)
+
+UnitKey = tuple[int, int, int]  # (prompt, sample, variant): a Unit, as plain data for Ray
+
+
+class StoreStop:
+    """Set once the run is cancelled in the store, or is no longer held by the driver that started this work."""
+
+    def __init__(self, store: Store, run_id: int, holder: str) -> None:
+        self._store, self._run_id, self._holder = store, run_id, holder
+        self._checked_at = 0.0
+        self._stopped = False
+
+    def is_set(self) -> bool:
+        now = time.monotonic()
+        if not self._stopped and now - self._checked_at > 1.0:
+            self._checked_at = now
+            with self._store.session() as session:
+                self._stopped = runs.cancel_requested(session, self._run_id) or not runs.held_by(
+                    session, self._run_id, self._holder
+                )
+        return self._stopped
+
+
+class ShardActor:
+    """Holds one loaded model; prepares, generates shards of, and measures runs of that model."""
+
+    def __init__(self, store_url: str, model_ref: str, options_json: str) -> None:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        from service.worker import open_worker_store
+
+        self.options = RunOptions.from_json(options_json)
+        self.store = open_worker_store(store_url)
+        started = time.perf_counter()
+        self.model: LoadedModel = load_model(
+            model_ref,
+            self.options.device,
+            self.options.dtype,
+            quantize=self.options.quantize,
+            batch_size=self.options.batch_size,
+        )
+        self.load_seconds = time.perf_counter() - started
+        self._work: dict[tuple[str, int], tuple[OpenRun, PreparedWork]] = {}
+        log.info("Actor %s loaded %s on %s in %.1f s", os.getpid(), model_ref, self.model.device, self.load_seconds)
+
+    def describe(self) -> dict[str, object]:
+        """Where this actor runs: pid, device, dtype, and how long its model took to load."""
+        return {
+            "pid": os.getpid(),
+            "device": str(self.model.device),
+            "dtype": str(self.model.dtype).removeprefix("torch."),
+            "load_seconds": self.load_seconds,
+        }
+
+    def store_spec(self, spec: ExperimentSpec, source: str, vector_files: dict[str, bytes]) -> None:
+        """Check a file's experiment against the model and store (or extend) it, as a local run does."""
+        store_checked_spec(self.store, spec, source, self.options, self.model, vector_files)
+
+    def prepare(self, name: str, run_id: int, holder: str) -> None:
+        """Extract (or read) the vectors and train what trains; the driver calls this on one actor first."""
+        self._prepared(name, run_id, holder)
+
+    def generate(self, name: str, run_id: int, holder: str, batches: Sequence[Sequence[UnitKey]]) -> int:
+        """Generate the shard's batches, skipping stored units; returns how many units this call stored."""
+        opened, work = self._prepared(name, run_id, holder)
+        stop = StoreStop(self.store, run_id, holder)
+        write = BatchWriter(self.store, opened)
+        stored = 0
+        for keys in batches:
+            if stop.is_set():
+                raise RunCancelled()
+            with self.store.session() as session:
+                done = repo.done_keys(session, opened.experiment_id)
+            batch = [
+                Unit(*key)
+                for key in keys
+                if (opened.variant_ids[key[2]], opened.prompt_ids[key[0]], key[1]) not in done
+            ]
+            if not batch:
+                continue  # stored before a restart: nothing twice
+            write(run_batch(self.model, work.variants, batch, opened.spec.generation, stop))
+            stored += len(batch)
+        return stored
+
+    def measure(self, name: str, run_id: int, holder: str) -> None:
+        """The run's compute and reversibility figures and its automatic scores."""
+        opened, work = self._prepared(name, run_id, holder)
+        measure_and_score(self.store, opened, self.model, work, self._phase(run_id, holder))
+
+    def _phase(self, run_id: int, holder: str) -> Callable[[str], None]:
+        stop = StoreStop(self.store, run_id, holder)
+
+        def phase(now: str) -> None:
+            if stop.is_set():
+                raise RunCancelled()
+            with self.store.session() as session:
+                runs.set_run_phase(session, run_id, now)
+
+        return phase
+
+    def _prepared(self, name: str, run_id: int, holder: str) -> tuple[OpenRun, PreparedWork]:
+        key = (name, run_id)
+        if key not in self._work:
+            opened = open_shard(self.store, name, run_id)
+            self._work[key] = (
+                opened,
+                prepare_work(self.store, name, opened.spec, self.model, self._phase(run_id, holder)),
+            )
+        return self._work[key]
+
+
+class JudgeActor:
+    """Runs a whole judge run (its own model, or its endpoint) on the node Ray picks; the run's row is in the store."""
+
+    def __init__(self, store_url: str) -> None:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        from service.worker import open_worker_store
+
+        self.store = open_worker_store(store_url)
+
+    def run(
+        self, name: str, judge: str | None, options_json: str, claimed: runs.ClaimedRun | None, owner: str
+    ) -> JudgeResult:
+        return run_judge(self.store, name, judge, RunOptions.from_json(options_json), claimed=claimed, owner=owner)

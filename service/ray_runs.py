@@ -1,0 +1,373 @@
+"""Runs, sweeps and judge runs on a Ray cluster: the driver's side.
+
+The driver (``steerlab run --executor ray``, or a worker started with it) holds the run's
+row and its lease exactly as a local run does; Ray actors do the work. A run's pending
+units are planned into the same prompt-major mixed batches a local run makes and split
+into contiguous shards, one per actor, so every row sees the same batch, the same seed and
+the same decoding as locally: the texts are identical. Each actor loads the model once and
+commits its batches to the shared store (one transaction each), so progress, cancel and
+resume work through the run's row as for local runs. Ray restarts an actor that dies and
+retries its call; the new actor skips the units already stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import make_url
+
+from db import runs
+from db.runs import ClaimedRun
+from db.store import Store
+from engine.errors import RunCancelled, SteerLabError
+from engine.experiment_file import load_experiment_file
+from engine.runner import CancelFlag, Progress, Unit, plan_batches
+from engine.spec import ExperimentSpec
+from service.catalog import get_experiment, stored_spec
+from service.judging import JudgeResult
+from service.lease import Heartbeat, finish_claimed_run, lease_seconds, owner_name
+from service.ray_actor import JudgeActor, ShardActor, UnitKey
+from service.ray_cluster import NOT_LOCAL, RayPlan, connect, disconnect, require
+from service.run_options import GENERATING, PREPARING
+from service.running import OpenRun, RunOptions, RunResult, StoreCancel, check_batch_size, describe_error, open_run
+from service.vector_store import load_vector_files
+
+log = logging.getLogger(__name__)
+
+ACTOR_RESTARTS = 3  # how often Ray restarts a dead actor (and retries its call) before the run fails
+POLL_SECONDS = 0.5  # how often the driver looks at cancel requests and progress while actors work
+
+
+@dataclass(frozen=True)
+class ActorShape:
+    count: int
+    cpus: float
+    gpus: float
+
+
+def actor_shape(plan: RayPlan, resources: dict[str, float], options: RunOptions, batches: int) -> ActorShape:
+    """How many actors, with what resources; refused in one sentence when the cluster lacks them."""
+    cluster_gpus = resources.get("GPU", 0.0)
+    if plan.gpus_per_actor is not None:
+        gpus = plan.gpus_per_actor
+    elif options.device in ("cuda", "multi"):
+        gpus = 1.0  # asked for GPUs: refused below when the cluster has none
+    else:
+        gpus = 1.0 if cluster_gpus >= 1 and options.device != "cpu" else 0.0
+    if plan.actors is not None:
+        count = plan.actors
+    elif gpus > 0:
+        count = int(cluster_gpus // gpus)
+    else:
+        count = int(resources.get("CPU", 0.0) // plan.cpus_per_actor)
+    count = max(1, min(count, max(batches, 1)))
+    if plan.actors is not None and plan.actors < 1:
+        raise SteerLabError(f"--actors {plan.actors} is too few; give 1 or more.")
+    require(resources, count, plan.cpus_per_actor, gpus, plan.target, "this run")
+    return ActorShape(count, plan.cpus_per_actor, gpus)
+
+
+def shard_batches(run: OpenRun, batch_size: int, actors: int) -> list[list[list[UnitKey]]]:
+    """The local run's batches (same planner, same grouping), cut into ``actors`` contiguous shards of similar size."""
+    trained = {i for i, v in enumerate(run.spec.variants) if v.train is not None}
+
+    def weights(unit: Unit) -> int:  # a trained variant has weights of its own, as in engine.runner.run_units
+        return unit.variant + 1 if unit.variant in trained else 0
+
+    batches = [[(u.prompt, u.sample, u.variant) for u in b] for b in plan_batches(run.pending, batch_size, weights)]
+    shards: list[list[list[UnitKey]]] = [[] for _ in range(actors)]
+    rows = sum(len(b) for b in batches)
+    done = 0
+    for batch in batches:
+        index = min(actors - 1, done * actors // max(rows, 1))
+        shards[index].append(batch)
+        done += len(batch)
+    return [s for s in shards if s]
+
+
+def store_url_for_actors(store: Store) -> str:
+    """The store's URL as another process sees it: a SQLite path made absolute (actors have their own cwd)."""
+    url = make_url(store.url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        path = Path(url.database)
+        if not str(url.database).startswith("file:") and not path.is_absolute():
+            return url.set(database=str(path.resolve())).render_as_string(hide_password=False)
+    return store.url
+
+
+class _Actors:
+    """The run's actors: created with the model loaded, killed (never restarted) when the run ends."""
+
+    def __init__(self, store: Store, model_ref: str, options: RunOptions, shape: ActorShape) -> None:
+        import ray
+
+        remote = ray.remote(ShardActor).options(
+            num_cpus=shape.cpus,
+            num_gpus=shape.gpus,
+            max_restarts=ACTOR_RESTARTS,
+            max_task_retries=ACTOR_RESTARTS,
+        )
+        url = store_url_for_actors(store)
+        self.handles: list[Any] = [remote.remote(url, model_ref, options.to_json()) for _ in range(shape.count)]
+
+    def describe(self) -> list[dict[str, Any]]:
+        import ray
+
+        return [ray.get(h.describe.remote()) for h in self.handles]
+
+    def kill(self) -> None:
+        import ray
+
+        for handle in self.handles:
+            try:
+                ray.kill(handle, no_restart=True)
+            except Exception:  # already gone
+                log.debug("Actor already gone", exc_info=True)
+
+
+def wait_for(
+    refs: Sequence[Any],
+    stop: CancelFlag,
+    on_poll: Callable[[], None] | None = None,
+) -> list[Any]:
+    """Wait for every call, checking ``stop`` between polls; an actor's own error is raised as itself."""
+    import ray
+    from ray.exceptions import RayActorError, RayTaskError
+
+    remaining = list(refs)
+    while remaining:
+        ready, remaining = ray.wait(remaining, num_returns=len(remaining), timeout=POLL_SECONDS)
+        for ref in ready:
+            try:
+                ray.get(ref)
+            except RayTaskError as exc:
+                cause = exc.cause if isinstance(exc.cause, BaseException) else None
+                if cause is not None:
+                    raise cause from None
+                raise
+            except RayActorError as exc:
+                raise SteerLabError(
+                    f"A Ray actor of this run died {ACTOR_RESTARTS + 1} times ({str(exc).splitlines()[0]}); "
+                    "see the Ray logs of its node (session_latest/logs under Ray's temp folder); the run can be "
+                    "resumed and keeps what is stored."
+                ) from exc
+        if on_poll is not None:
+            on_poll()
+        if remaining and stop.is_set():
+            raise RunCancelled()
+    return [ray.get(r) for r in refs]
+
+
+def run_file_on_ray(
+    store: Store,
+    path: str | Path,
+    options: RunOptions,
+    plan: RayPlan,
+    progress: Callable[[Progress], None] | None = None,
+    cancel: CancelFlag | None = None,
+) -> RunResult:
+    """``steerlab run FILE --executor ray``: store the file's experiment (checked on an actor), then run it there."""
+    spec = load_experiment_file(path, [Path(d) for d in options.allowed_dirs])
+    if options.model:
+        spec = replace(spec, model=options.model)
+    if options.name:
+        spec = replace(spec, name=options.name)
+    return run_spec_on_ray(store, spec, str(path), options, plan, progress, cancel)
+
+
+def run_spec_on_ray(
+    store: Store,
+    spec: ExperimentSpec,
+    source: str,
+    options: RunOptions,
+    plan: RayPlan,
+    progress: Callable[[Progress], None] | None = None,
+    cancel: CancelFlag | None = None,
+) -> RunResult:
+    """As :func:`service.running.run_spec` on Ray: the spec is checked against the model on an actor, then run."""
+    vector_files = load_vector_files(spec)  # read here, where the files are; checked on an actor
+
+    def store_it(actors: _Actors) -> None:
+        wait_for([actors.handles[0].store_spec.remote(spec, source, vector_files)], _Never())
+
+    return run_on_ray(store, spec.name, options, plan, progress, cancel, before_claim=(spec.model, store_it))
+
+
+class _Never:
+    def is_set(self) -> bool:
+        return False
+
+
+def run_on_ray(
+    store: Store,
+    name: str,
+    options: RunOptions,
+    plan: RayPlan,
+    progress: Callable[[Progress], None] | None = None,
+    cancel: CancelFlag | None = None,
+    claimed: ClaimedRun | None = None,
+    owner: str | None = None,
+    requeue_on_stop: bool = False,
+    before_claim: tuple[str, Callable[[_Actors], None]] | None = None,
+) -> RunResult:
+    """Run (or resume) a stored experiment's missing generations on Ray actors; see :func:`service.running.run_stored`.
+
+    ``before_claim``: the model to load and what to do with the actors before the run row
+    is claimed (a file run stores its experiment then).
+    """
+    check_batch_size(options.batch_size)
+    resources = connect(plan.target)
+    actors: _Actors | None = None
+    try:
+        if before_claim is not None:
+            model_ref, first = before_claim
+            actors = _Actors(store, model_ref, options, actor_shape(plan, resources, options, batches=1 << 30))
+            first(actors)
+        return _run(store, name, options, plan, resources, actors, progress, cancel, claimed, owner, requeue_on_stop)
+    finally:
+        if actors is not None:
+            actors.kill()
+        disconnect()
+
+
+def _run(
+    store: Store,
+    name: str,
+    options: RunOptions,
+    plan: RayPlan,
+    resources: dict[str, float],
+    actors: _Actors | None,
+    progress: Callable[[Progress], None] | None,
+    cancel: CancelFlag | None,
+    claimed: ClaimedRun | None,
+    owner: str | None,
+    requeue_on_stop: bool,
+) -> RunResult:
+    lease = lease_seconds()
+    holder = owner or owner_name("ray driver")
+    opened = open_run(store, name, options, claimed, holder, lease)
+    run_id = opened.run_id
+    heartbeat = Heartbeat(store, run_id, holder, lease)
+    stop = StoreCancel(store, run_id, cancel, heartbeat)
+    already = opened.total - len(opened.pending)
+    started = time.perf_counter()
+
+    def report() -> None:
+        if progress is None:
+            return
+        with store.session() as session:
+            done = runs.units_done(session, run_id)
+        progress(Progress(done, opened.total, time.perf_counter() - started, max(done - already, 0)))
+
+    def phase(now: str) -> None:
+        if stop.is_set():
+            raise RunCancelled()
+        with store.session() as session:
+            runs.set_run_phase(session, run_id, now)
+
+    status, error, trace = "failed", "", ""
+    heartbeat.start()
+    own_actors = actors is None
+    try:
+        shards = shard_batches(opened, options.batch_size, 1)
+        if actors is None:
+            shape = actor_shape(plan, resources, options, len(shards[0]) if shards else 1)
+            actors = _Actors(store, opened.spec.model, options, shape)
+        shards = shard_batches(opened, options.batch_size, len(actors.handles))
+        described = wait_for([h.describe.remote() for h in actors.handles], stop)
+        _record_hardware(store, run_id, described)
+        phase(PREPARING)
+        first = actors.handles[0]
+        wait_for([first.prepare.remote(name, run_id, holder)], stop)
+        phase(GENERATING)
+        report()
+        calls = [h.generate.remote(name, run_id, holder, s) for h, s in zip(actors.handles, shards, strict=False)]
+        wait_for(calls, stop, report)
+        wait_for([first.measure.remote(name, run_id, holder)], stop)
+        status = "done"
+    except RunCancelled:
+        status = "cancelled"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    except Exception as exc:
+        error, trace = describe_error(exc), traceback.format_exc()
+        raise
+    finally:
+        if actors is not None and own_actors:
+            actors.kill()  # stops every actor now: a cancelled batch is not committed, so nothing is half-stored
+        heartbeat.stop()
+        status = finish_claimed_run(
+            store, run_id, holder, status, error, trace, heartbeat.lost, requeue_on_stop and stop.stopped_locally
+        )
+        log.log(
+            logging.WARNING if status in ("failed", "interrupted") else logging.INFO,
+            "Run %s of '%s' on Ray ended: %s%s",
+            run_id,
+            name,
+            status,
+            f" ({error})" if error else "",
+        )
+    return RunResult(name, run_id, status, len(opened.pending), opened.total)
+
+
+def _record_hardware(store: Store, run_id: int, described: list[dict[str, Any]]) -> None:
+    devices = sorted({str(d["device"]) for d in described})
+    dtypes = sorted({str(d["dtype"]) for d in described})
+    with store.session() as session:
+        runs.set_run_hardware(session, run_id, f"ray: {len(described)} x {'/'.join(devices)}", "/".join(dtypes))
+
+
+def model_of(store: Store, name: str) -> str:
+    """The model a stored experiment runs on (what its actors load)."""
+    with store.session() as session:
+        return stored_spec(get_experiment(session, name)).model
+
+
+def judge_on_ray(
+    store: Store,
+    name: str,
+    judge: str | None,
+    options: RunOptions,
+    plan: RayPlan,
+    cancel: CancelFlag | None = None,
+    claimed: ClaimedRun | None = None,
+    owner: str | None = None,
+) -> JudgeResult:
+    """A judge run on one Ray actor (a GPU when the cluster has them): its heartbeat, cancel and stored readings
+    work as for a local judge run. A stop of this process (Ctrl-C, a worker stopping) kills the actor; the run's
+    lease then expires and the run resumes where it stopped when it is run again."""
+    import ray
+
+    resources = connect(plan.target)
+    holder = owner or owner_name("ray driver")
+    gpus = plan.gpus_per_actor
+    if gpus is None:
+        gpus = (
+            1.0
+            if options.device in ("cuda", "multi") or (resources.get("GPU", 0.0) >= 1 and options.device != "cpu")
+            else 0.0
+        )
+    require(resources, 1, plan.cpus_per_actor, gpus, plan.target, "this judge run")
+    actor: Any = (
+        ray.remote(JudgeActor).options(num_cpus=plan.cpus_per_actor, num_gpus=gpus).remote(store_url_for_actors(store))
+    )
+    try:
+        result: JudgeResult = wait_for(
+            [actor.run.remote(name, judge, options.to_json(), claimed, holder)], cancel or _Never()
+        )[0]
+        return result
+    finally:
+        try:
+            ray.kill(actor, no_restart=True)
+        finally:
+            disconnect()
+
+
+__all__ = ["NOT_LOCAL", "RayPlan", "judge_on_ray", "run_file_on_ray", "run_on_ray", "run_spec_on_ray"]

@@ -1,0 +1,311 @@
+"""Runs on a real local Ray cluster (``ray start --head`` on 127.0.0.1's machine, two CPU actors).
+
+The main check: a run sharded over two actors stores exactly the texts a local run stores
+(the example samples at temperature 0.8, so this covers every row's seeded stream). Then
+an actor killed with SIGKILL mid-run, a cancel from the store, raters voting while a Ray
+run writes, a worker that runs queued runs on Ray, and the one-sentence refusals.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+from sqlalchemy import func, select
+
+from db.schema import Generation, Rating, Run
+from db.store import Store
+from service.jobs import cancel, queue_experiment_file
+from service.rating import next_item, record_vote
+from service.ray_cluster import RayPlan, RayTarget
+from service.ray_runs import run_file_on_ray
+from service.running import RunOptions, RunResult, run_experiment_file
+from tests.conftest import MOOD_FILE, ROOT, needs_models
+from tests.ray_cluster import RayCluster, ray_head  # noqa: F401  (the session's cluster)
+
+pytestmark = [needs_models, pytest.mark.timeout(300)]
+
+NAME = "tinystories_mood"
+LOCAL_NAME = "tinystories_mood_local"
+
+
+def texts(store: Store, name: str) -> list[tuple[str, str, int, str, int]]:
+    """Every stored output of an experiment: (variant, prompt, sample, text, tokens), in a fixed order."""
+    from db.schema import Experiment, Prompt, Variant
+
+    with store.session() as session:
+        rows = session.execute(
+            select(Variant.name, Prompt.text, Generation.sample_index, Generation.text, Generation.token_count)
+            .join(Variant, Variant.id == Generation.variant_id)
+            .join(Prompt, Prompt.id == Generation.prompt_id)
+            .join(Experiment, Experiment.id == Generation.experiment_id)
+            .where(Experiment.name == name)
+        ).all()
+    return sorted((str(a), str(b), int(c), str(d), int(e)) for a, b, c, d, e in rows)
+
+
+def generation_count(store: Store) -> int:
+    with store.session() as session:
+        return int(session.execute(select(func.count()).select_from(Generation)).scalar_one())
+
+
+def latest_run(store: Store) -> Run:
+    with store.session() as session:
+        run = session.execute(select(Run).order_by(Run.id.desc())).scalars().first()
+        assert run is not None
+        session.expunge(run)
+        return run
+
+
+def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def actor_processes() -> list[psutil.Process]:
+    """This machine's SteerLab shard actors (Ray titles an actor's process ``ray::ShardActor...``)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if any("ray::ShardActor" in part for part in process.info["cmdline"] or []):
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.fixture(scope="module")
+def local_texts(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, str, int, str, int]]:
+    """The example run locally, as `steerlab run` does (batch 8)."""
+    store = Store(str(tmp_path_factory.mktemp("local") / "local.db"))
+    run_experiment_file(store, MOOD_FILE, RunOptions(batch_size=8))
+    out = texts(store, NAME)
+    store.close()
+    return out
+
+
+class RunInThread:
+    """A Ray run in a background thread (as the CLI runs it), its result or error kept for the test."""
+
+    def __init__(self, call: Callable[[], RunResult]) -> None:
+        self.result: RunResult | None = None
+        self.error: BaseException | None = None
+
+        def target() -> None:
+            try:
+                self.result = call()
+            except BaseException as exc:  # handed to the test
+                self.error = exc
+
+        self.thread = threading.Thread(target=target, daemon=True)
+        self.thread.start()
+
+    def wait(self, seconds: float) -> RunResult:
+        self.thread.join(seconds)
+        assert not self.thread.is_alive(), f"the Ray run did not end within {seconds} s"
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+def test_a_run_on_two_ray_actors_stores_the_local_texts_while_raters_vote(
+    ray_head: RayCluster,  # noqa: F811
+    local_texts: list[tuple[str, str, int, str, int]],
+    tmp_path: Path,
+) -> None:
+    store = Store(str(tmp_path / "shared.db"))
+    # A finished experiment raters vote on while the Ray run writes another into the same store.
+    run_experiment_file(store, MOOD_FILE, RunOptions(batch_size=8, name=LOCAL_NAME))
+    plan = RayPlan(RayTarget(ray_head.address), actors=2)
+    running = RunInThread(lambda: run_file_on_ray(store, MOOD_FILE, RunOptions(batch_size=8), plan))
+    votes: dict[str, int] = {}
+    served: dict[str, list[tuple[int, int, int]]] = {}
+
+    def rater(name: str) -> None:
+        rng = random.Random(name)
+        served[name] = []
+        while len(served[name]) < 40:
+            item = next_item(store, LOCAL_NAME, name, rng)
+            assert item is not None
+            pair = (min(item.left_id, item.right_id), max(item.left_id, item.right_id), item.repeat)
+            served[name].append(pair)  # a planned repeat (repeat=1, for rater consistency) is its own item
+            choice = rng.choice(["left", "right", "tie"])
+            record_vote(store, LOCAL_NAME, name, item.left_id, item.right_id, choice, repeat=item.repeat)
+        votes[name] = len(served[name])
+
+    raters = [threading.Thread(target=rater, args=(f"rater{i}",)) for i in range(4)]
+    for t in raters:
+        t.start()
+    for t in raters:
+        t.join(240)
+    result = running.wait(240)
+
+    assert result.status == "done" and result.generated == len(local_texts)
+    assert texts(store, NAME) == local_texts  # bitwise the same texts and token counts as a local run
+    assert texts(store, LOCAL_NAME) == local_texts
+    run = latest_run(store)
+    assert run.status == "done" and run.done_units == run.total_units == len(local_texts)
+    assert run.device.startswith("ray: 2 x cpu")
+    with store.session() as session:
+        stored_votes = session.execute(select(Rating.rater, func.count()).group_by(Rating.rater)).all()
+    assert dict((str(r), int(n)) for r, n in stored_votes) == votes == {f"rater{i}": 40 for i in range(4)}
+    for pairs in served.values():
+        assert len(set(pairs)) == len(pairs)  # no pair served twice to one rater
+    # The run's figures and scores are there, as after a local run: the same names, the same score means.
+    from service.summary import variant_summaries
+
+    on_ray, local = variant_summaries(store, NAME), variant_summaries(store, LOCAL_NAME)
+    assert [(v.name, v.generations, v.tokens, sorted(v.figures)) for v in on_ray] == [
+        (v.name, v.generations, v.tokens, sorted(v.figures)) for v in local
+    ]
+    # Scores of the same texts; perplexity is summed by another process with its own thread count: 1e-6 apart.
+    assert [{k: e.value for k, e in v.scores.items()} for v in on_ray] == [
+        {k: pytest.approx(e.value, rel=1e-6) for k, e in v.scores.items()} for v in local
+    ]
+    assert all(v.scores for v in on_ray)
+    store.close()
+
+
+def test_an_actor_killed_mid_run_is_restarted_and_the_run_completes_without_duplicates(
+    ray_head: RayCluster,  # noqa: F811
+    local_texts: list[tuple[str, str, int, str, int]],
+    tmp_path: Path,
+) -> None:
+    store = Store(str(tmp_path / "kill.db"))
+    plan = RayPlan(RayTarget(ray_head.address), actors=2)
+    running = RunInThread(lambda: run_file_on_ray(store, MOOD_FILE, RunOptions(batch_size=4), plan))
+    wait_for(lambda: generation_count(store) >= 8 or not running.thread.is_alive(), 180, "the first batches")
+    assert generation_count(store) < len(local_texts) / 2, "the run ended before an actor could be killed"
+    victims = actor_processes()
+    assert len(victims) == 2
+    victims[0].send_signal(signal.SIGKILL)
+    result = running.wait(240)
+
+    assert result.status == "done"
+    assert generation_count(store) == len(local_texts)  # nothing lost, nothing stored twice
+    assert texts(store, NAME) == local_texts
+    assert not victims[0].is_running()
+    store.close()
+
+
+def test_a_cancel_from_the_store_stops_every_actor(ray_head: RayCluster, tmp_path: Path) -> None:  # noqa: F811
+    store = Store(str(tmp_path / "cancel.db"))
+    plan = RayPlan(RayTarget(ray_head.address), actors=2)
+    running = RunInThread(lambda: run_file_on_ray(store, MOOD_FILE, RunOptions(batch_size=4), plan))
+    wait_for(lambda: generation_count(store) >= 4 or not running.thread.is_alive(), 180, "the first batches")
+    assert cancel(store, NAME)  # what the dashboard's Cancel button and `steerlab cancel` store
+    result = running.wait(60)
+    assert result.status == "cancelled"
+    wait_for(lambda: not actor_processes(), 60, "every actor to stop")
+    stored = generation_count(store)
+    assert 0 < stored < 270
+    assert latest_run(store).status == "cancelled"
+    assert generation_count(store) == stored  # the actors are gone: nothing more is written
+    store.close()
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_a_worker_with_a_ray_executor_runs_the_queued_run_on_the_cluster(
+    ray_head: RayCluster,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    from tests.test_worker import mood_store
+
+    db = mood_store(tmp_path, "queued", samples=1, tokens=8, prompts=6)
+    store = Store(str(db))
+    queue_experiment_file(store, tmp_path / "queued.yaml", RunOptions(batch_size=8))
+    done = cli("worker", "--db", str(db), "--once", "--executor", "ray", env={"RAY_ADDRESS": ray_head.address})
+    assert done.returncode == 0, done.stdout + done.stderr
+    run = latest_run(store)
+    assert run.status == "done" and run.done_units == run.total_units == 6 * 9
+    assert run.device.startswith("ray: ")
+    store.close()
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # closed again when the socket closes
+
+
+@pytest.mark.parametrize(
+    "args, env, says",
+    [
+        (["--executor", "ray://127.0.0.1:{port}"], {}, "The Ray cluster at ray://127.0.0.1:{port} does not answer"),
+        (
+            ["--executor", "ray"],
+            {"RAY_ADDRESS": "127.0.0.1:{port}"},
+            "The Ray cluster at 127.0.0.1:{port} does not answer",
+        ),
+        (["--executor", "ray", "--device", "cuda"], {"RAY_ADDRESS": "{head}"}, "has 0 GPUs, but this run asks for 1"),
+        (["--executor", "ray", "--gpus-per-actor", "1", "--actors", "2"], {"RAY_ADDRESS": "{head}"}, "has 0 GPUs"),
+        (["--executor", "ray", "--actors", "3"], {"RAY_ADDRESS": "{head}"}, "has 2 CPUs, but this run asks for 3"),
+        (["--executor", "slurm"], {}, "--executor 'slurm' is not an executor"),
+    ],
+)
+def test_a_cluster_that_cannot_run_it_is_one_sentence_and_nothing_runs_locally(
+    ray_head: RayCluster,  # noqa: F811
+    tmp_path: Path,
+    args: list[str],
+    env: dict[str, str],
+    says: str,
+) -> None:
+    port = str(closed_port())
+
+    def fill(text: str) -> str:
+        return text.replace("{port}", port).replace("{head}", ray_head.address)
+
+    db = tmp_path / "refused.db"
+    done = cli(
+        "run", str(MOOD_FILE), "--db", str(db), *[fill(a) for a in args], env={k: fill(v) for k, v in env.items()}
+    )
+    assert done.returncode != 0
+    error = done.stderr.strip()
+    assert fill(says) in error, error
+    assert "Traceback" not in error and len(error.splitlines()) == 1, error
+    if db.exists():  # never silently run locally: no run row, no output
+        store = Store(str(db))
+        with store.session() as session:
+            assert session.execute(select(func.count()).select_from(Run)).scalar_one() == 0
+        assert generation_count(store) == 0
+        store.close()
+
+
+def test_a_wrong_ray_token_is_one_sentence(ray_head: RayCluster, tmp_path: Path) -> None:  # noqa: F811
+    done = cli(
+        "run",
+        str(MOOD_FILE),
+        "--db",
+        str(tmp_path / "token.db"),
+        "--executor",
+        "ray",
+        env={"RAY_ADDRESS": ray_head.address, "RAY_AUTH_TOKEN": "0" * 64},
+    )
+    assert done.returncode != 0
+    error = done.stderr.strip()
+    # Ray's C++ client logs a warning line per retry before giving up; our sentence is the last line.
+    assert "asks for its authentication token" in error.splitlines()[-1] and "Traceback" not in error, error
