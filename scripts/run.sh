@@ -2,6 +2,8 @@
 # Set everything up and open the dashboard (http://localhost:8501) on ./steerlab.db
 # (or $STEERLAB_DB), with one local worker process beside it: the dashboard only queues
 # runs, the worker runs them (more workers, on any host: `steerlab worker --db URL`).
+# STEERLAB_EXECUTOR=ray makes that worker run each run on the Ray cluster in RAY_ADDRESS
+# (or on a local Ray instance): see "Running on a cluster" in the README.
 # Extra arguments go to `streamlit run`, e.g. --server.port 8600. Stopping the dashboard
 # (Ctrl-C) stops the worker too; its run goes back to the queue and resumes later.
 source "$(dirname "$0")/env.sh" requirements.txt

@@ -246,9 +246,10 @@ def _ray_plan(args: argparse.Namespace) -> Any:
     """The Ray cluster and actors the command line asks for; None for a local run."""
     from service.ray_cluster import plan_from
 
-    queued = getattr(args, "queue", False)
+    if getattr(args, "queue", False) and args.executor is None:
+        return None  # queued work runs where its worker's executor says ($STEERLAB_EXECUTOR is the worker's)
     plan = plan_from(args.executor, getattr(args, "actors", None), args.gpus_per_actor)
-    if plan is not None and queued:
+    if plan is not None and getattr(args, "queue", False):
         raise SteerLabError(
             "--queue hands the run to a worker, which runs it where the worker's own --executor says; "
             "drop --executor here, or start the worker with `steerlab worker --executor ray`."

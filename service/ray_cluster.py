@@ -17,12 +17,13 @@ from engine.errors import SteerLabError
 
 log = logging.getLogger(__name__)
 
+EXECUTOR_ENV = "STEERLAB_EXECUTOR"  # the default of --executor (so scripts/run.sh's worker can use Ray)
 LOCAL_EXECUTOR = "local"
 RAY_EXECUTOR = "ray"
 NAMESPACE = "steerlab"  # every SteerLab actor and Serve application lives in this Ray namespace
 EXECUTOR_HELP = (
-    "where the work runs: local (this process, the default), ray (the Ray cluster in $RAY_ADDRESS, "
-    "else a new local Ray instance) or ray://HOST:PORT (a Ray cluster's client address)"
+    "where the work runs: local (this process), ray (the Ray cluster in $RAY_ADDRESS, else a new local Ray "
+    "instance) or ray://HOST:PORT (a Ray cluster's client address); default: $STEERLAB_EXECUTOR, else local"
 )
 NOT_LOCAL = "Nothing was run locally in its place."
 
@@ -63,7 +64,9 @@ def plan_from(executor: str | None, actors: int | None = None, gpus_per_actor: f
 
 
 def parse_executor(value: str | None, where: str = "--executor") -> RayTarget | None:
-    """None for local execution, else the Ray cluster ``value`` names."""
+    """None for local execution, else the Ray cluster ``value`` names (default: ``$STEERLAB_EXECUTOR``, else local)."""
+    if value is None and os.environ.get(EXECUTOR_ENV, "").strip():
+        value, where = os.environ[EXECUTOR_ENV], EXECUTOR_ENV
     raw = (value or LOCAL_EXECUTOR).strip()
     if raw == LOCAL_EXECUTOR:
         return None
@@ -140,7 +143,8 @@ def connect(target: RayTarget, timeout: float = 10.0) -> dict[str, float]:
 
 def _join_failure(target: RayTarget, exc: Exception) -> str:
     text = str(exc)
-    chain, cause = [], exc.__cause__ or exc.__context__
+    chain: list[str] = []
+    cause = exc.__cause__ or exc.__context__
     while cause is not None and len(chain) < 5:
         chain.append(str(cause))
         cause = cause.__cause__ or cause.__context__
@@ -154,19 +158,31 @@ def _join_failure(target: RayTarget, exc: Exception) -> str:
     return f"Could not join the Ray cluster at {target.shown} ({first}); check that it runs and that this host may reach it. {NOT_LOCAL}"
 
 
-def require(resources: dict[str, float], actors: int, cpus: float, gpus: float, target: RayTarget, what: str) -> None:
-    """Refuse work the cluster has no room for, rather than let Ray wait for it forever."""
+def require(
+    resources: dict[str, float],
+    count: int,
+    cpus: float,
+    gpus: float,
+    target: RayTarget,
+    what: str,
+    unit: str = "actors",
+    flag: str = "--actors",
+) -> None:
+    """Refuse work the cluster has no room for, rather than let Ray wait for it forever.
+
+    ``count`` processes (``unit``, set by ``flag``) of ``cpus`` CPUs and ``gpus`` GPUs each.
+    """
     have_gpus, have_cpus = resources.get("GPU", 0.0), resources.get("CPU", 0.0)
-    if gpus * actors > have_gpus:
+    if gpus * count > have_gpus:
         raise SteerLabError(
-            f"The Ray cluster at {target.shown} has {have_gpus:g} GPUs, but {what} asks for {gpus * actors:g} "
-            f"({actors} actors x {gpus:g} GPUs); add GPU nodes, or ask for fewer actors (--actors) or "
+            f"The Ray cluster at {target.shown} has {have_gpus:g} GPUs, but {what} asks for {gpus * count:g} "
+            f"({count} {unit} x {gpus:g} GPUs); add GPU nodes, or ask for fewer {unit} ({flag}) or "
             f"--device cpu. {NOT_LOCAL}"
         )
-    if cpus * actors > have_cpus:
+    if cpus * count > have_cpus:
         raise SteerLabError(
-            f"The Ray cluster at {target.shown} has {have_cpus:g} CPUs, but {what} asks for {cpus * actors:g} "
-            f"({actors} actors x {cpus:g} CPUs); add nodes or ask for fewer actors (--actors). {NOT_LOCAL}"
+            f"The Ray cluster at {target.shown} has {have_cpus:g} CPUs, but {what} asks for {cpus * count:g} "
+            f"({count} {unit} x {cpus:g} CPUs); add nodes or ask for fewer {unit} ({flag}). {NOT_LOCAL}"
         )
 
 

@@ -86,10 +86,18 @@ def actor_processes() -> list[psutil.Process]:
 
 
 @pytest.fixture(scope="module")
-def local_texts(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, str, int, str, int]]:
-    """The example run locally, as `steerlab run` does (batch 8)."""
-    store = Store(str(tmp_path_factory.mktemp("local") / "local.db"))
+def local_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example run locally, as `steerlab run` does (batch 8); its store, copied by tests that change it."""
+    path = tmp_path_factory.mktemp("local") / "local.db"
+    store = Store(str(path))
     run_experiment_file(store, MOOD_FILE, RunOptions(batch_size=8))
+    store.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def local_texts(local_run: Path) -> list[tuple[str, str, int, str, int]]:
+    store = Store(str(local_run))
     out = texts(store, NAME)
     store.close()
     return out
@@ -309,3 +317,65 @@ def test_a_wrong_ray_token_is_one_sentence(ray_head: RayCluster, tmp_path: Path)
     error = done.stderr.strip()
     # Ray's C++ client logs a warning line per retry before giving up; our sentence is the last line.
     assert "asks for its authentication token" in error.splitlines()[-1] and "Traceback" not in error, error
+
+
+def test_a_sweep_on_ray_stores_the_local_sweep(ray_head: RayCluster, tmp_path: Path) -> None:  # noqa: F811
+    import yaml
+
+    from service.sweeps import run_sweep_file
+
+    data = yaml.safe_load(MOOD_FILE.read_text())
+    data["prompts"], data["generation"]["samples_per_prompt"] = data["prompts"][:4], 1
+    data["sweep"]["coefficients"] = [1, 3]
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(data))
+    local, on_ray = Store(str(tmp_path / "local.db")), Store(str(tmp_path / "ray.db"))
+    options = RunOptions(batch_size=8)
+    _, local_sweep = run_sweep_file(local, path, options)
+    run, ray_sweep = run_sweep_file(on_ray, path, options, ray=RayPlan(RayTarget(ray_head.address), actors=2))
+    assert run.status == "done"
+    assert texts(on_ray, local_sweep.experiment) == texts(local, local_sweep.experiment)
+    assert [(c.layer, c.coefficient) for c in ray_sweep.cells] == [(c.layer, c.coefficient) for c in local_sweep.cells]
+    assert ray_sweep.recommended is not None and local_sweep.recommended is not None
+    assert (ray_sweep.recommended.layer, ray_sweep.recommended.coefficient) == (
+        local_sweep.recommended.layer,
+        local_sweep.recommended.coefficient,
+    )
+    local.close()
+    on_ray.close()
+
+
+def test_a_judge_run_on_ray_reads_what_a_local_judge_reads(
+    ray_head: RayCluster,  # noqa: F811
+    local_run: Path,
+    tmp_path: Path,
+) -> None:
+    import shutil
+    from dataclasses import replace
+
+    from engine.judge_spec import JudgeSpec
+    from service.catalog import get_experiment, load_spec, save_spec
+    from service.judging import run_judge
+    from service.ray_runs import judge_on_ray
+    from tests.test_judge import readings
+
+    stores = []
+    for copy in ("local.db", "ray.db"):
+        shutil.copy(local_run, tmp_path / copy)
+        store = Store(str(tmp_path / copy))
+        judged = replace(load_spec(store, NAME), judges=(JudgeSpec("mood", "Prefer the sadder story."),))
+        with store.session() as session:  # judges decide no output: nothing is regenerated
+            save_spec(session, get_experiment(session, NAME), judged)
+        stores.append(store)
+    local, on_ray = stores
+    options = RunOptions(batch_size=32, device="cpu")
+    mine = run_judge(local, NAME, "mood", options)
+    theirs = judge_on_ray(on_ray, NAME, "mood", options, RayPlan(RayTarget(ray_head.address)))
+    assert (theirs.status, theirs.read, theirs.votes) == (mine.status, mine.read, mine.votes)
+    assert mine.status == "done" and mine.votes > 0
+    assert readings(on_ray, "mood") == readings(local, "mood")
+    with on_ray.session() as session:
+        run = session.execute(select(Run).order_by(Run.id.desc())).scalars().first()
+        assert run is not None and run.status == "done" and "ray driver" in run.owner
+    local.close()
+    on_ray.close()
