@@ -1,4 +1,4 @@
-"""The command line: ``steerlab run|worker|judge|status|list|export|votes|report|sweep|calibrate|score|suite|bench|serve|deploy|vectors|schema``.
+"""The command line: ``steerlab run|worker|judge|status|cancel|list|export|votes|report|sweep|calibrate|score|suite|bench|serve|deploy|vectors|schema``.
 
 ``python -m engine`` is the same command. This module parses arguments and runs the
 commands; the text tables they print are in :mod:`service.cli_tables`.
@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("name")
     status.add_argument("--db", help=DB_HELP)
 
+    cancel = sub.add_parser(
+        "cancel", help="stop an experiment's active run, wherever it runs (a queued one never starts)"
+    )
+    cancel.add_argument("name")
+    cancel.add_argument("--db", help=DB_HELP)
+
     ls = sub.add_parser("list", help="list stored experiments with their counts")
     ls.add_argument("--db")
 
@@ -166,11 +172,20 @@ def build_parser() -> argparse.ArgumentParser:
         "or (bench store) every page and call on a team-scale store",
     )
     bench.add_argument(
-        "what", nargs="?", choices=("engine", "store", "serve", "decode"), default="engine", help="what to measure"
+        "what",
+        nargs="?",
+        choices=("engine", "store", "serve", "decode", "distributed"),
+        default="engine",
+        help="what to measure",
     )
     bench.add_argument("--json", help="also write the figures to this JSON file")
     bench.add_argument(
         "--quick", action="store_true", help="fewer repeats; bench store: a small store (for smoke tests)"
+    )
+    bench.add_argument(
+        "--executor",
+        help="bench distributed: ray (the cluster in $RAY_ADDRESS; without it, a Ray head started here and "
+        "stopped after) or ray://HOST:PORT",
     )
     _serve_parser(sub)
 
@@ -288,6 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "worker": _worker,
         "judge": _judge,
         "status": _status,
+        "cancel": _cancel,
         "list": _list,
         "export": _export,
         "votes": _votes,
@@ -469,6 +485,20 @@ def _judge(args: argparse.Namespace) -> int:
     print(
         f"Judge '{result.judge}' of '{result.experiment}': run {result.run_id} {result.status}, "
         f"{result.read} new readings ({result.total} in all), {result.votes} votes stored ({store.display_url})."
+    )
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    from service.jobs import cancel
+
+    store = Store(args.db)
+    if not cancel(store, args.name, Identity(f"command line on {_host()}", signed_in=False)):
+        print(f"Experiment '{args.name}' has no queued or running run to cancel ({store.display_url}).")
+        return 0
+    print(
+        f"Asked the run of '{args.name}' to stop ({store.display_url}): it stops after its current batch, "
+        "on every host and Ray actor; `steerlab status` shows when it has."
     )
     return 0
 
@@ -690,6 +720,12 @@ def _bench(args: argparse.Namespace) -> int:
 
         figures = run_decode_benchmark(quick=args.quick, log=report)
         print(json.dumps(figures, indent=2))
+    elif args.what == "distributed":
+        _passive_openmp_threads()  # here and in the Ray head started for it (its actors inherit the setting)
+        from service.bench_distributed import format_distributed_benchmark, run_distributed_benchmark
+
+        figures = run_distributed_benchmark(args.executor, quick=args.quick, log=report)
+        print(format_distributed_benchmark(figures))
     elif args.what == "store":
         from service.bench_store import format_store_benchmark, run_store_benchmark
 

@@ -64,22 +64,36 @@ class ShardActor:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         from service.worker import open_worker_store
 
-        self.options = RunOptions.from_json(options_json)
-        self.store = open_worker_store(store_url)
-        started = time.perf_counter()
-        self.model: LoadedModel = load_model(
-            model_ref,
-            self.options.device,
-            self.options.dtype,
-            quantize=self.options.quantize,
-            batch_size=self.options.batch_size,
-        )
-        self.load_seconds = time.perf_counter() - started
+        # A failure here (a model not on this node, a store it cannot open) is kept and raised by
+        # the first call: raised from __init__, Ray would restart the actor to fail the same way
+        # again, and the driver would see only that the actor died, not why.
+        self.failure: Exception | None = None
+        self.load_seconds = 0.0
         self._work: dict[tuple[str, int], tuple[OpenRun, PreparedWork]] = {}
-        log.info("Actor %s loaded %s on %s in %.1f s", os.getpid(), model_ref, self.model.device, self.load_seconds)
+        try:
+            self.options = RunOptions.from_json(options_json)
+            self.store = open_worker_store(store_url)
+            started = time.perf_counter()
+            self.model: LoadedModel = load_model(
+                model_ref,
+                self.options.device,
+                self.options.dtype,
+                quantize=self.options.quantize,
+                batch_size=self.options.batch_size,
+            )
+            self.load_seconds = time.perf_counter() - started
+            log.info("Actor %s loaded %s on %s in %.1f s", os.getpid(), model_ref, self.model.device, self.load_seconds)
+        except Exception as exc:
+            log.exception("Actor %s could not start", os.getpid())
+            self.failure = exc
+
+    def _ready(self) -> None:
+        if self.failure is not None:
+            raise self.failure
 
     def describe(self) -> dict[str, object]:
         """Where this actor runs: pid, device, dtype, and how long its model took to load."""
+        self._ready()
         return {
             "pid": os.getpid(),
             "device": str(self.model.device),
@@ -89,16 +103,23 @@ class ShardActor:
 
     def store_spec(self, spec: ExperimentSpec, source: str, vector_files: dict[str, bytes]) -> None:
         """Check a file's experiment against the model and store (or extend) it, as a local run does."""
+        self._ready()
         store_checked_spec(self.store, spec, source, self.options, self.model, vector_files)
 
     def prepare(self, name: str, run_id: int, holder: str) -> None:
-        """Extract (or read) the vectors and train what trains; the driver calls this on one actor first."""
-        self._prepared(name, run_id, holder)
+        """Extract (or read) the vectors and train what trains; the driver calls this on one actor first.
+
+        Only this call shows its phases (extracting, training) on the run: the other actors read the
+        stored vectors while the run's phase already says generating.
+        """
+        self._ready()
+        self._prepared(name, run_id, holder, self._phase(run_id, holder))
 
     def generate(self, name: str, run_id: int, holder: str, batches: Sequence[Sequence[UnitKey]]) -> int:
         """Generate the shard's batches, skipping stored units; returns how many units this call stored."""
-        opened, work = self._prepared(name, run_id, holder)
+        self._ready()
         stop = StoreStop(self.store, run_id, holder)
+        opened, work = self._prepared(name, run_id, holder, self._quiet_phase(stop))
         write = BatchWriter(self.store, opened)
         stored = 0
         for keys in batches:
@@ -119,8 +140,10 @@ class ShardActor:
 
     def measure(self, name: str, run_id: int, holder: str) -> None:
         """The run's compute and reversibility figures and its automatic scores."""
-        opened, work = self._prepared(name, run_id, holder)
-        measure_and_score(self.store, opened, self.model, work, self._phase(run_id, holder))
+        self._ready()
+        phase = self._phase(run_id, holder)
+        opened, work = self._prepared(name, run_id, holder, self._quiet_phase(StoreStop(self.store, run_id, holder)))
+        measure_and_score(self.store, opened, self.model, work, phase)
 
     def _phase(self, run_id: int, holder: str) -> Callable[[str], None]:
         stop = StoreStop(self.store, run_id, holder)
@@ -133,14 +156,23 @@ class ShardActor:
 
         return phase
 
-    def _prepared(self, name: str, run_id: int, holder: str) -> tuple[OpenRun, PreparedWork]:
+    @staticmethod
+    def _quiet_phase(stop: StoreStop) -> Callable[[str], None]:
+        """Honours a cancel between preparation steps without writing the run's phase."""
+
+        def phase(_now: str) -> None:
+            if stop.is_set():
+                raise RunCancelled()
+
+        return phase
+
+    def _prepared(
+        self, name: str, run_id: int, holder: str, phase: Callable[[str], None]
+    ) -> tuple[OpenRun, PreparedWork]:
         key = (name, run_id)
         if key not in self._work:
             opened = open_shard(self.store, name, run_id)
-            self._work[key] = (
-                opened,
-                prepare_work(self.store, name, opened.spec, self.model, self._phase(run_id, holder)),
-            )
+            self._work[key] = (opened, prepare_work(self.store, name, opened.spec, self.model, phase))
         return self._work[key]
 
 

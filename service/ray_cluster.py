@@ -129,6 +129,7 @@ def connect(target: RayTarget, timeout: float = 10.0) -> dict[str, float]:
         ray.init(
             address=target.address,
             namespace=NAMESPACE,
+            runtime_env={"env_vars": forwarded_environment()},
             logging_level=logging.WARNING,
             log_to_driver=False,
             include_dashboard=False if target.address is None else None,
@@ -141,6 +142,18 @@ def connect(target: RayTarget, timeout: float = 10.0) -> dict[str, float]:
     return {k: float(v) for k, v in resources.items()}
 
 
+# Where actors find models: the driver's Hugging Face cache settings (SteerLab's command line sets
+# them to ../shared/hf-cache when that folder exists). Forwarded so that actors on this machine, or
+# on nodes that share the path, load what the driver would; a node without the path fails with
+# the model loader's one sentence naming the folder. Secrets (HF_TOKEN) are not forwarded.
+FORWARDED_VARIABLES = ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_HOME", "TRANSFORMERS_OFFLINE", "STEERLAB_CACHE")
+
+
+def forwarded_environment() -> dict[str, str]:
+    """The driver's variables every actor and replica of its Ray job gets."""
+    return {name: os.environ[name] for name in FORWARDED_VARIABLES if os.environ.get(name)}
+
+
 def _join_failure(target: RayTarget, exc: Exception) -> str:
     text = str(exc)
     chain: list[str] = []
@@ -150,8 +163,8 @@ def _join_failure(target: RayTarget, exc: Exception) -> str:
         cause = cause.__cause__ or cause.__context__
     if any("InvalidAuthToken" in t or ("auth" in t.lower() and "token" in t.lower()) for t in [text, *chain]):
         return (
-            f"The Ray cluster at {target.shown} refused SteerLab: it asks for its authentication token; "
-            "set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) as on the head node. "
+            f"The Ray cluster at {target.shown} refused SteerLab's authentication token (none, or a wrong one); "
+            "set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the head node's token. "
             f"{NOT_LOCAL}"
         )
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
@@ -173,17 +186,23 @@ def require(
     ``count`` processes (``unit``, set by ``flag``) of ``cpus`` CPUs and ``gpus`` GPUs each.
     """
     have_gpus, have_cpus = resources.get("GPU", 0.0), resources.get("CPU", 0.0)
+    each = f"{count} {unit.removesuffix('s') if count == 1 else unit}"
     if gpus * count > have_gpus:
         raise SteerLabError(
-            f"The Ray cluster at {target.shown} has {have_gpus:g} GPUs, but {what} asks for {gpus * count:g} "
-            f"({count} {unit} x {gpus:g} GPUs); add GPU nodes, or ask for fewer {unit} ({flag}) or "
-            f"--device cpu. {NOT_LOCAL}"
+            f"The Ray cluster at {target.shown} has {_amount(have_gpus, 'GPU')}, but {what} asks for "
+            f"{_amount(gpus * count, 'GPU')} ({each} x {_amount(gpus, 'GPU')}); add GPU nodes, or ask for fewer "
+            f"{unit} ({flag}) or --device cpu. {NOT_LOCAL}"
         )
     if cpus * count > have_cpus:
         raise SteerLabError(
-            f"The Ray cluster at {target.shown} has {have_cpus:g} CPUs, but {what} asks for {cpus * count:g} "
-            f"({count} {unit} x {cpus:g} CPUs); add nodes or ask for fewer {unit} ({flag}). {NOT_LOCAL}"
+            f"The Ray cluster at {target.shown} has {_amount(have_cpus, 'CPU')}, but {what} asks for "
+            f"{_amount(cpus * count, 'CPU')} ({each} x {_amount(cpus, 'CPU')}); add nodes or ask for fewer "
+            f"{unit} ({flag}). {NOT_LOCAL}"
         )
+
+
+def _amount(value: float, what: str) -> str:
+    return f"{value:g} {what}" if value == 1 else f"{value:g} {what}s"
 
 
 def disconnect() -> None:

@@ -153,15 +153,32 @@ def wait_for(
                 raise
             except RayActorError as exc:
                 raise SteerLabError(
-                    f"A Ray actor of this run died {ACTOR_RESTARTS + 1} times ({str(exc).splitlines()[0]}); "
-                    "see the Ray logs of its node (session_latest/logs under Ray's temp folder); the run can be "
-                    "resumed and keeps what is stored."
+                    f"A Ray actor of this run died {ACTOR_RESTARTS + 1} times ({_first_line(exc)}); see the Ray "
+                    "logs of its node (session_latest/logs under Ray's temp folder); what it stored stays, and "
+                    "running again continues from there."
                 ) from exc
         if on_poll is not None:
             on_poll()
         if remaining and stop.is_set():
             raise RunCancelled()
     return [ray.get(r) for r in refs]
+
+
+def _first_line(exc: BaseException) -> str:
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # Ray colours its messages
+    return text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
+
+
+def let_actors_stop(refs: Sequence[Any], seconds: float = 5.0) -> None:
+    """After a stored cancel, give the actors (which see it too) a moment to stop between batches by themselves."""
+    import ray
+
+    try:
+        ray.wait(list(refs), num_returns=len(refs), timeout=seconds)
+    except Exception:  # stopping anyway: the actors are killed next
+        log.debug("Waiting for actors to stop failed", exc_info=True)
 
 
 def run_file_on_ray(
@@ -288,7 +305,11 @@ def _run(
         phase(GENERATING)
         report()
         calls = [h.generate.remote(name, run_id, holder, s) for h, s in zip(actors.handles, shards, strict=False)]
-        wait_for(calls, stop, report)
+        try:
+            wait_for(calls, stop, report)
+        except RunCancelled:
+            let_actors_stop(calls)
+            raise
         wait_for([first.measure.remote(name, run_id, holder)], stop)
         status = "done"
     except RunCancelled:

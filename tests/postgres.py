@@ -79,6 +79,12 @@ class PostgresServer:
         self._admin(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}"')
         return self.url(name)
 
+    def copy(self, url: str) -> str:
+        """A new database holding a copy of ``url``'s (nothing may be connected to that one); its URL."""
+        name = f"steerlab_{uuid.uuid4().hex[:12]}"
+        self._admin(f'CREATE DATABASE "{name}" TEMPLATE "{url.rsplit("/", 1)[1]}"')
+        return self.url(name)
+
     def drop(self, url: str) -> None:
         """Drop a test's database (its connections too), so that the session's disk use stays small."""
         name = url.rsplit("/", 1)[1]
@@ -143,3 +149,31 @@ def _run(command: list[str]) -> None:
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}): {done.stdout}{done.stderr}")
+
+
+def new_store_url(backend: str, folder: Path, request: pytest.FixtureRequest) -> str:
+    """Where a new store goes on ``backend``: a SQLite file in ``folder``, or a new migrated PostgreSQL
+    database on the session's server, dropped when ``request``'s scope ends."""
+    if backend == "postgresql":
+        server: PostgresServer = request.getfixturevalue("postgres")
+        url = server.new_store_url()
+        request.addfinalizer(lambda: server.drop(url))
+        return url
+    return f"sqlite:///{folder / 'store.db'}"
+
+
+def copy_store_url(url: str, folder: Path, request: pytest.FixtureRequest) -> str:
+    """A copy of the store at ``url`` (closed: nothing connected to it), for one test to change: a SQLite
+    backup in ``folder``, or a PostgreSQL database copied from it and dropped when ``request``'s scope ends."""
+    if url.startswith("postgresql"):
+        server: PostgresServer = request.getfixturevalue("postgres")
+        copied = server.copy(url)
+        request.addfinalizer(lambda: server.drop(copied))
+        return copied
+    import sqlite3
+    from contextlib import closing
+
+    target = folder / "copy.db"
+    with closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as src, closing(sqlite3.connect(target)) as dst:
+        src.backup(dst)  # includes what is still in the WAL file
+    return f"sqlite:///{target}"

@@ -33,6 +33,7 @@ class RayCluster:
     client_address: str  # ray://host:port, the Ray Client server
     token: str
     temp_dir: Path
+    pid: int = 0  # the `ray start --block` process: this cluster's processes descend from it
 
     @property
     def env(self) -> dict[str, str]:
@@ -61,7 +62,8 @@ def ray_cluster(num_cpus: int = 2) -> Iterator[RayCluster]:
     """Start a head node; yield once a driver can connect; stop it and its processes."""
     temp = Path(tempfile.mkdtemp(prefix="steerlab-ray-"))
     port, client_port = _free_port(), _free_port()
-    cluster = RayCluster(f"127.0.0.1:{port}", f"ray://127.0.0.1:{client_port}", secrets.token_hex(32), temp)
+    token = secrets.token_hex(32)
+    cluster = RayCluster(f"127.0.0.1:{port}", f"ray://127.0.0.1:{client_port}", token, temp)
     env = {**os.environ, **cluster.env, "RAY_USAGE_STATS_ENABLED": "0"}
     command = [
         _ray_bin(),
@@ -79,6 +81,7 @@ def ray_cluster(num_cpus: int = 2) -> Iterator[RayCluster]:
     ]
     log = (temp / "ray-start.log").open("w")
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    cluster = RayCluster(cluster.address, cluster.client_address, token, temp, process.pid)
     try:
         _wait_until_ready(cluster, process, temp / "ray-start.log")
         yield cluster

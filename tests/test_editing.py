@@ -1,14 +1,13 @@
-"""The dashboard's editing services on a real store: what a form sends, what is stored."""
+"""The dashboard's editing services on a real store (SQLite and PostgreSQL): what a form sends, what is stored."""
 
 from __future__ import annotations
 
 import json
 import math
-import sqlite3
-from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from db import repository as repo
 from db.schema import Generation
@@ -18,27 +17,26 @@ from service.editing import create_experiment, save_variant, save_vector, upload
 from tests.conftest import TINYSTORIES, needs_models
 from tests.helpers import random_vector
 
-pytestmark = needs_models
+pytestmark = [needs_models, pytest.mark.both_stores]
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Path:
-    path = tmp_path / "edit.db"
-    create_experiment(Store(str(path)), {"name": "e", "model": TINYSTORIES, "prompts": ["Once upon a time"]})
-    return path
+def db(store: Store) -> Store:
+    create_experiment(store, {"name": "e", "model": TINYSTORIES, "prompts": ["Once upon a time"]})
+    return store
 
 
-def stored_vectors(db: Path) -> dict[str, dict[str, object]]:
-    with sqlite3.connect(db) as conn:
+def stored_vectors(store: Store) -> dict[str, dict[str, object]]:
+    with store.engine.connect() as conn:
         # The definitions live in the experiment's spec_json only (vector rows hold extracted data).
-        (spec_json,) = conn.execute("SELECT spec_json FROM experiments").fetchone()
+        spec_json = conn.execute(text("SELECT spec_json FROM experiments")).scalar_one()
         vectors: dict[str, dict[str, object]] = json.loads(spec_json)["vectors"]
-        assert {n for (n,) in conn.execute("SELECT name FROM vectors")} == set(vectors), "one row per vector"
+        assert {n for (n,) in conn.execute(text("SELECT name FROM vectors"))} == set(vectors), "one row per vector"
         return vectors
 
 
-def test_pairs_table_rows_empty_are_skipped_and_half_filled_are_refused(db: Path) -> None:
-    store = Store(str(db))
+def test_pairs_table_rows_empty_are_skipped_and_half_filled_are_refused(db: Store) -> None:
+    store = db
     nan = math.nan
     rows = [["He smiled.", "He frowned."], [None, None], [nan, ""], ["She laughed.", "She cried."]]
     save_vector(store, "e", "mood", {"method": "mean_diff", "read": "last", "pairs": rows})
@@ -54,8 +52,8 @@ def test_pairs_table_rows_empty_are_skipped_and_half_filled_are_refused(db: Path
     assert "nan" not in json.dumps(stored_vectors(db))
 
 
-def test_a_prompting_variant_needs_its_text_and_errors_use_the_forms_words(db: Path) -> None:
-    store = Store(str(db))
+def test_a_prompting_variant_needs_its_text_and_errors_use_the_forms_words(db: Store) -> None:
+    store = db
     with pytest.raises(SteerLabError, match="system prompt or a prefix"):
         save_variant(store, "e", {"name": "polite", "kind": "prompting", "system": " ", "prefix": ""})
     save_vector(store, "e", "mood", {"pairs": [["He smiled.", "He frowned."]]})
@@ -94,8 +92,8 @@ def give_every_variant_an_output(store: Store) -> None:
         )
 
 
-def test_a_variant_keeps_its_outputs_until_what_decides_them_changes(db: Path, tiny: Any) -> None:
-    store = Store(str(db))
+def test_a_variant_keeps_its_outputs_until_what_decides_them_changes(db: Store, tiny: Any) -> None:
+    store = db
     first, second = (random_vector(tiny, seed=seed, scale=0.01).to_bytes() for seed in (0, 1))
     upload_vector(store, "e", "mine", first, "mine.safetensors")
     steered: dict[str, Any] = {
@@ -121,20 +119,19 @@ def test_a_variant_keeps_its_outputs_until_what_decides_them_changes(db: Path, t
 
 
 @needs_models
-def test_an_uploaded_file_can_be_stored_under_another_name_and_its_uploader_owns_it(tmp_path: Path) -> None:
+def test_an_uploaded_file_can_be_stored_under_another_name_and_its_uploader_owns_it(store: Store) -> None:
     from service.access import Identity, role_in
     from service.catalog import list_experiments
     from service.editing import create_experiment_from_yaml
     from tests.conftest import MOOD_FILE
 
-    store = Store(str(tmp_path / "upload.db"))
-    text = MOOD_FILE.read_text()
+    definition = MOOD_FILE.read_text()
     ann = Identity("ann@example.com", signed_in=True)
-    assert create_experiment_from_yaml(store, text, "mood.yaml", ann).name == "tinystories_mood"
+    assert create_experiment_from_yaml(store, definition, "mood.yaml", ann).name == "tinystories_mood"
     with pytest.raises(SteerLabError, match=r"already exists; pick another name .*'Store as'"):
-        create_experiment_from_yaml(store, text, "mood.yaml", ann)
+        create_experiment_from_yaml(store, definition, "mood.yaml", ann)
     with pytest.raises(SteerLabError, match=r"'Store as'.*101 characters long"):
-        create_experiment_from_yaml(store, text, "mood.yaml", ann, "x" * 101)
-    assert create_experiment_from_yaml(store, text, "mood.yaml", ann, " mood_again ").name == "mood_again"
+        create_experiment_from_yaml(store, definition, "mood.yaml", ann, "x" * 101)
+    assert create_experiment_from_yaml(store, definition, "mood.yaml", ann, " mood_again ").name == "mood_again"
     assert role_in(store, ann, "mood_again") == "owner", "the signed-in uploader owns it, not the local user"
     assert sorted(e.name for e in list_experiments(store)) == ["mood_again", "tinystories_mood"]

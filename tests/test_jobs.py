@@ -1,4 +1,6 @@
-"""Queued runs: enqueue, one active run per experiment, watch from another connection, cancel, resume."""
+"""Queued runs: enqueue, one active run per experiment, watch from another connection, cancel, resume.
+
+On SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from service.running import RunOptions
 from service.worker import Worker
 from tests.conftest import MOOD_FILE, needs_models
 
+pytestmark = pytest.mark.both_stores
+
 
 def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
     deadline = time.monotonic() + seconds
@@ -29,21 +33,21 @@ def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def stored_mood(tmp_path: Path, samples: int, tokens: int, db: str = "jobs.db") -> Store:
+def stored_mood(store: Store, tmp_path: Path, samples: int, tokens: int) -> Store:
+    """``store`` with the mood example's definition (no outputs), generating ``samples`` x ``tokens``."""
     data = yaml.safe_load(MOOD_FILE.read_text())
     data["generation"].update(samples_per_prompt=samples, max_new_tokens=tokens)
     path = tmp_path / "mood.yaml"
     path.write_text(yaml.safe_dump(data))
-    store = Store(str(tmp_path / db))
     with store.session() as session:
         save_spec(session, None, load_experiment_file(path))
     return store
 
 
 def test_a_second_active_run_is_refused_in_one_sentence_and_a_cancelled_queued_run_never_starts(
-    tmp_path: Path,
+    store: Store, tmp_path: Path
 ) -> None:
-    store = stored_mood(tmp_path, samples=1, tokens=4)
+    stored_mood(store, tmp_path, samples=1, tokens=4)
     first = enqueue(
         store,
         "tinystories_mood",
@@ -63,14 +67,14 @@ def test_a_second_active_run_is_refused_in_one_sentence_and_a_cancelled_queued_r
     assert not cancel(store, "tinystories_mood"), "nothing active to cancel"
 
 
-def test_claims_are_atomic_when_many_workers_race(tmp_path: Path) -> None:
-    store = stored_mood(tmp_path, samples=1, tokens=4)
+def test_claims_are_atomic_when_many_workers_race(store: Store, tmp_path: Path) -> None:
+    stored_mood(store, tmp_path, samples=1, tokens=4)
     run_id = enqueue(store, "tinystories_mood")
     start = threading.Barrier(8)
     won: list[str] = []
 
     def race(i: int) -> None:
-        other = Store(str(tmp_path / "jobs.db"))  # one connection pool per "host"
+        other = Store(store.url)  # one connection pool per "host"
         start.wait()
         with other.session() as session:
             if runs.claim_run(session, run_id, f"worker-{i}", 60):
@@ -88,8 +92,10 @@ def test_claims_are_atomic_when_many_workers_race(tmp_path: Path) -> None:
         assert not runs.claim_run(session, run_id, "late", 60), "a live lease is not taken"
 
 
-def test_missing_worker_is_said_when_queued_runs_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    store = stored_mood(tmp_path, samples=1, tokens=4)
+def test_missing_worker_is_said_when_queued_runs_wait(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stored_mood(store, tmp_path, samples=1, tokens=4)
     assert missing_worker(store) == ""
     enqueue(store, "tinystories_mood")
     assert missing_worker(store) == "", "a worker has a moment to claim a fresh run"
@@ -102,16 +108,16 @@ def test_missing_worker_is_said_when_queued_runs_wait(tmp_path: Path, monkeypatc
 
 
 @needs_models
-def test_queued_run_is_watched_cancelled_and_resumed_by_a_worker(tmp_path: Path) -> None:
-    store = stored_mood(tmp_path, samples=2, tokens=32)
+def test_queued_run_is_watched_cancelled_and_resumed_by_a_worker(store: Store, tmp_path: Path) -> None:
+    stored_mood(store, tmp_path, samples=2, tokens=32)
     assert status(store, "tinystories_mood").state == "never run"
     enqueue(store, "tinystories_mood", RunOptions(batch_size=4, device="cpu"))
     stop = threading.Event()
-    worker = Worker(Store(str(tmp_path / "jobs.db")), stop, poll=0.05)
+    worker = Worker(Store(store.url), stop, poll=0.05)
     thread = threading.Thread(target=worker.run)
     thread.start()
     try:
-        other_tab = Store(str(tmp_path / "jobs.db"))
+        other_tab = Store(store.url)
         wait_for(lambda: status(other_tab, "tinystories_mood").done >= 8, 60, "8 generations")
         watched = status(other_tab, "tinystories_mood")
         assert watched.state == "running" and watched.total == 180 and watched.rate > 0
@@ -130,11 +136,11 @@ def test_queued_run_is_watched_cancelled_and_resumed_by_a_worker(tmp_path: Path)
     assert (finished.done, finished.total, finished.error) == (180, 180, "")
 
 
-def test_only_owners_start_or_cancel_runs_and_both_are_in_the_audit_log(tmp_path: Path) -> None:
+def test_only_owners_start_or_cancel_runs_and_both_are_in_the_audit_log(store: Store, tmp_path: Path) -> None:
     from service.access import AccessDenied, grant
     from service.audit import recent
 
-    store = stored_mood(tmp_path, samples=1, tokens=4)
+    stored_mood(store, tmp_path, samples=1, tokens=4)
     rater = Identity("rita@example.com", signed_in=True)
     grant(store, Identity("admin", signed_in=False), "tinystories_mood", rater.user, "rater")
     with pytest.raises(AccessDenied):

@@ -1,18 +1,16 @@
-"""The rating queue and vote recording, against a real store with real generations."""
+"""The rating queue and vote recording, against a real store (SQLite and PostgreSQL) with real generations."""
 
 from __future__ import annotations
 
 import multiprocessing
 import random
-import sqlite3
 import threading
 from collections import Counter
-from contextlib import closing
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
+from sqlalchemy import text
 
 from db.store import Store
 from engine.errors import SteerLabError
@@ -21,32 +19,44 @@ from service.export import export_data
 from service.rating import next_item, progress, record_vote
 from service.running import RunOptions, run_experiment_file
 from tests.conftest import MOOD_FILE, needs_models
+from tests.postgres import copy_store_url, new_store_url
+from tests.voters import vote_at_the_barrier
 
-pytestmark = needs_models
-
-
-def copy_db(source: Path, target: Path) -> Path:
-    with closing(sqlite3.connect(source)) as src, closing(sqlite3.connect(target)) as dst:
-        src.backup(dst)  # includes what is still in the WAL file
-    return target
+pytestmark = [needs_models, pytest.mark.both_stores]
 
 
-@pytest.fixture(scope="module")
-def rated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("rate")
+def rated(backend: str, folder: Path, request: pytest.FixtureRequest) -> str:
+    """A store with a small run of the mood example (2 prompts, 3 variants, 1 sample): its URL."""
     data = yaml.safe_load(MOOD_FILE.read_text())
     data["generation"].update(samples_per_prompt=1, max_new_tokens=8)
     data["prompts"] = data["prompts"][:2]
     data["variants"] = data["variants"][:3]
     path = folder / "mood.yaml"
     path.write_text(yaml.safe_dump(data))
-    run_experiment_file(Store(str(folder / "r.db")), path, RunOptions(device="cpu"))
-    return folder / "r.db"
+    store = Store(new_store_url(backend, folder, request))
+    run_experiment_file(store, path, RunOptions(device="cpu"))
+    store.close()
+    return store.url
 
 
-def test_queue_serves_least_rated_first_and_never_repeats_for_a_rater(tmp_path: Path, rated_db: Path) -> None:
-    db = copy_db(rated_db, tmp_path / "copy.db")
-    store = Store(str(db))
+@pytest.fixture(scope="module")
+def rated_sqlite(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> str:
+    return rated("sqlite", tmp_path_factory.mktemp("rate"), request)
+
+
+@pytest.fixture(scope="module")
+def rated_postgresql(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> str:
+    return rated("postgresql", tmp_path_factory.mktemp("rate"), request)
+
+
+@pytest.fixture
+def db(store_backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """The URL of this test's own copy of the rated store."""
+    return copy_store_url(request.getfixturevalue(f"rated_{store_backend}"), tmp_path, request)
+
+
+def test_queue_serves_least_rated_first_and_never_repeats_for_a_rater(db: str) -> None:
+    store = Store(db)
     rng = random.Random(0)
     seen = set()
     sides: Counter[str] = Counter()
@@ -72,9 +82,8 @@ def test_queue_serves_least_rated_first_and_never_repeats_for_a_rater(tmp_path: 
     assert compare(store, "tinystories_mood", bootstrap_rounds=50).agreement.items == 1
 
 
-def test_bad_votes_are_refused(tmp_path: Path, rated_db: Path) -> None:
-    db = copy_db(rated_db, tmp_path / "copy.db")
-    store = Store(str(db))
+def test_bad_votes_are_refused(db: str) -> None:
+    store = Store(db)
     item = next_item(store, "tinystories_mood", "ann")
     assert item is not None
     with pytest.raises(SteerLabError, match="not one of left, right, tie, both_bad"):
@@ -89,12 +98,11 @@ def test_bad_votes_are_refused(tmp_path: Path, rated_db: Path) -> None:
     assert len(export_data(store, "tinystories_mood")["ratings"]) == 1
 
 
-def test_votes_from_many_raters_at_once_are_all_kept(tmp_path: Path, rated_db: Path) -> None:
-    db = copy_db(rated_db, tmp_path / "copy.db")
+def test_votes_from_many_raters_at_once_are_all_kept(db: str) -> None:
     errors: list[Exception] = []
 
     def rater(name: str) -> None:
-        store = Store(str(db))  # its own connection, like a second browser tab
+        store = Store(db)  # its own connection, like a second browser tab
         try:
             for _ in range(6):
                 item = next_item(store, "tinystories_mood", name)
@@ -109,27 +117,11 @@ def test_votes_from_many_raters_at_once_are_all_kept(tmp_path: Path, rated_db: P
     for t in threads:
         t.join()
     assert not errors
-    assert len(export_data(Store(str(db)), "tinystories_mood")["ratings"]) == 24
+    assert len(export_data(Store(db), "tinystories_mood")["ratings"]) == 24
 
 
-def _vote_at_the_barrier(db: str, left: int, right: int, choice: str, barrier: Any, results: Any) -> None:
-    try:
-        store = Store(db)  # its own connection, like another tab's server session
-    except Exception as exc:
-        barrier.abort()  # the others must not wait for this one for ever
-        results.put(f"could not open the store: {exc}")
-        return
-    barrier.wait(timeout=120)
-    try:
-        record_vote(store, "tinystories_mood", "erin", left, right, choice)
-        results.put("stored")
-    except SteerLabError as exc:
-        results.put(str(exc))
-
-
-def test_one_rater_voting_one_pair_from_four_processes_at_once_stores_one_vote(tmp_path: Path, rated_db: Path) -> None:
-    db = copy_db(rated_db, tmp_path / "copy.db")
-    store = Store(str(db))
+def test_one_rater_voting_one_pair_from_four_processes_at_once_stores_one_vote(db: str) -> None:
+    store = Store(db)
     items = []
     for _ in range(3):  # three pairs, each voted by the same rater from four processes at the same instant
         item = next_item(store, "tinystories_mood", "erin")
@@ -140,9 +132,11 @@ def test_one_rater_voting_one_pair_from_four_processes_at_once_stores_one_vote(t
         workers = [
             ctx.Process(
                 daemon=True,
-                target=_vote_at_the_barrier,
+                target=vote_at_the_barrier,
                 args=(
-                    str(db),
+                    db,
+                    "tinystories_mood",
+                    "erin",
                     *((item.left_id, item.right_id) if i % 2 else (item.right_id, item.left_id)),
                     "left",
                     barrier,
@@ -162,6 +156,6 @@ def test_one_rater_voting_one_pair_from_four_processes_at_once_stores_one_vote(t
                     w.kill()
         assert outcomes.count("stored") == 1, outcomes
         assert all("already rated this pair" in o for o in outcomes if o != "stored")
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute("SELECT rater, pair_low_id, pair_high_id FROM ratings").fetchall()
+    with store.engine.connect() as conn:
+        rows = [tuple(r) for r in conn.execute(text("SELECT rater, pair_low_id, pair_high_id FROM ratings"))]
     assert sorted(rows) == sorted(("erin", min(i.left_id, i.right_id), max(i.left_id, i.right_id)) for i in items)

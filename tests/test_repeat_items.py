@@ -1,4 +1,4 @@
-"""Pairs shown to a rater a second time (service.rating's repeats), in a real SQLite store.
+"""Pairs shown to a rater a second time (service.rating's repeats), in a real store (SQLite and PostgreSQL).
 
 The store holds an experiment's outputs as a run stores them (through the repository); the
 texts do not matter to the queue, so no model runs here. Every vote goes through the queue
@@ -8,13 +8,11 @@ and record_vote, and is checked in the store.
 from __future__ import annotations
 
 import random
-import sqlite3
 from collections import Counter
-from contextlib import closing
-from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 
 from db import repository as repo
@@ -32,9 +30,10 @@ NAME = "repeats"
 VARIANTS, PROMPTS, SAMPLES = 4, 10, 2
 ITEMS = PROMPTS * SAMPLES * VARIANTS * (VARIANTS - 1) // 2  # pairs of variants per (prompt, sample): 120
 
+pytestmark = pytest.mark.both_stores
 
-def build(path: Path, repeat_share: float) -> Store:
-    store = Store(str(path))
+
+def build(store: Store, repeat_share: float) -> Store:
     raw = {
         "name": NAME,
         "model": "m",
@@ -61,10 +60,14 @@ def build(path: Path, repeat_share: float) -> Store:
 
 def stored_votes(store: Store) -> list[tuple[str, int, int, int, int, str]]:
     """(rater, left id, right id, lower id, repeat, choice) of every vote, in order (plain SQL)."""
-    with closing(sqlite3.connect(store.engine.url.database or "")) as conn:
-        return conn.execute(
-            "SELECT rater, left_generation_id, right_generation_id, pair_low_id, repeat, choice FROM ratings ORDER BY id"
-        ).fetchall()
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT rater, left_generation_id, right_generation_id, pair_low_id, repeat, choice "
+                "FROM ratings ORDER BY id"
+            )
+        )
+        return [tuple(r) for r in rows]
 
 
 def rate_everything(store: Store, rater: str, seed: int) -> list[tuple[tuple[int, int], int, int]]:
@@ -92,8 +95,8 @@ def test_which_pairs_come_again_and_when_is_a_stable_hash_near_the_share() -> No
     assert all(repeat_gap("ann", p, 0.0) is None for p in pairs[:2000]), "0 turns repeats off"
 
 
-def test_a_rater_sees_some_pairs_again_later_with_the_sides_drawn_again(tmp_path: Path) -> None:
-    store = build(tmp_path / "r.db", 0.2)
+def test_a_rater_sees_some_pairs_again_later_with_the_sides_drawn_again(store: Store) -> None:
+    build(store, 0.2)
     shown = rate_everything(store, "ann", seed=1)
     firsts = [pair for pair, repeat, _ in shown if not repeat]
     assert len(firsts) == len(set(firsts)) == ITEMS, "every pair once as a first showing"
@@ -125,15 +128,15 @@ def test_a_rater_sees_some_pairs_again_later_with_the_sides_drawn_again(tmp_path
     )
 
 
-def test_without_repeats_a_rater_sees_each_pair_once(tmp_path: Path) -> None:
-    store = build(tmp_path / "r.db", 0.0)
+def test_without_repeats_a_rater_sees_each_pair_once(store: Store) -> None:
+    build(store, 0.0)
     shown = rate_everything(store, "ann", seed=2)
     assert len(shown) == ITEMS and not any(repeat for _, repeat, _ in shown)
     assert {v[4] for v in stored_votes(store)} == {0}
 
 
-def test_a_due_repeat_is_served_again_after_a_restart(tmp_path: Path) -> None:
-    store = build(tmp_path / "r.db", 0.2)
+def test_a_due_repeat_is_served_again_after_a_restart(store: Store) -> None:
+    build(store, 0.2)
     rng = random.Random(3)
     while (item := next_item(store, NAME, "ann", rng)) is not None and not item.repeat:
         record_vote(store, NAME, "ann", item.left_id, item.right_id, "left")
@@ -144,8 +147,8 @@ def test_a_due_repeat_is_served_again_after_a_restart(tmp_path: Path) -> None:
     assert again is not None and again.repeat == 1 and {again.left_id, again.right_id} == pair
 
 
-def test_repeat_votes_are_checked(tmp_path: Path) -> None:
-    store = build(tmp_path / "r.db", 0.2)
+def test_repeat_votes_are_checked(store: Store) -> None:
+    build(store, 0.2)
     rng = random.Random(4)
     first = next_item(store, NAME, "ann", rng)
     assert first is not None and first.repeat == 0
@@ -161,13 +164,13 @@ def test_repeat_votes_are_checked(tmp_path: Path) -> None:
     assert [(v[4], v[5]) for v in stored_votes(store)] == [(0, "left"), (1, "tie")]
 
 
-def test_the_rate_page_stores_a_repeat_as_a_repeat(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    store = build(tmp_path / "r.db", 0.2)
+def test_the_rate_page_stores_a_repeat_as_a_repeat(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    build(store, 0.2)
     with store.session() as session:  # ann has rated every pair (in id order): some repeats are due
         experiment = get_experiment(session, NAME)
         pairs = sorted(rating._items(repo.generation_keys(session, experiment.id))[0])
         repo.add_ratings(session, experiment.id, [repo.NewRating("ann", low, high, "left") for low, high in pairs])
-    monkeypatch.setenv("STEERLAB_DB", str(tmp_path / "r.db"))
+    monkeypatch.setenv("STEERLAB_DB", store.url)
     at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=120)
     at.run()
     at.switch_page("views/rate.py")

@@ -1,16 +1,17 @@
 """Derived figures follow the definition: a changed scorer, references or training texts make the
 figures computed from them stale (reported with a reason), the next run recomputes exactly those,
-and a run with nothing changed recomputes nothing. Real runs of TinyStories-656K."""
+and a run with nothing changed recomputes nothing. Real runs of TinyStories-656K, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-import sqlite3
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import yaml
+from sqlalchemy import text
 
 from db.store import Store
 from engine.experiment_file import load_experiment_file
@@ -20,8 +21,9 @@ from service.scoring import score_experiment
 from service.staleness import stale_figures, warning
 from service.summary import variant_summaries
 from tests.conftest import ROOT, TINYSTORIES, needs_models
+from tests.postgres import copy_store_url, new_store_url
 
-pytestmark = needs_models
+pytestmark = [needs_models, pytest.mark.both_stores]
 NAME = "stale_mood"
 SAD = ["sad", "cry", "cried", "tears", "alone"]
 
@@ -65,13 +67,36 @@ def definition(**changes: Any) -> dict[str, Any]:
     return data
 
 
+def ran(backend: str, folder: Path, request: pytest.FixtureRequest) -> tuple[str, Path]:
+    """A store where the definition has run once: its URL, and the folder of its trained weights."""
+    store = Store(new_store_url(backend, folder, request))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("STEERLAB_CACHE", str(folder / "cache"))  # trained weights, not in the project
+        assert run(store, write(folder, definition())) == "done"
+    store.close()
+    return store.url, folder / "cache"
+
+
+@pytest.fixture(scope="module")
+def ran_sqlite(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> tuple[str, Path]:
+    return ran("sqlite", tmp_path_factory.mktemp("stale"), request)
+
+
+@pytest.fixture(scope="module")
+def ran_postgresql(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> tuple[str, Path]:
+    return ran("postgresql", tmp_path_factory.mktemp("stale"), request)
+
+
 @pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Store, Path]:
-    monkeypatch.setenv("STEERLAB_CACHE", str(tmp_path / "cache"))  # trained weights, not in the project
-    store = Store(str(tmp_path / "stale.db"))
-    path = write(tmp_path, definition())
-    assert run(store, path) == "done"
-    return store, path
+def env(
+    store_backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> tuple[Store, Path]:
+    """This test's own copy of the run store (and of its trained weights), and the definition's file."""
+    url, cache = request.getfixturevalue(f"ran_{store_backend}")
+    shutil.copytree(cache, tmp_path / "cache")
+    monkeypatch.setenv("STEERLAB_CACHE", str(tmp_path / "cache"))
+    store = Store(copy_store_url(url, tmp_path, request))
+    return store, write(tmp_path, definition())
 
 
 def write(folder: Path, data: dict[str, Any]) -> Path:
@@ -93,25 +118,32 @@ def redefine(store: Store, path: Path, data: dict[str, Any]) -> None:
 
 def metric_rows(store: Store, name: str) -> dict[int, tuple[int, float, str]]:
     """generation id -> (metric row id, value, source hash) of one metric."""
-    with sqlite3.connect(store.url.removeprefix("sqlite:///")) as conn:
+    with store.engine.connect() as conn:
         rows = conn.execute(
-            "SELECT generation_id, id, value, source_hash FROM generation_metrics WHERE name = ?", (name,)
+            text("SELECT generation_id, id, value, source_hash FROM generation_metrics WHERE name = :name"),
+            {"name": name},
         )
         return {g: (i, v, h) for g, i, v, h in rows}
 
 
 def variant_rows(store: Store) -> list[tuple[object, ...]]:
-    with sqlite3.connect(store.url.removeprefix("sqlite:///")) as conn:
-        return conn.execute(
-            "SELECT v.name, m.id, m.name, m.value, m.source_hash, m.updated_at "
-            "FROM variant_metrics m JOIN variants v ON v.id = m.variant_id ORDER BY m.id"
-        ).fetchall()
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT v.name, m.id, m.name, m.value, m.source_hash, m.updated_at "
+                "FROM variant_metrics m JOIN variants v ON v.id = m.variant_id ORDER BY m.id"
+            )
+        )
+        return [tuple(r) for r in rows]
 
 
 def texts(store: Store) -> dict[tuple[str, int, int], tuple[int, str]]:
-    with sqlite3.connect(store.url.removeprefix("sqlite:///")) as conn:
+    with store.engine.connect() as conn:
         rows = conn.execute(
-            "SELECT v.name, g.prompt_id, g.sample_index, g.id, g.text FROM generations g JOIN variants v ON v.id = g.variant_id"
+            text(
+                "SELECT v.name, g.prompt_id, g.sample_index, g.id, g.text "
+                "FROM generations g JOIN variants v ON v.id = g.variant_id"
+            )
         )
         return {(v, p, s): (i, t) for v, p, s, i, t in rows}
 
@@ -124,14 +156,19 @@ def fresh_means(store: Store, scorer: str) -> dict[str, float]:
     """The means computed from scratch with today's definition of ``scorer``."""
     spec = load_spec(store, NAME)
     (definition_now,) = [s for s in spec.scorers if s.name == scorer]
-    with sqlite3.connect(store.url.removeprefix("sqlite:///")) as conn:
-        rows = conn.execute(
-            "SELECT v.name, p.position, g.text FROM generations g "
-            "JOIN variants v ON v.id = g.variant_id JOIN prompts p ON p.id = g.prompt_id"
-        ).fetchall()
+    with store.engine.connect() as conn:
+        rows = [
+            tuple(r)
+            for r in conn.execute(
+                text(
+                    "SELECT v.name, p.position, g.text FROM generations g "
+                    "JOIN variants v ON v.id = g.variant_id JOIN prompts p ON p.id = g.prompt_id"
+                )
+            )
+        ]
     out = {}
     for variant in {v for v, _, _ in rows}:
-        mine = [(position, text) for v, position, text in rows if v == variant]
+        mine = [(position, story) for v, position, story in rows if v == variant]
         references = [spec.references[position] for position, _ in mine] if spec.references else None
         out[variant] = float(np.mean(definition_now.score([t for _, t in mine], references)))
     return out

@@ -8,15 +8,13 @@ and no effect on the definition hash. Leaving a rater out is checked in a real S
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
-from contextlib import closing
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from jsonschema import Draft202012Validator
+from sqlalchemy import text
 
 from db import repository as repo
 from db import runs
@@ -188,13 +186,14 @@ def test_a_file_s_error_names_the_line() -> None:
         parse_experiment_text(text, "stats.yaml", None)
 
 
-# --- leaving a rater out, in a real store -----------------------------------------------------
+# --- leaving a rater out, in a real store (SQLite and PostgreSQL) -------------------------------
+
+pytestmark = pytest.mark.both_stores
 
 
 @pytest.fixture
-def voted(tmp_path: Path) -> Store:
+def voted(store: Store) -> Store:
     """The experiment with one output per (prompt, variant) and votes of ann, bob and a judge."""
-    store = Store(str(tmp_path / "stats.db"))
     spec = parsed({"alpha": 0.01})
     with store.session() as session:
         experiment = import_experiment(session, spec, "stats.yaml", {})
@@ -218,9 +217,9 @@ def voted(tmp_path: Path) -> Store:
 
 
 def stored(store: Store) -> tuple[dict[str, Any], str]:
-    with closing(sqlite3.connect(store.engine.url.database or "")) as conn:
-        text, definition_hash = conn.execute("SELECT spec_json, definition_hash FROM experiments").fetchone()
-    return json.loads(text), definition_hash
+    with store.engine.connect() as conn:
+        spec_json, definition_hash = conn.execute(text("SELECT spec_json, definition_hash FROM experiments")).one()
+    return json.loads(spec_json), definition_hash
 
 
 def test_a_rater_left_out_is_stored_in_the_definition_and_logged(voted: Store) -> None:
@@ -249,8 +248,8 @@ def test_a_rater_left_out_is_stored_in_the_definition_and_logged(voted: Store) -
     assert set_rater_excluded(voted, "stats", "judge:tone", False) == ()
     assert stored(voted)[0]["statistics"] == {"alpha": 0.01}
     assert audit.recent(voted, "stats")[0].detail == "rater 'judge:tone' counted again"
-    with closing(sqlite3.connect(voted.engine.url.database or "")) as conn:
-        assert conn.execute("SELECT count(*) FROM ratings").fetchone() == (3,), "votes stay stored"
+    with voted.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM ratings")).scalar() == 3, "votes stay stored"
 
 
 def test_a_rater_without_votes_cannot_be_left_out(voted: Store) -> None:

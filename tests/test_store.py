@@ -1,4 +1,7 @@
-"""The store: SQLite pragmas, schema version, cascades, uniqueness, URL resolution."""
+"""The store: SQLite pragmas, schema version, cascades, uniqueness, URL resolution.
+
+Tests marked both_stores run on SQLite and on PostgreSQL; the others are about SQLite files (their
+pragmas, a file that is not a database, upgrades of old .db files with their backup copies)."""
 
 from __future__ import annotations
 
@@ -49,6 +52,7 @@ def test_sqlite_is_wal_with_foreign_keys_and_versioned(store: Store) -> None:
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == head_revision()
 
 
+@pytest.mark.both_stores
 def test_deleting_an_experiment_deletes_everything_it_owns(store: Store) -> None:
     make_experiment(store)
     with store.session() as s:
@@ -59,6 +63,7 @@ def test_deleting_an_experiment_deletes_everything_it_owns(store: Store) -> None
             assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() == 0, table
 
 
+@pytest.mark.both_stores
 def test_a_generation_cannot_be_stored_twice_and_a_failed_batch_stores_nothing(store: Store) -> None:
     experiment_id = make_experiment(store)
     with pytest.raises(IntegrityError), store.session() as s:
@@ -89,12 +94,6 @@ def test_urls_and_bad_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     junk.write_bytes(b"this is not a database" * 100)
     with pytest.raises(StoreError, match="cannot be opened as a SteerLab store"):
         Store(str(junk))
-    newer = tmp_path / "newer.db"
-    Store(str(newer)).close()
-    with sqlite3.connect(newer) as conn:
-        conn.execute("UPDATE alembic_version SET version_num='9999'")
-    with pytest.raises(StoreError, match=r"written by a newer SteerLab \(schema revision 9999"):
-        Store(str(newer))
     odd = tmp_path / "odd.db"
     Store(str(odd)).close()
     with sqlite3.connect(odd) as conn:
@@ -102,6 +101,15 @@ def test_urls_and_bad_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         conn.execute("UPDATE meta SET value='99'")
     with pytest.raises(StoreError, match="schema version 99"):
         Store(str(odd))
+
+
+@pytest.mark.both_stores
+def test_a_store_written_by_a_newer_steerlab_is_refused(store: Store) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num='9999'"))
+    store.close()
+    with pytest.raises(StoreError, match=r"written by a newer SteerLab \(schema revision 9999"):
+        Store(store.url)
 
 
 def legacy_store(path: Path) -> Path:
@@ -146,6 +154,7 @@ def test_a_store_of_steerlab_0_1_is_upgraded_in_place_with_a_backup(tmp_path: Pa
     assert table_counts(db) == after
 
 
+@pytest.mark.both_stores
 def test_the_database_refuses_a_second_vote_on_a_pair(store: Store) -> None:
     experiment_id = make_experiment(store)
     with store.session() as s:

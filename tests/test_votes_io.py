@@ -1,7 +1,7 @@
 """Votes in and out (service.votes_io), against real stores with a real model's outputs.
 
 Every import is checked in the store itself (plain SQL here, not the code under test): what
-was stored, and that a refused file left every stored vote as it was.
+was stored, and that a refused file left every stored vote as it was. On SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -9,15 +9,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sqlite3
 from collections.abc import Callable
-from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from sqlalchemy import text
 
 from db import repository as repo
 from db.store import Store
@@ -30,8 +29,9 @@ from service.rating import next_item, record_vote
 from service.running import RunOptions, run_experiment_file
 from service.votes_io import COLUMNS, export_votes, import_votes, vote_format
 from tests.conftest import MOOD_FILE, needs_models
+from tests.postgres import copy_store_url, new_store_url
 
-pytestmark = needs_models
+pytestmark = [needs_models, pytest.mark.both_stores]
 
 ORIGINAL, COPY = "tinystories_mood", "mood_copy"
 HOSTILE_RATER = '=HYPERLINK("http://x","y")'  # a spreadsheet would run it as a formula
@@ -46,39 +46,57 @@ JOIN generations rg ON rg.id = r.right_generation_id
 JOIN variants lv ON lv.id = lg.variant_id
 JOIN variants rv ON rv.id = rg.variant_id
 JOIN prompts p ON p.id = lg.prompt_id
-WHERE e.name = ? ORDER BY r.id
+WHERE e.name = :name ORDER BY r.id
 """
 
 
-def stored_votes(db: Path, name: str) -> list[tuple[Any, ...]]:
-    with closing(sqlite3.connect(db)) as conn:
-        return conn.execute(VOTES_SQL, (name,)).fetchall()
+def stored_votes(db: str, name: str) -> list[tuple[Any, ...]]:
+    """The votes of experiment ``name`` in the store at URL ``db``; times as SQLite writes them."""
+    store = Store(db)
+    try:
+        with store.engine.connect() as conn:
+            rows = [tuple(r) for r in conn.execute(text(VOTES_SQL), {"name": name})]
+    finally:
+        store.close()
+    return [(*r[:3], _as_sqlite_writes(r[3]), *r[4:]) for r in rows]
 
 
-def output_ids(db: Path, name: str) -> dict[tuple[str, int, int], int]:
+def _as_sqlite_writes(when: Any) -> Any:
+    """PostgreSQL gives a time with its offset; SQLite the text of the UTC time, which the tests compare."""
+    if isinstance(when, datetime):
+        return when.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+    return when
+
+
+def output_ids(db: str, name: str) -> dict[tuple[str, int, int], int]:
     """(variant, prompt index, sample) -> output id."""
-    with closing(sqlite3.connect(db)) as conn:
-        rows = conn.execute(
-            "SELECT v.name, p.position, g.sample_index, g.id FROM generations g JOIN variants v ON v.id = g.variant_id "
-            "JOIN prompts p ON p.id = g.prompt_id JOIN experiments e ON e.id = g.experiment_id WHERE e.name = ?",
-            (name,),
-        ).fetchall()
+    store = Store(db)
+    try:
+        with store.engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT v.name, p.position, g.sample_index, g.id FROM generations g "
+                    "JOIN variants v ON v.id = g.variant_id JOIN prompts p ON p.id = g.prompt_id "
+                    "JOIN experiments e ON e.id = g.experiment_id WHERE e.name = :name"
+                ),
+                {"name": name},
+            ).all()
+    finally:
+        store.close()
     return {(v, p, s): g for v, p, s, g in rows}
 
 
-@pytest.fixture(scope="module")
-def voted_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def voted(backend: str, folder: Path, request: pytest.FixtureRequest) -> str:
     """Two runs of one definition (the original and a copy: the same outputs under other ids),
     and votes in the original: people through the Rate queue, a judge, a repeat, a hostile name."""
-    folder = tmp_path_factory.mktemp("votes_io")
     data = yaml.safe_load(MOOD_FILE.read_text())
     data["generation"].update(samples_per_prompt=2, max_new_tokens=6)
     data["prompts"] = data["prompts"][:2]
     data["variants"] = data["variants"][:3]
     path = folder / "mood.yaml"
     path.write_text(yaml.safe_dump(data))
-    db = folder / "votes.db"
-    store = Store(str(db))
+    db = new_store_url(backend, folder, request)
+    store = Store(db)
     run_experiment_file(store, path, RunOptions(device="cpu"))
     run_experiment_file(store, path, RunOptions(device="cpu", name=COPY))
     ids = output_ids(db, ORIGINAL)
@@ -105,12 +123,20 @@ def voted_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return db
 
 
+@pytest.fixture(scope="module")
+def voted_sqlite(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> str:
+    return voted("sqlite", tmp_path_factory.mktemp("votes_io"), request)
+
+
+@pytest.fixture(scope="module")
+def voted_postgresql(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> str:
+    return voted("postgresql", tmp_path_factory.mktemp("votes_io"), request)
+
+
 @pytest.fixture
-def db(voted_db: Path, tmp_path: Path) -> Path:
-    target = tmp_path / "copy.db"
-    with closing(sqlite3.connect(voted_db)) as src, closing(sqlite3.connect(target)) as dst:
-        src.backup(dst)
-    return target
+def db(store_backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """The URL of this test's own copy of the voted store."""
+    return copy_store_url(request.getfixturevalue(f"voted_{store_backend}"), tmp_path, request)
 
 
 def without_ids(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -118,8 +144,8 @@ def without_ids(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
-def test_an_export_imports_into_a_copy_as_the_same_votes_and_a_second_import_stores_nothing(db: Path, fmt: str) -> None:
-    store = Store(str(db))
+def test_an_export_imports_into_a_copy_as_the_same_votes_and_a_second_import_stores_nothing(db: str, fmt: str) -> None:
+    store = Store(db)
     original = stored_votes(db, ORIGINAL)
     assert len(original) == 10 and stored_votes(db, COPY) == []
     text = export_votes(store, ORIGINAL, fmt)
@@ -137,8 +163,8 @@ def test_an_export_imports_into_a_copy_as_the_same_votes_and_a_second_import_sto
     assert stored_votes(db, ORIGINAL) == original
 
 
-def test_the_csv_export_is_spreadsheet_safe_and_names_both_keys_and_ids(db: Path) -> None:
-    store = Store(str(db))
+def test_the_csv_export_is_spreadsheet_safe_and_names_both_keys_and_ids(db: str) -> None:
+    store = Store(db)
     rows = list(csv.DictReader(io.StringIO(export_votes(store, ORIGINAL, "csv"))))
     assert tuple(rows[0]) == COLUMNS
     hostile = next(r for r in rows if "HYPERLINK" in r["rater"])
@@ -157,8 +183,8 @@ def test_the_csv_export_is_spreadsheet_safe_and_names_both_keys_and_ids(db: Path
     assert HOSTILE_RATER in {line["rater"] for line in lines}, "JSONL is not for spreadsheets: names as they are"
 
 
-def test_votes_from_another_tool_by_ids_or_keys_with_times_in_any_offset(db: Path) -> None:
-    store = Store(str(db))
+def test_votes_from_another_tool_by_ids_or_keys_with_times_in_any_offset(db: str) -> None:
+    store = Store(db)
     ids = output_ids(db, COPY)
     text = (
         "rater,choice,time,left_id,right_id\n"
@@ -183,7 +209,7 @@ def test_votes_from_another_tool_by_ids_or_keys_with_times_in_any_offset(db: Pat
     assert votes[1][4:8] == ("sad_x1", "baseline", 1, 0) and votes[3][4:8] == ("sad_x1", "baseline", 1, 1)
 
 
-def _good_csv(db: Path) -> list[str]:
+def _good_csv(db: str) -> list[str]:
     ids = output_ids(db, COPY)
     return [
         "rater,choice,time,left_variant,right_variant,prompt_index,sample,left_id,right_id,repeat,rater_kind",
@@ -273,8 +299,8 @@ BAD_FILES: dict[str, tuple[Callable[[list[str], dict[tuple[str, int, int], int]]
 
 
 @pytest.mark.parametrize("case", sorted(BAD_FILES), ids=sorted(BAD_FILES))
-def test_a_bad_line_stops_the_whole_import_in_one_sentence_and_keeps_every_stored_vote(db: Path, case: str) -> None:
-    store = Store(str(db))
+def test_a_bad_line_stops_the_whole_import_in_one_sentence_and_keeps_every_stored_vote(db: str, case: str) -> None:
+    store = Store(db)
     ids = output_ids(db, COPY)
     with store.session() as session:  # a stored vote the file may contradict
         experiment = get_experiment(session, COPY)
@@ -292,8 +318,8 @@ def test_a_bad_line_stops_the_whole_import_in_one_sentence_and_keeps_every_store
     assert not any(e.action == "imported votes" for e in audit.recent(store, COPY))
 
 
-def test_files_that_are_not_vote_files_are_refused(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    store = Store(str(db))
+def test_files_that_are_not_vote_files_are_refused(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Store(db)
     good = ("\n".join(_good_csv(db)) + "\n").encode()
     cases = {
         "not UTF-8": (b"rater,choice\n\xff\xfe,left\n", "votes.csv", "is not UTF-8 text"),
@@ -321,10 +347,8 @@ def test_files_that_are_not_vote_files_are_refused(db: Path, monkeypatch: pytest
     assert vote_format("dir/Votes.JSONL") == "jsonl"
 
 
-def test_only_analysts_and_owners_move_votes_and_every_move_is_logged(
-    db: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store = Store(str(db))
+def test_only_analysts_and_owners_move_votes_and_every_move_is_logged(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Store(db)
     text = export_votes(store, ORIGINAL, "csv")
     import_votes(store, COPY, text.encode(), "votes.csv")
     events = audit.recent(store)
@@ -344,19 +368,19 @@ def test_only_analysts_and_owners_move_votes_and_every_move_is_logged(
     assert json.loads(export_votes(store, COPY, "jsonl", ali).splitlines()[0])["rater"] == "ann"
 
 
-def test_the_command_line_exports_and_imports(db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_command_line_exports_and_imports(db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     target = tmp_path / "votes.jsonl"
-    assert main(["votes", "export", ORIGINAL, "--format", "jsonl", "-o", str(target), "--db", str(db)]) == 0
+    assert main(["votes", "export", ORIGINAL, "--format", "jsonl", "-o", str(target), "--db", db]) == 0
     assert f"Wrote the votes of '{ORIGINAL}' as JSONL" in capsys.readouterr().out
-    assert main(["votes", "import", COPY, str(target), "--db", str(db)]) == 0
+    assert main(["votes", "import", COPY, str(target), "--db", db]) == 0
     assert "Imported 10 votes of 6 raters from votes.jsonl into 'mood_copy'." in capsys.readouterr().out
     assert stored_votes(db, COPY) == stored_votes(db, ORIGINAL)
-    assert main(["votes", "export", COPY, "--db", str(db)]) == 0  # CSV on standard output
+    assert main(["votes", "export", COPY, "--db", db]) == 0  # CSV on standard output
     assert capsys.readouterr().out.startswith(",".join(COLUMNS))
     bad = tmp_path / "bad.csv"
     bad.write_text("rater,choice,left_id,right_id\nx,left,1,999999\n")
-    assert main(["votes", "import", COPY, str(bad), "--db", str(db)]) == 2
+    assert main(["votes", "import", COPY, str(bad), "--db", db]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: Votes file 'bad.csv', line 2:") and err.count("\n") == 1
-    assert main(["votes", "import", COPY, str(tmp_path / "missing.csv"), "--db", str(db)]) == 2
+    assert main(["votes", "import", COPY, str(tmp_path / "missing.csv"), "--db", db]) == 2
     assert "does not exist" in capsys.readouterr().err
