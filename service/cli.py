@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="first delete this judge's readings and votes, and judge every pair again",
     )
-    _executor_options(judge, actors=False)
+    _executor_options(judge)
 
     status = sub.add_parser("status", help="show an experiment's run: state, progress, worker, error, traceback")
     status.add_argument("name")
@@ -474,7 +474,7 @@ def _judge(args: argparse.Namespace) -> int:
             if ray_plan is not None:
                 from service.ray_runs import judge_on_ray
 
-                result = judge_on_ray(store, args.name, args.judge, options, ray_plan)
+                result = judge_on_ray(store, args.name, args.judge, options, ray_plan, progress)
             else:
                 result = run_judge(store, args.name, args.judge, options, progress)
         finally:

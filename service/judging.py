@@ -73,6 +73,12 @@ class NothingToJudge(SteerLabError):
     """The judge has read every pair in both orders: a run would do nothing."""
 
 
+class PairReading(Protocol):
+    """Reads a judge run's pending pairs elsewhere (its stop, counts [readings, votes] and holder given)."""
+
+    def __call__(self, p: JudgePlan, run_id: int, stop: CancelFlag, counts: list[int], holder: str) -> None: ...
+
+
 class CancelFlag(Protocol):
     def is_set(self) -> bool: ...
 
@@ -318,6 +324,7 @@ def run_judge(
     claimed: runs.ClaimedRun | None = None,
     owner: str | None = None,
     requeue_on_stop: bool = False,
+    read_with: PairReading | None = None,
 ) -> JudgeResult:
     """Run (or resume) a judge over the experiment's pairs; the run's row records how it went.
 
@@ -325,7 +332,8 @@ def run_judge(
     judge). Without it this is a foreground run (``steerlab judge``), which takes the
     experiment's queued run of this judge or starts one, and refuses while another run is
     active. ``requeue_on_stop``: when the local ``cancel`` stops it (a worker shutting down),
-    hand the run back to the queue. A failure is stored on the run and raised.
+    hand the run back to the queue. A failure is stored on the run and raised. ``read_with``:
+    who reads the pending pairs (Ray actors, :mod:`service.ray_runs`) instead of this process.
     """
     if options.batch_size < 1:
         raise SteerLabError(f"Batch size {options.batch_size} is too small; give 1 or more.")
@@ -361,11 +369,15 @@ def run_judge(
     status, error, trace = "failed", "", ""
     heartbeat.start()
     try:
-        if p.pending():  # a claimed run whose work is done (a second queueing) loads nothing
-            reader = _reader(store, run_id, p, options, name)
+        if p.pending() and read_with is not None:
             with store.session() as session:
                 runs.set_run_phase(session, run_id, JUDGING)
-            _read_pending(store, run_id, p, reader, options.batch_size, progress, stop, counts)
+            read_with(p, run_id, stop, counts, holder)
+        elif p.pending():  # a claimed run whose work is done (a second queueing) loads nothing
+            reader = open_reader(store, run_id, p, options, name)
+            with store.session() as session:
+                runs.set_run_phase(session, run_id, JUDGING)
+            read_pending(store, run_id, p, reader, options.batch_size, progress, stop, counts)
         status = "done"
     except RunCancelled:
         status = "cancelled"
@@ -435,7 +447,7 @@ def _take(session: Session, experiment: Experiment, p: JudgePlan, options: RunOp
     return run.id
 
 
-def _reader(store: Store, run_id: int, p: JudgePlan, options: RunOptions, name: str) -> PairReader:
+def open_reader(store: Store, run_id: int, p: JudgePlan, options: RunOptions, name: str) -> PairReader:
     """The judge, ready to read: an endpoint client, or the local model (loaded once, through the model cache)."""
     judge, spec = p.judge, p.spec
     if judge.endpoint is not None:
@@ -466,22 +478,28 @@ def _reader(store: Store, run_id: int, p: JudgePlan, options: RunOptions, name: 
     return LocalJudge(model, judge.name, judge.rubric, spec.rating_question)
 
 
-def _read_pending(
+def pairs_per_batch(batch_size: int) -> int:
+    """Pairs read in one batch: two readings each."""
+    return max(1, batch_size // 2)
+
+
+def read_pending(
     store: Store,
     run_id: int,
     p: JudgePlan,
     reader: PairReader,
     batch_size: int,
     progress: Callable[[Progress], None] | None,
-    stop: _Stop,
+    stop: CancelFlag,
     counts: list[int],
+    pending: list[Pair] | None = None,
 ) -> None:
-    """Read the pending pairs batch by batch, storing each batch's readings and votes together."""
+    """Read the pending pairs (or the given ones) batch by batch, storing each batch's readings and votes together."""
     from engine.judge import PairText, combine_orders
     from engine.runner import Progress
 
-    pending = p.pending()
-    per_batch = max(1, batch_size // 2)  # pairs: two readings each
+    pending = p.pending() if pending is None else pending
+    per_batch = pairs_per_batch(batch_size)
     rater = rater_name(p.judge.name)
     started, done_before = time.monotonic(), p.done
     for start in range(0, len(pending), per_batch):

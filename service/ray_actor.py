@@ -21,7 +21,9 @@ from engine.errors import RunCancelled
 from engine.models import LoadedModel, load_model
 from engine.runner import Unit, run_batch
 from engine.spec import ExperimentSpec
-from service.judging import JudgeResult, run_judge
+from service.catalog import get_experiment
+from service.judging import PairReader, open_reader, read_pending
+from service.judging import plan as plan_judge
 from service.run_options import RunOptions
 from service.running import (
     BatchWriter,
@@ -177,15 +179,36 @@ class ShardActor:
 
 
 class JudgeActor:
-    """Runs a whole judge run (its own model, or its endpoint) on the node Ray picks; the run's row is in the store."""
+    """Reads one shard of a judge run's pairs with the judge (its own model, loaded once, or its endpoint)."""
 
     def __init__(self, store_url: str) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         from service.worker import open_worker_store
 
-        self.store = open_worker_store(store_url)
+        self.failure: Exception | None = None
+        self._readers: dict[tuple[str, str], PairReader] = {}
+        try:
+            self.store = open_worker_store(store_url)
+        except Exception as exc:  # raised by the first call, not by a restart loop (see ShardActor)
+            self.failure = exc
 
-    def run(
-        self, name: str, judge: str | None, options_json: str, claimed: runs.ClaimedRun | None, owner: str
-    ) -> JudgeResult:
-        return run_judge(self.store, name, judge, RunOptions.from_json(options_json), claimed=claimed, owner=owner)
+    def read_shard(
+        self, name: str, judge: str, run_id: int, holder: str, options_json: str, pairs: Sequence[tuple[int, int]]
+    ) -> tuple[int, int]:
+        """Read the shard's pairs not yet stored (both orders, then the vote); returns (readings, votes) stored."""
+        if self.failure is not None:
+            raise self.failure
+        options = RunOptions.from_json(options_json)
+        with self.store.session() as session:
+            p = plan_judge(session, get_experiment(session, name), judge)
+        mine = set(pairs)
+        pending = [pair for pair in p.pending() if pair in mine]  # after a restart: what is left of the shard
+        if not pending:
+            return 0, 0
+        key = (name, judge)
+        if key not in self._readers:
+            self._readers[key] = open_reader(self.store, run_id, p, options, name)
+        counts = [0, 0]
+        stop = StoreStop(self.store, run_id, holder)
+        read_pending(self.store, run_id, p, self._readers[key], options.batch_size, None, stop, counts, pending)
+        return counts[0], counts[1]

@@ -30,7 +30,7 @@ from engine.experiment_file import load_experiment_file
 from engine.runner import CancelFlag, Progress, Unit, plan_batches
 from engine.spec import ExperimentSpec
 from service.catalog import get_experiment, stored_spec
-from service.judging import JudgeResult
+from service.judging import JudgePlan, JudgeResult, pairs_per_batch, run_judge
 from service.lease import Heartbeat, finish_claimed_run, lease_seconds, owner_name
 from service.ray_actor import JudgeActor, ShardActor, UnitKey
 from service.ray_cluster import NOT_LOCAL, RayPlan, connect, disconnect, require
@@ -81,14 +81,7 @@ def shard_batches(run: OpenRun, batch_size: int, actors: int) -> list[list[list[
         return unit.variant + 1 if unit.variant in trained else 0
 
     batches = [[(u.prompt, u.sample, u.variant) for u in b] for b in plan_batches(run.pending, batch_size, weights)]
-    shards: list[list[list[UnitKey]]] = [[] for _ in range(actors)]
-    rows = sum(len(b) for b in batches)
-    done = 0
-    for batch in batches:
-        index = min(actors - 1, done * actors // max(rows, 1))
-        shards[index].append(batch)
-        done += len(batch)
-    return [s for s in shards if s]
+    return [[list(b) for b in shard] for shard in split_contiguous(batches, actors)]
 
 
 def store_url_for_actors(store: Store) -> str:
@@ -357,38 +350,78 @@ def judge_on_ray(
     judge: str | None,
     options: RunOptions,
     plan: RayPlan,
+    progress: Callable[[Progress], None] | None = None,
     cancel: CancelFlag | None = None,
     claimed: ClaimedRun | None = None,
     owner: str | None = None,
+    requeue_on_stop: bool = False,
 ) -> JudgeResult:
-    """A judge run on one Ray actor (a GPU when the cluster has them): its heartbeat, cancel and stored readings
-    work as for a local judge run. A stop of this process (Ctrl-C, a worker stopping) kills the actor; the run's
-    lease then expires and the run resumes where it stopped when it is run again."""
+    """A judge run whose pairs are read by Ray actors; see :func:`service.judging.run_judge`.
+
+    The driver holds the run (claim, lease, how it ended) as for a local judge run. The pending
+    pairs are cut into the local run's batches, and those into contiguous shards, one per actor,
+    so each pair is read in the batch it would be read in locally: the same readings. Each
+    actor loads the judge once (or talks to its endpoint) and stores each batch's readings and
+    votes in one transaction; a restarted actor reads what is left of its shard.
+    """
     import ray
 
     resources = connect(plan.target)
-    holder = owner or owner_name("ray driver")
-    gpus = plan.gpus_per_actor
-    if gpus is None:
-        gpus = (
-            1.0
-            if options.device in ("cuda", "multi") or (resources.get("GPU", 0.0) >= 1 and options.device != "cpu")
-            else 0.0
+    started = time.perf_counter()
+
+    def read_with(p: JudgePlan, run_id: int, stop: CancelFlag, counts: list[int], holder: str) -> None:
+        pending = p.pending()
+        per_batch = pairs_per_batch(options.batch_size)
+        batches = [pending[i : i + per_batch] for i in range(0, len(pending), per_batch)]
+        endpoint = p.judge.endpoint is not None
+        shape = actor_shape(replace(plan, gpus_per_actor=0.0) if endpoint else plan, resources, options, len(batches))
+        remote = ray.remote(JudgeActor).options(
+            num_cpus=shape.cpus, num_gpus=shape.gpus, max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS
         )
-    require(resources, 1, plan.cpus_per_actor, gpus, plan.target, "this judge run")
-    actor: Any = (
-        ray.remote(JudgeActor).options(num_cpus=plan.cpus_per_actor, num_gpus=gpus).remote(store_url_for_actors(store))
-    )
-    try:
-        result: JudgeResult = wait_for(
-            [actor.run.remote(name, judge, options.to_json(), claimed, holder)], cancel or _Never()
-        )[0]
-        return result
-    finally:
+        url = store_url_for_actors(store)
+        actors: list[Any] = [remote.remote(url) for _ in range(shape.count)]
+        done_before = p.done
+
+        def report() -> None:
+            if progress is not None:
+                with store.session() as session:
+                    done = runs.units_done(session, run_id)
+                progress(Progress(done, p.total, time.perf_counter() - started, max(done - done_before, 0)))
+
         try:
-            ray.kill(actor, no_restart=True)
+            calls = [
+                actor.read_shard.remote(
+                    name, p.judge.name, run_id, holder, options.to_json(), [x for b in shard for x in b]
+                )
+                for actor, shard in zip(actors, split_contiguous(batches, shape.count), strict=False)
+            ]
+            try:
+                results = wait_for(calls, stop, report)
+            except RunCancelled:
+                let_actors_stop(calls)
+                raise
+            counts[0] += sum(r[0] for r in results)
+            counts[1] += sum(r[1] for r in results)
         finally:
-            disconnect()
+            for actor in actors:
+                ray.kill(actor, no_restart=True)
+
+    try:
+        holder = owner or owner_name("ray driver")
+        return run_judge(store, name, judge, options, progress, cancel, claimed, holder, requeue_on_stop, read_with)
+    finally:
+        disconnect()
+
+
+def split_contiguous(batches: Sequence[Sequence[Any]], parts: int) -> list[list[Sequence[Any]]]:
+    """``batches`` cut into at most ``parts`` contiguous runs of similar total length (empty ones dropped)."""
+    shards: list[list[Sequence[Any]]] = [[] for _ in range(max(parts, 1))]
+    total = sum(len(b) for b in batches)
+    done = 0
+    for batch in batches:
+        shards[min(len(shards) - 1, done * len(shards) // max(total, 1))].append(batch)
+        done += len(batch)
+    return [s for s in shards if s]
 
 
 __all__ = ["NOT_LOCAL", "RayPlan", "judge_on_ray", "run_file_on_ray", "run_on_ray", "run_spec_on_ray"]

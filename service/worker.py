@@ -159,7 +159,17 @@ class Worker:
         from service.ray_runs import judge_on_ray, run_on_ray
 
         if options.task == "judge":
-            judge_on_ray(self.store, claimed.experiment, options.judge, options, plan, self.stop, claimed, self.name)
+            judge_on_ray(
+                self.store,
+                claimed.experiment,
+                options.judge,
+                options,
+                plan,
+                cancel=self.stop,
+                claimed=claimed,
+                owner=self.name,
+                requeue_on_stop=True,
+            )
             return
         run_on_ray(
             self.store,
