@@ -117,7 +117,8 @@ def _worker_line(s: RunStatus) -> None:
         age = s.heartbeat_age()
         heard = f", last heartbeat {duration(age)} ago" if age is not None else ""
         again = f" (attempt {s.attempts}: taken over from a worker that stopped)" if s.attempts > 1 else ""
-        st.caption(f"Run {s.run_id} is run by worker {md(s.worker)}{heard}{again}.")
+        where = f" on {md(s.device)}" if s.device.startswith("ray:") else ""  # its actors, on the Ray cluster
+        st.caption(f"Run {s.run_id} is run by worker {md(s.worker)}{where}{heard}{again}.")
     warning = missing_worker(store()) if s.active else ""
     if s.state == "queued":
         st.caption(f"Run {s.run_id} is queued" + ("." if warning else "; a worker starts it shortly."))

@@ -157,6 +157,8 @@ def format_status(name: str, s: RunStatus, now: datetime, lease: float) -> str:
         lines.append(f"  rate       {s.rate:.1f} generations/s{left}")
     if s.worker:
         lines.append(f"  worker     {s.worker}" + (f" (attempt {s.attempts})" if s.attempts > 1 else ""))
+    if s.device:
+        lines.append(f"  runs on    {s.device}")
     age = s.heartbeat_age(now)
     if age is not None and s.active:
         lines.append(f"  heartbeat  {age:.0f} s ago")

@@ -56,6 +56,7 @@ class RunStatus:
     attempts: int = 0  # claims: 2 or more means a worker took it over from one that died
     requested_by: str = ""
     unit: str = "generations"  # what done and total count ("readings" for a judge run)
+    device: str = ""  # where it runs: "cpu", "cuda:0", "ray: 2 x cuda:0" (a Ray run's actors)
 
     @property
     def fraction(self) -> float:
@@ -225,6 +226,7 @@ def status(store: Store, name: str) -> RunStatus:
             run.traceback,
             run.attempts,
             run.requested_by,
+            device=run.device or "",
         )
 
 

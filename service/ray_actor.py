@@ -173,6 +173,7 @@ class ShardActor:
     ) -> tuple[OpenRun, PreparedWork]:
         key = (name, run_id)
         if key not in self._work:
+            self._work.clear()  # a kept actor's earlier run: its prepared variants are not needed again
             opened = open_shard(self.store, name, run_id)
             self._work[key] = (opened, prepare_work(self.store, name, opened.spec, self.model, phase))
         return self._work[key]

@@ -22,8 +22,9 @@ LOCAL_EXECUTOR = "local"
 RAY_EXECUTOR = "ray"
 NAMESPACE = "steerlab"  # every SteerLab actor and Serve application lives in this Ray namespace
 EXECUTOR_HELP = (
-    "where the work runs: local (this process), ray (the Ray cluster in $RAY_ADDRESS, else a new local Ray "
-    "instance) or ray://HOST:PORT (a Ray cluster's client address); default: $STEERLAB_EXECUTOR, else local"
+    "where the work runs: local (this process), ray (the Ray cluster in $RAY_ADDRESS, else the one `ray start` "
+    "began on this machine, else a new local instance) or ray://HOST:PORT (a Ray cluster's client address); "
+    "default: $STEERLAB_EXECUTOR, else local"
 )
 NOT_LOCAL = "Nothing was run locally in its place."
 

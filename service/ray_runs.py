@@ -124,6 +124,97 @@ class _Actors:
                 log.debug("Actor already gone", exc_info=True)
 
 
+KEEP_ENV = "STEERLAB_RAY_KEEP_SECONDS"
+DEFAULT_KEEP_SECONDS = 300.0
+
+
+class ActorPool:
+    """A worker's Ray actors, kept between runs of the same model: a queue of runs pays Ray's start once.
+
+    Ray's cost is a start cost (a fresh process importing torch and loading the model: seconds);
+    a worker that runs run after run of one model (a sweep's cells, a team's queue) keeps its
+    actors and their loaded model. Actors idle for ``keep_seconds`` are released, so that a
+    quiet worker does not hold the cluster's GPUs.
+    """
+
+    def __init__(self, plan: RayPlan, keep_seconds: float | None = None) -> None:
+        self.plan = plan
+        self.keep_seconds = keep_seconds if keep_seconds is not None else _keep_seconds()
+        self.resources: dict[str, float] | None = None
+        self.reused = 0  # runs that found their actors ready (for the log and the tests)
+        self._key: tuple[Any, ...] | None = None
+        self._actors: _Actors | None = None
+        self._idle_since = time.monotonic()
+
+    def connect(self) -> dict[str, float]:
+        if self.resources is None:
+            self.resources = connect(self.plan.target)
+        return self.resources
+
+    def actors_for(self, store: Store, model_ref: str, options: RunOptions, shape: ActorShape) -> _Actors:
+        """The kept actors when they fit this run (same model, loading options and shape) and still answer."""
+        key = (
+            store_url_for_actors(store),
+            model_ref,
+            options.device,
+            options.dtype,
+            options.quantize,
+            options.batch_size,
+            shape,
+        )
+        if self._actors is not None and self._key == key and self._alive(self._actors):
+            self.reused += 1
+            log.info("Reusing %d Ray actors with %s loaded", len(self._actors.handles), model_ref)
+        else:
+            self.discard()
+            self._actors, self._key = _Actors(store, model_ref, options, shape), key
+        self._idle_since = time.monotonic()
+        return self._actors
+
+    @staticmethod
+    def _alive(actors: _Actors) -> bool:
+        import ray
+
+        try:
+            ray.get([h.describe.remote() for h in actors.handles], timeout=60)
+            return True
+        except Exception:  # a node lost while idle, an actor killed: make new ones
+            log.warning("Kept Ray actors no longer answer; starting new ones", exc_info=True)
+            return False
+
+    def release_if_idle(self) -> None:
+        """Let go of actors idle for longer than ``keep_seconds`` (and of the cluster)."""
+        if self._actors is not None and time.monotonic() - self._idle_since > self.keep_seconds:
+            log.info("Releasing Ray actors idle for %.0f s", time.monotonic() - self._idle_since)
+            self.close()
+
+    def discard(self) -> None:
+        if self._actors is not None:
+            self._actors.kill()
+        self._actors, self._key = None, None
+
+    def close(self) -> None:
+        self.discard()
+        if self.resources is not None:
+            disconnect()
+            self.resources = None
+
+
+def _keep_seconds() -> float:
+    import os
+
+    raw = os.environ.get(KEEP_ENV, "").strip()
+    try:
+        value = float(raw) if raw else DEFAULT_KEEP_SECONDS
+    except ValueError:
+        value = float("nan")
+    if not value >= 0:
+        raise SteerLabError(
+            f"{KEEP_ENV}={raw!r} is not a number of seconds; set it like {KEEP_ENV}=300 (0: never keep)."
+        )
+    return value
+
+
 def wait_for(
     refs: Sequence[Any],
     stop: CancelFlag,
@@ -225,25 +316,31 @@ def run_on_ray(
     owner: str | None = None,
     requeue_on_stop: bool = False,
     before_claim: tuple[str, Callable[[_Actors], None]] | None = None,
+    pool: ActorPool | None = None,
 ) -> RunResult:
     """Run (or resume) a stored experiment's missing generations on Ray actors; see :func:`service.running.run_stored`.
 
     ``before_claim``: the model to load and what to do with the actors before the run row
-    is claimed (a file run stores its experiment then).
+    is claimed (a file run stores its experiment then). ``pool``: a worker's actors, kept
+    (with their loaded model) for its next run of the same model; without it the run's own
+    actors are made for it and killed at its end.
     """
     check_batch_size(options.batch_size)
-    resources = connect(plan.target)
+    resources = pool.connect() if pool is not None else connect(plan.target)
     actors: _Actors | None = None
     try:
         if before_claim is not None:
             model_ref, first = before_claim
             actors = _Actors(store, model_ref, options, actor_shape(plan, resources, options, batches=1 << 30))
             first(actors)
-        return _run(store, name, options, plan, resources, actors, progress, cancel, claimed, owner, requeue_on_stop)
+        return _run(
+            store, name, options, plan, resources, actors, progress, cancel, claimed, owner, requeue_on_stop, pool
+        )
     finally:
         if actors is not None:
             actors.kill()
-        disconnect()
+        if pool is None:
+            disconnect()
 
 
 def _run(
@@ -258,6 +355,7 @@ def _run(
     claimed: ClaimedRun | None,
     owner: str | None,
     requeue_on_stop: bool,
+    pool: ActorPool | None = None,
 ) -> RunResult:
     lease = lease_seconds()
     holder = owner or owner_name("ray driver")
@@ -288,7 +386,11 @@ def _run(
         shards = shard_batches(opened, options.batch_size, 1)
         if actors is None:
             shape = actor_shape(plan, resources, options, len(shards[0]) if shards else 1)
-            actors = _Actors(store, opened.spec.model, options, shape)
+            if pool is not None:
+                actors = pool.actors_for(store, opened.spec.model, options, shape)
+                own_actors = False
+            else:
+                actors = _Actors(store, opened.spec.model, options, shape)
         shards = shard_batches(opened, options.batch_size, len(actors.handles))
         described = wait_for([h.describe.remote() for h in actors.handles], stop)
         _record_hardware(store, run_id, described)
@@ -316,6 +418,8 @@ def _run(
     finally:
         if actors is not None and own_actors:
             actors.kill()  # stops every actor now: a cancelled batch is not committed, so nothing is half-stored
+        elif pool is not None and status != "done":
+            pool.discard()  # a stopped or failed run's actors may still be busy: the next run gets new ones
         heartbeat.stop()
         status = finish_claimed_run(
             store, run_id, holder, status, error, trace, heartbeat.lost, requeue_on_stop and stop.stopped_locally

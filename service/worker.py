@@ -21,6 +21,7 @@ import logging
 import threading
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import create_engine
 from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
@@ -32,6 +33,9 @@ from db.store import Store, StoreError, mask_url, resolve_url
 from service.judging import run_judge
 from service.lease import lease_seconds, owner_name, poll_seconds
 from service.ray_cluster import RayPlan
+
+if TYPE_CHECKING:
+    from service.ray_runs import ActorPool
 from service.running import RunOptions, describe_error, run_stored
 
 log = logging.getLogger(__name__)
@@ -81,6 +85,7 @@ class Worker:
     ) -> None:
         self.store = store
         self.ray = ray  # run claimed runs on this Ray cluster instead of in this process
+        self._pool: ActorPool | None = None  # its actors, kept between runs of one model
         self.stop = stop or threading.Event()
         self.poll = poll if poll is not None else poll_seconds()
         self.once = once
@@ -101,10 +106,14 @@ class Worker:
             if claimed is None:
                 if self.once:
                     break
+                if self._pool is not None:
+                    self._pool.release_if_idle()
                 self.stop.wait(self.poll)
                 continue
             self.run_claimed(claimed)
             processed += 1
+        if self._pool is not None:
+            self._pool.close()
         log.info("Worker %s stopped after %d runs", self.name, processed)
         return processed
 
@@ -156,7 +165,7 @@ class Worker:
             self._after_failure(claimed, exc)
 
     def _run_on_ray(self, claimed: ClaimedRun, options: RunOptions, plan: RayPlan) -> None:
-        from service.ray_runs import judge_on_ray, run_on_ray
+        from service.ray_runs import ActorPool, judge_on_ray, run_on_ray
 
         if options.task == "judge":
             judge_on_ray(
@@ -171,6 +180,8 @@ class Worker:
                 requeue_on_stop=True,
             )
             return
+        if self._pool is None:
+            self._pool = ActorPool(plan)
         run_on_ray(
             self.store,
             claimed.experiment,
@@ -180,6 +191,7 @@ class Worker:
             claimed=claimed,
             owner=self.name,
             requeue_on_stop=True,
+            pool=self._pool,
         )
 
     def _after_failure(self, claimed: ClaimedRun, exc: Exception) -> None:

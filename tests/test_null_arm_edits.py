@@ -3,12 +3,12 @@
 A null arm ("sad (random)") is derived from its variant's ``null_arms``: it is changed or
 removed only through that variant, and changing only a variant's null arms keeps its own
 stored outputs (and votes), adds the new arms' outputs and deletes only the removed arms'.
-Everything runs TinyStories into a real store.
+Everything runs TinyStories into a real store, on SQLite and on PostgreSQL (the voted template
+store is made once per backend and copied for each test).
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,10 +26,11 @@ from service.cli import main
 from service.editing import delete_variant, save_variant
 from service.running import RunOptions, run_spec
 from tests.conftest import TINYSTORIES, needs_models
+from tests.postgres import copy_store_url, new_store_url
 from tests.test_dashboard import open_page
 from tests.test_extract import PAIRS
 
-pytestmark = needs_models
+pytestmark = [needs_models, pytest.mark.both_stores]
 
 SAD = {"method": "add", "vector": "sad", "layers": [1], "coefficient": 2.0}
 ARMS = ["sad (random)", "sad (flipped)"]
@@ -73,11 +74,9 @@ def without(found: Outputs, *variants: str) -> Outputs:
     return {key: value for key, value in found.items() if key[0] not in variants}
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The experiment with both null arms on 'sad', run once (8 outputs) and voted on."""
-    path = tmp_path_factory.mktemp("arms") / "template.db"
-    store = Store(str(path))
+def template(backend: str, folder: Path, request: pytest.FixtureRequest) -> str:
+    """The experiment with both null arms on 'sad', run once (8 outputs) and voted on; the store's URL."""
+    store = Store(new_store_url(backend, folder, request))
     spec = parse_experiment(experiment(null_arms=True), Where("arms.yaml"))
     assert run_spec(store, spec, "arms.yaml", RunOptions(batch_size=8, device="cpu")).status == "done"
     ids = {key: gid for key, (gid, _) in outputs(store).items()}
@@ -92,18 +91,33 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
             ],
         )
     store.close()
-    return path
+    return store.url
+
+
+@pytest.fixture(scope="module")
+def template_sqlite(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> str:
+    return template("sqlite", tmp_path_factory.mktemp("arms"), request)
+
+
+@pytest.fixture(scope="module")
+def template_postgresql(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> str:
+    return template("postgresql", tmp_path_factory.mktemp("arms"), request)
 
 
 @pytest.fixture
-def store(template: Path, tmp_path: Path) -> Iterator[Store]:
+def store(store_backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Store]:
     """A copy of the template store, for one test to change."""
-    path = tmp_path / "arms.db"
-    with sqlite3.connect(template) as source, sqlite3.connect(path) as target:
-        source.backup(target)
-    copy = Store(str(path))
+    copy = Store(copy_store_url(request.getfixturevalue(f"template_{store_backend}"), tmp_path, request))
     yield copy
     copy.close()
+
+
+@pytest.fixture
+def empty(store_backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Store]:
+    """A new empty store on the test's backend."""
+    fresh = Store(new_store_url(store_backend, tmp_path, request))
+    yield fresh
+    fresh.close()
 
 
 # --- the editing services ----------------------------------------------------------------
@@ -159,8 +173,8 @@ def test_the_forms_null_arms_decide_the_arms_and_only_their_outputs(store: Store
     assert outputs(store) == without(before, "sad", *ARMS)
 
 
-def test_the_last_declared_variant_cannot_be_deleted_even_with_arms(tmp_path: Path) -> None:
-    store = Store(str(tmp_path / "one.db"))
+def test_the_last_declared_variant_cannot_be_deleted_even_with_arms(empty: Store) -> None:
+    store = empty
     data = experiment(null_arms=["random"])
     data["variants"] = data["variants"][1:]
     with store.session() as session:
@@ -168,25 +182,23 @@ def test_the_last_declared_variant_cannot_be_deleted_even_with_arms(tmp_path: Pa
     with pytest.raises(SteerLabError, match="at least one variant"):
         delete_variant(store, "e", "sad")
     assert [v.name for v in load_spec(store, "e").variants] == ["sad", "sad (random)"]
-    store.close()
 
 
 # --- re-running the experiment file ------------------------------------------------------
 
 
-def run_file(tmp_path: Path, db: Path, data: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+def run_file(tmp_path: Path, db: str, data: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     path = tmp_path / "arms.yaml"
     path.write_text(yaml.safe_dump(data))
-    code = main(["run", str(path), "--db", str(db), "--batch-size", "8", "--device", "cpu"])
+    code = main(["run", str(path), "--db", db, "--batch-size", "8", "--device", "cpu"])
     captured = capsys.readouterr()
     return code, captured.out + captured.err
 
 
 def test_rerunning_a_file_that_adds_or_removes_null_arms_extends_the_stored_experiment(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    empty: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    db = tmp_path / "cli.db"
-    store = Store(str(db))
+    store, db = empty, empty.url
     code, said = run_file(tmp_path, db, experiment(), capsys)
     assert code == 0 and "4 new generations, 4 in all" in said, said
     plain = outputs(store)
@@ -223,14 +235,12 @@ def test_rerunning_a_file_that_adds_or_removes_null_arms_extends_the_stored_expe
     code, said = run_file(tmp_path, db, changed, capsys)
     assert code != 0 and "different definition of variant 'sad'" in said and "--replace" in said, said
     assert outputs(store) == plain and [v.name for v in load_spec(store, "e").variants] == ["baseline", "sad"]
-    store.close()
 
 
 def test_a_file_cannot_give_a_stored_variant_an_arm_named_like_a_variant_added_on_the_dashboard(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    empty: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    db = tmp_path / "clash.db"
-    store = Store(str(db))
+    store, db = empty, empty.url
     data = experiment()
     assert run_file(tmp_path, db, data, capsys)[0] == 0
     save_variant(store, "e", {"name": "sad (random)", "kind": "prompting", "prefix": "Sadly, "})
@@ -238,16 +248,15 @@ def test_a_file_cannot_give_a_stored_variant_an_arm_named_like_a_variant_added_o
     code, said = run_file(tmp_path, db, experiment(null_arms=["random"]), capsys)
     assert code != 0 and "is the random null arm of 'sad'" in said and "arms.yaml" in said, said
     assert (outputs(store), stored_json(store)) == (before, before_json)
-    store.close()
 
 
 # --- the Variants page -------------------------------------------------------------------
 
 
 def test_the_variants_page_edits_null_arms_and_shows_arms_read_only(
-    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("STEERLAB_DB", str(tmp_path / "arms.db"))  # the store fixture's copy
+    monkeypatch.setenv("STEERLAB_DB", store.url)  # the store fixture's copy
     before = outputs(store)
     at = open_page("variants")
     assert at.dataframe[0].value["variant"].tolist() == ["baseline", "sad", *ARMS]

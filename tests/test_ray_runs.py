@@ -277,20 +277,28 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 240) -> 
     )
 
 
-def test_a_worker_with_a_ray_executor_runs_the_queued_run_on_the_cluster(
+def test_a_worker_with_a_ray_executor_runs_queued_runs_on_the_cluster_and_keeps_its_actors(
     ray_head: RayCluster,  # noqa: F811
     tmp_path: Path,
 ) -> None:
+    """Two queued runs of one model: the worker's second run finds the actors (and their model) ready."""
     from tests.test_worker import mood_store
 
     db = mood_store(tmp_path, "queued", samples=1, tokens=8, prompts=6)
     store = Store(str(db))
     queue_experiment_file(store, tmp_path / "queued.yaml", RunOptions(batch_size=8))
+    queue_experiment_file(store, tmp_path / "queued.yaml", RunOptions(batch_size=8, name="queued_again"))
     done = cli("worker", "--db", str(db), "--once", "--executor", "ray", env={"RAY_ADDRESS": ray_head.address})
     assert done.returncode == 0, done.stdout + done.stderr
-    run = latest_run(store)
-    assert run.status == "done" and run.done_units == run.total_units == 6 * 9
-    assert run.device.startswith("ray: ")
+    with store.session() as session:
+        finished = session.execute(select(Run).order_by(Run.id)).scalars().all()
+        assert [(r.status, r.done_units, r.total_units) for r in finished] == [("done", 6 * 9, 6 * 9)] * 2
+        assert all(r.device.startswith("ray: ") for r in finished)
+    assert "Reusing 2 Ray actors" in done.stderr + done.stdout
+    shown = cli("status", "queued_again", "--db", str(db))
+    assert "runs on    ray: 2 x cpu" in shown.stdout, shown.stdout + shown.stderr
+    assert texts(store, "queued_again") == [(v, p, s, t, n) for v, p, s, t, n in texts(store, NAME)]
+    wait_for(lambda: not actor_processes(ray_head), 60, "the worker's actors to go with it")
     store.close()
 
 
@@ -416,7 +424,7 @@ def test_a_judge_run_on_ray_reads_what_a_local_judge_reads(
     local, on_ray = stores
     options = RunOptions(batch_size=32, device="cpu")
     mine = run_judge(local, NAME, "mood", options)
-    theirs = judge_on_ray(on_ray, NAME, "mood", options, RayPlan(RayTarget(ray_head.address)))
+    theirs = judge_on_ray(on_ray, NAME, "mood", options, RayPlan(RayTarget(ray_head.address), actors=2))
     assert (theirs.status, theirs.read, theirs.votes) == (mine.status, mine.read, mine.votes)
     assert mine.status == "done" and mine.votes > 0
     assert readings(on_ray, "mood") == readings(local, "mood")

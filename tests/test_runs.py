@@ -1,4 +1,9 @@
-"""Runs are resumable: a cancelled or killed run continues with nothing lost or duplicated."""
+"""Runs are resumable: a cancelled or killed run continues with nothing lost or duplicated.
+
+The cheap store tests run on SQLite and on PostgreSQL; the resume and kill tests stay on SQLite
+files (their full runs are too slow to repeat; tests/test_jobs.py resumes a cancelled run and
+tests/test_postgres.py takes over a killed one on PostgreSQL).
+"""
 
 from __future__ import annotations
 
@@ -60,7 +65,7 @@ def wait_until_leases_expire(db: Path, seconds: float = 30) -> None:
         time.sleep(0.1)
 
 
-@needs_models
+@needs_models  # SQLite only: three full runs of the mood experiment (see the module's docstring)
 def test_cancelled_run_resumes_to_the_same_outputs_as_an_uninterrupted_one(tmp_path: Path) -> None:
     path = small_mood_file(tmp_path)
     interrupted = Store(str(tmp_path / "a.db"))
@@ -89,7 +94,7 @@ def test_cancelled_run_resumes_to_the_same_outputs_as_an_uninterrupted_one(tmp_p
     assert again.generated == 0 and len(generation_keys(tmp_path / "a.db")) == first.total
 
 
-@needs_models
+@needs_models  # SQLite only: a killed process (see the module's docstring)
 def test_run_killed_with_sigkill_continues_without_duplicates(tmp_path: Path) -> None:
     path = small_mood_file(tmp_path, samples=3, tokens=48)
     db = tmp_path / "kill.db"
@@ -144,9 +149,9 @@ def test_run_killed_with_sigkill_continues_without_duplicates(tmp_path: Path) ->
 
 
 @needs_models
-def test_one_run_per_experiment_at_a_time(tmp_path: Path) -> None:
+@pytest.mark.both_stores
+def test_one_run_per_experiment_at_a_time(store: Store, tmp_path: Path) -> None:
     path = small_mood_file(tmp_path, samples=1, tokens=4)
-    store = Store(str(tmp_path / "one.db"))
     blocked: list[str] = []
 
     class TryConcurrent:
@@ -165,6 +170,7 @@ def test_one_run_per_experiment_at_a_time(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.both_stores
 def test_bad_batch_size(store: Store) -> None:
     with pytest.raises(SteerLabError, match="Batch size 0 is too small"):
         run_experiment_file(store, MOOD_FILE, RunOptions(batch_size=0))

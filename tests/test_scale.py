@@ -3,16 +3,16 @@
 The rating queue, rating progress and Compare now count in SQL, aggregate votes into
 (pair, outcome) counts and cache per data version; each test here checks them against a
 straightforward per-row computation on a small real store (no timings: those are in
-``steerlab bench store``).
+``steerlab bench store``). The store tests run on SQLite and on PostgreSQL: the small store is
+built once per backend and copied for each test.
 """
 
 from __future__ import annotations
 
 import math
 import random
-import sqlite3
 from collections import Counter
-from contextlib import closing
+from collections.abc import Iterator
 from itertools import combinations
 from pathlib import Path
 
@@ -30,25 +30,37 @@ from service.comparison import compare, drill_down, drill_rows, drill_texts
 from service.rating import is_shared, next_item, progress, record_vote
 from service.report import REPORT_OUTPUT_ROWS, html_report
 from tests.conftest import STORIES260K, TINYSTORIES, needs_models
+from tests.postgres import copy_store_url, new_store_url
+
+pytestmark = pytest.mark.both_stores
 
 SMALL = Size(variants=4, prompts=6, samples=2, raters=5, votes=150, repeats=1, bootstrap_rounds=200)
 
 
-@pytest.fixture(scope="module")
-def small_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("scale") / "small.db"
-    store = Store(str(path))
+def small(backend: str, folder: Path, request: pytest.FixtureRequest) -> str:
+    """The small benchmark store, built once; its URL."""
+    store = Store(new_store_url(backend, folder, request))
     build_store(store, SMALL)
     store.close()
-    return path
+    return store.url
+
+
+@pytest.fixture(scope="module")
+def small_sqlite(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> str:
+    return small("sqlite", tmp_path_factory.mktemp("scale"), request)
+
+
+@pytest.fixture(scope="module")
+def small_postgresql(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> str:
+    return small("postgresql", tmp_path_factory.mktemp("scale"), request)
 
 
 @pytest.fixture
-def store(small_db: Path, tmp_path: Path) -> Store:
-    copy = tmp_path / "copy.db"
-    with closing(sqlite3.connect(small_db)) as src, closing(sqlite3.connect(copy)) as dst:
-        src.backup(dst)
-    return Store(str(copy))
+def store(store_backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Store]:
+    """This test's own copy of the small store."""
+    copy = Store(copy_store_url(request.getfixturevalue(f"small_{store_backend}"), tmp_path, request))
+    yield copy
+    copy.close()
 
 
 # --- a per-row reference: what the queue, progress and Compare computed before ---------------

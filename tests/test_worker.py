@@ -1,4 +1,9 @@
-"""Workers as real processes: takeover after kill -9, racing claims, a dashboard restart, failures, bad input."""
+"""Workers as real processes: takeover after kill -9, racing claims, a dashboard restart, failures, bad input.
+
+The in-process tests (a failed run, a deleted experiment, a store refused) run on SQLite and on
+PostgreSQL; the tests of worker processes stay on SQLite files (tests/test_postgres.py and
+tests/test_concurrency.py run killed and racing workers on PostgreSQL).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
+from sqlalchemy import create_engine, inspect, text
 
 from db.store import Store
 from engine.experiment_file import load_experiment_file
@@ -28,6 +34,7 @@ from service.jobs import enqueue, status
 from service.running import RunOptions, run_stored
 from service.worker import Worker
 from tests.conftest import MOOD_FILE, ROOT, STORIES260K, needs_models
+from tests.postgres import PostgresServer
 
 NAME = "tinystories_mood"
 # Short leases so a killed worker's run is free within seconds; quick polls so idle workers claim at once.
@@ -43,16 +50,20 @@ def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
 
 def mood_store(tmp_path: Path, db: str, samples: int = 1, tokens: int = 8, prompts: int = 10) -> Path:
     """A stored (not yet run) mood experiment; returns the database file."""
+    store = Store(str(tmp_path / db))
+    store_mood(store, tmp_path / f"{db}.yaml", samples, tokens, prompts)
+    store.close()
+    return tmp_path / db
+
+
+def store_mood(store: Store, path: Path, samples: int = 1, tokens: int = 8, prompts: int = 10) -> None:
+    """Store the (not yet run) mood experiment in ``store``, its file written at ``path``."""
     data = yaml.safe_load(MOOD_FILE.read_text())
     data["generation"].update(samples_per_prompt=samples, max_new_tokens=tokens)
     data["prompts"] = data["prompts"][:prompts]
-    path = tmp_path / f"{db}.yaml"
     path.write_text(yaml.safe_dump(data))
-    store = Store(str(tmp_path / db))
     with store.session() as session:
         save_spec(session, None, load_experiment_file(path))
-    store.close()
-    return tmp_path / db
 
 
 def rows(db: Path, query: str) -> list[tuple[Any, ...]]:
@@ -149,8 +160,9 @@ def test_the_run_goes_on_while_the_dashboard_restarts(tmp_path: Path) -> None:
 
 
 @needs_models
+@pytest.mark.both_stores
 def test_a_failed_run_keeps_its_error_and_traceback_for_steerlab_status(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     model = tmp_path / "model"
     shutil.copytree(STORIES260K, model)
@@ -161,7 +173,6 @@ def test_a_failed_run_keeps_its_error_and_traceback_for_steerlab_status(
     data["variants"] = [{"name": "baseline"}]
     path = tmp_path / "gone.yaml"
     path.write_text(yaml.safe_dump(data))
-    store = Store(str(tmp_path / "fail.db"))
     with store.session() as session:
         save_spec(session, None, load_experiment_file(path))
     shutil.rmtree(model)  # the model folder goes away after the experiment was stored
@@ -170,27 +181,32 @@ def test_a_failed_run_keeps_its_error_and_traceback_for_steerlab_status(
     s = status(store, NAME)
     assert s.state == "failed" and str(model) in s.error and "Traceback (most recent call last)" in s.traceback
 
-    assert main(["status", NAME, "--db", str(tmp_path / "fail.db")]) == 0
+    assert main(["status", NAME, "--db", store.url]) == 0
     out = capsys.readouterr().out
     assert f"Experiment '{NAME}': failed (run 1)" in out and s.error in out
     assert "traceback:" in out and "load_model" in out
 
 
-def test_a_queued_run_whose_experiment_was_deleted_is_dropped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    store = Store(str(mood_store(tmp_path, "gone.db")))
+@pytest.mark.both_stores
+def test_a_queued_run_whose_experiment_was_deleted_is_dropped(
+    store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store_mood(store, tmp_path / "gone.yaml")
     enqueue(store, NAME)
     delete_experiment(store, NAME)  # deletes its queued run too
     assert Worker(store, once=True).run() == 0
 
-    store = Store(str(mood_store(tmp_path, "gone-later.db")))
-    enqueue(store, NAME)
+    store_mood(store, tmp_path / "gone.yaml")  # stored again: a new experiment of the same name
+    run_id = enqueue(store, NAME)
     worker = Worker(store, once=True)
     claimed = worker.claim()
-    assert claimed is not None
+    assert claimed is not None and claimed.run_id == run_id
     delete_experiment(store, NAME)  # between the claim and the run's start
     with caplog.at_level(logging.WARNING, logger="service.worker"):
         worker.run_claimed(claimed)  # logs, never raises
-    assert f"Run 1 was dropped: experiment '{NAME}' was deleted" in caplog.text
+    assert f"Run {run_id} was dropped: experiment '{NAME}' was deleted" in caplog.text
+    with store.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM runs")).scalar_one() == 0, "both runs went with it"
 
 
 def content(target: Path | str) -> list[str] | None:
@@ -234,3 +250,49 @@ def test_a_worker_refuses_a_store_it_cannot_serve_in_one_sentence(
     for fragment in fragments:
         assert fragment in err, err
     assert content(target) == before, "nothing created or changed"
+
+
+def schema(url: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """A PostgreSQL database's tables, and its alembic version row if it has one."""
+    store_engine = create_engine(url)
+    try:
+        tables = sorted(inspect(store_engine).get_table_names())
+        with store_engine.connect() as conn:
+            versions = []
+            if "alembic_version" in tables:
+                versions = [tuple(r) for r in conn.execute(text("SELECT version_num FROM alembic_version"))]
+        return tables, versions
+    finally:
+        store_engine.dispose()
+
+
+@pytest.mark.parametrize("case", ["no schema", "newer store"])
+def test_a_worker_refuses_a_postgresql_store_it_cannot_serve_in_one_sentence(
+    postgres: PostgresServer, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    if case == "no schema":
+        url, fragments, change = (
+            postgres.new_database(),
+            ["holds no SteerLab store", "STEERLAB_DB"],
+            "CREATE TABLE notes (id INTEGER)",
+        )
+    else:
+        url, fragments, change = (
+            postgres.new_store_url(),
+            ["newer SteerLab", "9999"],
+            "UPDATE alembic_version SET version_num = '9999'",
+        )
+    changer = create_engine(url)
+    with changer.begin() as conn:
+        conn.execute(text(change))
+    changer.dispose()
+    try:
+        before = schema(url)
+        assert main(["worker", "--once", "--db", url]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err and err.endswith("."), err
+        for fragment in fragments:
+            assert fragment in err, err
+        assert schema(url) == before, "nothing created or changed"
+    finally:
+        postgres.drop(url)
