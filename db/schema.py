@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
@@ -184,7 +185,8 @@ class Generation(Base):
     text: Mapped[str] = mapped_column(Text)
     token_count: Mapped[int] = mapped_column(Integer)
     seconds: Mapped[float] = mapped_column(Float)  # equal share of its mixed batch's wall time
-    peak_memory_bytes: Mapped[int] = mapped_column(Integer)  # peak of its batch
+    # Peak of its batch: gigabytes on a GPU, past a 32-bit integer, so 64 bits (SQLite's INTEGER already is).
+    peak_memory_bytes: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"))
     # A hidden state or logit of this row became inf/NaN (an absurd coefficient): its text is
     # whatever the broken logits gave, so pages warn instead of scoring it silently.
     non_finite: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())

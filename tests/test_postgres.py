@@ -113,8 +113,9 @@ def test_a_postgresql_server_that_does_not_answer_gives_one_sentence(capsys: pyt
     assert capsys.readouterr().err == f"error: {expected}\n"
 
 
+@pytest.mark.parametrize("previous", ["0007", "0008"])  # the schemas of the two previous releases
 def test_a_postgresql_store_at_the_previous_revision_with_data_upgrades_keeping_every_row(
-    server: PostgresServer,
+    server: PostgresServer, previous: str
 ) -> None:
     from alembic import command
 
@@ -127,7 +128,7 @@ def test_a_postgresql_store_at_the_previous_revision_with_data_upgrades_keeping_
     store.close()
     engine = create_engine(url)
     with engine.begin() as connection:
-        command.downgrade(_config(connection), "0007")  # the schema of the previous release
+        command.downgrade(_config(connection), previous)
     with engine.begin() as connection:
         experiment_id = connection.execute(text("SELECT id FROM experiments LIMIT 1")).scalar()
         generation_ids = connection.execute(text("SELECT id FROM generations ORDER BY id LIMIT 2")).scalars().all()
@@ -140,8 +141,8 @@ def test_a_postgresql_store_at_the_previous_revision_with_data_upgrades_keeping_
         )
     with engine.connect() as connection:
         tables = inspect(connection).get_table_names()
-        assert "deployments" not in tables
-        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0007"
+        assert ("deployments" in tables) == (previous == "0008")
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == previous
         before = {t: connection.execute(text(f'SELECT * FROM "{t}" ORDER BY 1')).all() for t in tables}
     assert sum(len(rows) for rows in before.values()) > 100
     Store(url).close()
@@ -149,6 +150,17 @@ def test_a_postgresql_store_at_the_previous_revision_with_data_upgrades_keeping_
         after = {t: connection.execute(text(f'SELECT * FROM "{t}" ORDER BY 1')).all() for t in before}
         assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == head_revision()
         assert connection.execute(text("SELECT count(*) FROM deployments")).scalar() == 0
+    with engine.begin() as connection:  # a GPU batch's peak memory (gigabytes) fits the column now
+        generation_id = connection.execute(text("SELECT id FROM generations ORDER BY id LIMIT 1")).scalar()
+        big = 80 * 2**30
+        connection.execute(
+            text("UPDATE generations SET peak_memory_bytes = :b WHERE id = :i"), {"b": big, "i": generation_id}
+        )
+    with engine.connect() as connection:
+        stored = connection.execute(
+            text("SELECT peak_memory_bytes FROM generations WHERE id = :i"), {"i": generation_id}
+        ).scalar()
+        assert stored == big
     engine.dispose()
     for table in ("alembic_version", "meta"):
         before.pop(table), after.pop(table)

@@ -48,7 +48,7 @@ def test_sqlite_is_wal_with_foreign_keys_and_versioned(store: Store) -> None:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
         version = conn.execute(text("SELECT value FROM meta WHERE key='schema_version'")).scalar()
-        assert version == str(schema_version()) == "8"
+        assert version == str(schema_version()) == "9"
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == head_revision()
 
 
@@ -82,6 +82,23 @@ def test_a_generation_cannot_be_stored_twice_and_a_failed_batch_stores_nothing(s
         )
     with store.session() as s:
         assert len(repo.done_keys(s, experiment_id)) == 2, "the whole batch rolled back"
+
+
+@pytest.mark.both_stores
+def test_a_gpu_batchs_peak_memory_is_stored_whole(store: Store) -> None:
+    """80 GiB (an H100's batch) does not fit a 32-bit integer: PostgreSQL refused it before revision 0009."""
+    experiment_id = make_experiment(store)
+    big = 80 * 2**30
+    with store.session() as s:
+        e = repo.find_experiment(s, "e")
+        assert e is not None
+        run = runs.latest_run(s, e.id)
+        assert run is not None
+        repo.record_batch(
+            s, experiment_id, run.id, [repo.NewGeneration(e.variants[0].id, e.prompts[0].id, 1, "x", 1, 0.1, big)]
+        )
+    with store.engine.connect() as conn:
+        assert conn.execute(text("SELECT max(peak_memory_bytes) FROM generations")).scalar() == big
 
 
 def test_urls_and_bad_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
