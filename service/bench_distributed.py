@@ -231,7 +231,8 @@ def _workloads(folder: Path, quick: bool, log: Callable[[str], None]) -> list[Wo
     if quick:
         example = _smaller(example, prompts=2, samples=1, tokens=8)
     gpt2 = _save_gpt2_sized(folder / "gpt2-random", example.model, quick, log)
-    derived = _smaller(example, prompts=2 if quick else 10, samples=1 if quick else 2, tokens=8 if quick else 48)
+    # 270 rows: longer than a minute on 2 quiet cores, so the target (runs over a minute) can be judged.
+    derived = _smaller(example, prompts=2 if quick else 10, samples=1 if quick else 3, tokens=8 if quick else 48)
     return [
         Workload("tinystories-656k (example)", example, 8 if quick else 32),
         Workload(gpt2.name, replace(derived, model=str(gpt2)), 6 if quick else 18),

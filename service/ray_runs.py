@@ -29,7 +29,6 @@ from engine.errors import RunCancelled, SteerLabError
 from engine.experiment_file import load_experiment_file
 from engine.runner import CancelFlag, Progress, Unit, plan_batches
 from engine.spec import ExperimentSpec
-from service.catalog import get_experiment, stored_spec
 from service.judging import JudgePlan, JudgeResult, pairs_per_batch, run_judge
 from service.lease import Heartbeat, finish_claimed_run, lease_seconds, owner_name
 from service.ray_actor import JudgeActor, ShardActor, UnitKey
@@ -440,12 +439,6 @@ def _record_hardware(store: Store, run_id: int, described: list[dict[str, Any]])
     dtypes = sorted({str(d["dtype"]) for d in described})
     with store.session() as session:
         runs.set_run_hardware(session, run_id, f"ray: {len(described)} x {'/'.join(devices)}", "/".join(dtypes))
-
-
-def model_of(store: Store, name: str) -> str:
-    """The model a stored experiment runs on (what its actors load)."""
-    with store.session() as session:
-        return stored_spec(get_experiment(session, name)).model
 
 
 def judge_on_ray(
