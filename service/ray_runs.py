@@ -108,11 +108,6 @@ class _Actors:
         url = store_url_for_actors(store)
         self.handles: list[Any] = [remote.remote(url, model_ref, options.to_json()) for _ in range(shape.count)]
 
-    def describe(self) -> list[dict[str, Any]]:
-        import ray
-
-        return [ray.get(h.describe.remote()) for h in self.handles]
-
     def kill(self) -> None:
         import ray
 
